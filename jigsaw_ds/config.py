@@ -1,0 +1,213 @@
+"""The jigsaw config: model, data, parallel and train sections, validated before any work starts.
+
+A config is a JSON file whose sections map onto the dataclasses below. Every key is checked: an unknown
+key, a wrong type or an impossible value raises one ConfigError naming the key and what is allowed,
+before any process group, file or directory exists. `--set section.key=value` overrides any value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    patch: int = 4                      # p: tokens are p x p pixel patches
+    embed_dim: int = 64                 # D: channels per token
+    token_hidden: int = 64              # Dt: hidden width of token mixing
+    channel_hidden: int = 128           # Dc: hidden width of channel mixing
+    depth: int = 2                      # L: mixer blocks
+    activation: str = "gelu"            # gelu | silu | relu
+    static_variables: list = field(default_factory=list)  # static store fields fed as inputs
+    coord_features: bool = True         # add sin(lat), cos(lat)cos(lon), cos(lat)sin(lon) as inputs
+
+
+@dataclass
+class DataConfig:
+    store: str = ""                     # path of the zarr store
+    variables: list = field(default_factory=list)   # upper-air variables (time, level, lat, lon)
+    surface_variables: list = field(default_factory=list)  # (time, lat, lon)
+    levels: list = field(default_factory=list)      # hPa; empty = all levels in the store
+    lead_steps: int = 1                 # target = state this many store time steps later
+    val_fraction: float = 0.2           # last fraction of times (or trajectories) held out
+    num_workers: int = 0                # DataLoader worker processes per rank
+    prefetch_factor: int = 2
+    generate: dict = field(default_factory=dict)  # if set and the store is missing: make it (see data.generate)
+
+
+@dataclass
+class ParallelConfig:
+    domain: int = 1                     # DD: ranks splitting the field (latitude bands)
+    tensor: int = 1                     # TP: ranks splitting weights (and longitude tiles)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    global_batch: int = 4               # samples per optimizer step, over all data-parallel replicas
+    seed: int = 0
+    out_dir: str = "runs/default"
+    log_every: int = 1
+    val_every: int = 50
+    val_batches: int = 4
+    ckpt_every: int = 0                 # 0 = only at the end
+    ckpt_keep: int = 2
+    progress: bool = True
+
+
+@dataclass
+class JigsawConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+ALLOWED = {
+    ("model", "activation"): ("gelu", "silu", "relu"),
+}
+GENERATE_KINDS = ("synth", "swe")
+
+
+def _type_ok(value, annotation: str) -> bool:
+    kind = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict}[annotation]
+    if annotation in ("int", "float") and isinstance(value, bool):
+        return False
+    return isinstance(value, kind)
+
+
+def _suggest(key, allowed) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def from_dict(raw: dict) -> JigsawConfig:
+    """Build a config from nested dicts, checking every key and type."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the config must be a JSON object with sections model, data, parallel, train")
+    cfg = JigsawConfig()
+    sections = {f.name: f for f in dataclasses.fields(JigsawConfig)}
+    for sec_name, sec_raw in raw.items():
+        if sec_name not in sections:
+            raise ConfigError(f"unknown config section '{sec_name}'{_suggest(sec_name, sections)}; "
+                              f"allowed: {', '.join(sections)}")
+        if not isinstance(sec_raw, dict):
+            raise ConfigError(f"config section '{sec_name}' must be an object, got {type(sec_raw).__name__}")
+        section = getattr(cfg, sec_name)
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        for key, value in sec_raw.items():
+            if key not in fields:
+                raise ConfigError(f"unknown config key '{sec_name}.{key}'{_suggest(key, fields)}; "
+                                  f"allowed: {', '.join(fields)}")
+            annotation = fields[key].type
+            if not _type_ok(value, annotation):
+                raise ConfigError(f"config key '{sec_name}.{key}' must be {annotation}, got {value!r}")
+            if annotation == "float":
+                value = float(value)
+            setattr(section, key, value)
+    validate(cfg)
+    return cfg
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare string such as a path
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings (value parsed as JSON, else taken as a string)."""
+    for item in overrides or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set takes section.key=value, got '{item}'")
+        path, value = item.split("=", 1)
+        section, key = path.split(".", 1)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"--set {path}: '{section}' is not a section")
+        raw[section][key] = _parse_value(value)
+    return raw
+
+
+def load(path: str, overrides: Optional[list[str]] = None) -> JigsawConfig:
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file '{path}' is not valid JSON: {e}") from None
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def _positive(cfg, sec, key, minimum=1):
+    value = getattr(getattr(cfg, sec), key)
+    if value < minimum:
+        raise ConfigError(f"config key '{sec}.{key}' must be >= {minimum}, got {value}")
+
+
+def validate(cfg: JigsawConfig) -> None:
+    """Checks that need no data: ranges, choices. Grid-dependent checks are in check_against_grid."""
+    for (sec, key), allowed in ALLOWED.items():
+        value = getattr(getattr(cfg, sec), key)
+        if value not in allowed:
+            raise ConfigError(f"config key '{sec}.{key}' is '{value}'; allowed: {', '.join(allowed)}")
+    for key in ("patch", "embed_dim", "token_hidden", "channel_hidden", "depth"):
+        _positive(cfg, "model", key)
+    for key in ("lead_steps", "prefetch_factor"):
+        _positive(cfg, "data", key)
+    _positive(cfg, "data", "num_workers", 0)
+    if not 0.0 < cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"config key 'data.val_fraction' must be in (0, 1), got {cfg.data.val_fraction}")
+    if not cfg.data.store:
+        raise ConfigError("config key 'data.store' is empty: give the path of a zarr store")
+    if not cfg.data.variables and not cfg.data.surface_variables:
+        raise ConfigError("config keys 'data.variables' and 'data.surface_variables' are both empty")
+    if cfg.data.generate:
+        kind = cfg.data.generate.get("kind")
+        if kind not in GENERATE_KINDS:
+            raise ConfigError(f"config key 'data.generate.kind' is {kind!r}; allowed: {', '.join(GENERATE_KINDS)}")
+    for key in ("domain", "tensor"):
+        _positive(cfg, "parallel", key)
+    for key in ("steps", "global_batch", "log_every", "val_every", "val_batches", "ckpt_keep"):
+        _positive(cfg, "train", key)
+    _positive(cfg, "train", "ckpt_every", 0)
+
+
+def check_against_grid(cfg: JigsawConfig, n_lat: int, n_lon: int, n_times_per_traj: int) -> None:
+    """Checks that need the store's grid: patch vs grid, the Jigsaw split, lead time vs trajectory."""
+    p = cfg.model.patch
+    if p > n_lat or p > n_lon:
+        raise ConfigError(f"config key 'model.patch' = {p} is larger than the grid {n_lat}x{n_lon}")
+    if n_lon % p:
+        raise ConfigError(f"config key 'model.patch' = {p} does not divide the {n_lon} longitudes of the grid "
+                          f"{n_lat}x{n_lon} (latitudes are padded, longitudes are not: the globe is periodic)")
+    token_rows, token_cols = -(-n_lat // p), n_lon // p
+    if cfg.parallel.domain > token_rows:
+        raise ConfigError(f"config key 'parallel.domain' = {cfg.parallel.domain} exceeds the {token_rows} token rows "
+                          f"of the grid {n_lat}x{n_lon} with patch {p}")
+    if token_cols % cfg.parallel.tensor:
+        raise ConfigError(f"config key 'parallel.tensor' = {cfg.parallel.tensor} must divide the {token_cols} token "
+                          f"columns of the grid {n_lat}x{n_lon} with patch {p} (longitude tiles are even)")
+    if cfg.model.channel_hidden % cfg.parallel.tensor:
+        raise ConfigError(f"config key 'model.channel_hidden' = {cfg.model.channel_hidden} must be divisible by "
+                          f"'parallel.tensor' = {cfg.parallel.tensor}")
+    if cfg.data.lead_steps >= n_times_per_traj:
+        raise ConfigError(f"config key 'data.lead_steps' = {cfg.data.lead_steps} is not shorter than a trajectory "
+                          f"({n_times_per_traj} time steps)")
+
+
+# The type names that the dataclass annotations carry (from __future__ annotations keeps them strings).
+assert all(f.type in ("int", "float", "str", "bool", "list", "dict")
+           for sec in (ModelConfig, DataConfig, ParallelConfig, TrainConfig) for f in dataclasses.fields(sec))

@@ -1,0 +1,84 @@
+"""(state, target) pairs for one rank's tile, and the order in which replicas see them.
+
+Each rank reads only its tile (TokenPartition.lat_slice / lon_slice) of every sample. Every rank of a
+replica reads the same time steps: the sampler is seeded by the run's seed and indexed by data-parallel
+rank only, so the domain and tensor ranks of a replica draw identical index lists.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .store import WeatherStore
+
+
+def coord_features(lat_deg: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:
+    """[3, h, w]: sin(lat), cos(lat) cos(lon), cos(lat) sin(lon) (smooth on the sphere, poles included)."""
+    phi, lam = np.deg2rad(lat_deg)[:, None], np.deg2rad(lon_deg)[None, :]
+    ones = np.ones((len(lat_deg), len(lon_deg)))
+    return np.stack([np.sin(phi) * ones, np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam)]).astype(np.float32)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Item i: (inputs [C + S + 3?, h, w], target [C, h, w]) for the pair starting at starts[i]."""
+
+    def __init__(self, store: WeatherStore, starts: np.ndarray, lead: int, lat: slice, lon: slice,
+                 coord_feats: bool):
+        self.store, self.starts, self.lead, self.lat, self.lon = store, np.asarray(starts), lead, lat, lon
+        extra = [store.read_static(lat, lon)]
+        if coord_feats:
+            extra.append(coord_features(store.lat[lat], store.lon[lon]))
+        self.extra = torch.from_numpy(np.concatenate(extra))  # constant over time: read once
+
+    def __len__(self):
+        return len(self.starts)
+
+    def __getitem__(self, i):
+        t = int(self.starts[i])
+        state = torch.from_numpy(self.store.read(t, self.lat, self.lon))
+        target = torch.from_numpy(self.store.read(t + self.lead, self.lat, self.lon))
+        return torch.cat([state, self.extra]), target
+
+
+class ReplicaBatches(torch.utils.data.Sampler):
+    """Index lists of each optimizer step for one data-parallel replica.
+
+    The global stream is a fresh permutation of all pairs per epoch (seeded by seed and epoch only); step s
+    takes stream[s G : (s + 1) G] and replica r keeps its r-th micro-batch of that. With the same seed
+    and global batch, the union over replicas is the same for any layout, so losses do not depend on it.
+    `start_step` resumes the stream exactly.
+    """
+
+    def __init__(self, n_items: int, global_batch: int, dp_rank: int, dp_size: int, seed: int,
+                 start_step: int = 0, steps: int = 10**9, shuffle: bool = True):
+        if global_batch % dp_size:
+            raise ValueError(f"train.global_batch = {global_batch} is not divisible by the data-parallel size {dp_size}")
+        self.n, self.g, self.rank, self.micro = n_items, global_batch, dp_rank, global_batch // dp_size
+        self.seed, self.start, self.steps, self.shuffle = seed, start_step, steps, shuffle
+
+    def _epoch(self, e: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, e]).permutation(self.n)
+
+    def indices_for_step(self, step: int) -> list[int]:
+        lo = step * self.g + self.rank * self.micro
+        out = []
+        for pos in range(lo, lo + self.micro):
+            e, i = divmod(pos, self.n)
+            out.append(int(self._epoch(e)[i]))
+        return out
+
+    def __iter__(self):
+        for step in range(self.start, self.start + self.steps):
+            yield self.indices_for_step(step)
+
+    def __len__(self):
+        return self.steps
+
+
+def make_loader(dataset: PairDataset, sampler: ReplicaBatches, num_workers: int, prefetch_factor: int):
+    kwargs = dict(batch_sampler=sampler, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    if num_workers:
+        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False)
+    return torch.utils.data.DataLoader(dataset, **kwargs)

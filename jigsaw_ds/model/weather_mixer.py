@@ -1,0 +1,130 @@
+"""WeatherMixer: an MLP-Mixer forecast model whose work grows linearly with the number of grid points.
+
+One module serves the serial model and every Jigsaw layout: with JigsawGroups.serial() every collective
+is the identity and every parameter is whole. Shapes (per rank; n = own tokens, B = batch):
+
+  x [B, C_in, h, w]  this rank's tile of the normalised state (+ static and coordinate channels)
+  patchify   -> [n, B, C_in p^2]        tokens first: mixing is then W @ X with no transpose
+  embed      -> [n, B, D]
+  L blocks   -> [n, B, D]               pre-norm residual: token mixing, then channel mixing
+  head       -> [n, B, C_out p^2] -> unpatchify -> tendency [B, C_out, h, w]
+  returns x[:, :C_out] + tendency_scale * tendency   (the next normalised state)
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..parallel.layers import (ColumnParallelLinear, LayerNorm, RowParallelLinear, TokenMixing, TokenwiseLinear,
+                               local_shard)
+from ..parallel.mappings import gather_from_group
+from ..parallel.partition import TokenPartition
+from ..parallel.topology import JigsawGroups
+
+ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu}
+
+
+class ChannelMixing(nn.Module):
+    """Per-token MLP, Megatron tensor parallel with sequence parallelism over the tensor group:
+    all-gather the band's tokens -> column-parallel Wc1 -> act -> row-parallel Wc2 -> reduce-scatter."""
+
+    def __init__(self, dim, hidden, activation, groups, partition):
+        super().__init__()
+        self.groups, self.act = groups, activation
+        self.fc1 = ColumnParallelLinear(dim, hidden, groups, partition)
+        self.fc2 = RowParallelLinear(hidden, dim, groups, partition)
+
+    def forward(self, x):
+        band = gather_from_group(x, self.groups.comm("tensor"))
+        return self.fc2(self.act(self.fc1(band)))
+
+
+class MixerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, groups, partition):
+        super().__init__()
+        act = ACTIVATIONS[cfg.activation]
+        self.token_norm = LayerNorm(cfg.embed_dim, groups, partition)
+        self.token_mixing = TokenMixing(cfg.token_hidden, act, groups, partition)
+        self.channel_norm = LayerNorm(cfg.embed_dim, groups, partition)
+        self.channel_mixing = ChannelMixing(cfg.embed_dim, cfg.channel_hidden, act, groups, partition)
+
+    def forward(self, x):
+        x = x + self.token_mixing(self.token_norm(x))
+        return x + self.channel_mixing(self.channel_norm(x))
+
+
+class WeatherMixer(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_lat: int, n_lon: int, in_channels: int, out_channels: int,
+                 groups: Optional[JigsawGroups] = None, tendency_scale: Optional[torch.Tensor] = None,
+                 seed: int = 0):
+        super().__init__()
+        self.groups = groups or JigsawGroups.serial()
+        layout = self.groups.layout
+        self.cfg, self.in_channels, self.out_channels = cfg, in_channels, out_channels
+        self.partition = TokenPartition(n_lat, n_lon, cfg.patch, layout.domain, layout.tensor)
+        p2 = cfg.patch ** 2
+        args = (self.groups, self.partition)
+        self.embed = TokenwiseLinear(in_channels * p2, cfg.embed_dim, *args)
+        self.blocks = nn.ModuleList(MixerBlock(cfg, *args) for _ in range(cfg.depth))
+        self.head_norm = LayerNorm(cfg.embed_dim, *args)
+        self.head = TokenwiseLinear(cfg.embed_dim, out_channels * p2, *args)
+        scale = torch.ones(out_channels) if tendency_scale is None else torch.as_tensor(tendency_scale).float()
+        self.register_buffer("tendency_scale", scale.clone())
+        self.reset_parameters(seed)
+
+    # ---- parameters: layout-free init and loading of a serial state dict --------------------------------
+    def reset_parameters(self, seed: int) -> None:
+        """Initialise every parameter as the serial model would, then keep this rank's piece."""
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                full = p.jigsaw_init.full(p.full_shape, seed, name)
+                p.copy_(local_shard(full, p.jigsaw_split, self.groups, self.partition))
+
+    def load_full_state_dict(self, state: dict) -> None:
+        """Scatter a serial (full-tensor) state dict into this rank's shards; names and shapes must match."""
+        own = dict(self.named_parameters())
+        missing = sorted(set(own) - set(state))
+        if missing:
+            raise KeyError(f"state dict lacks parameters: {', '.join(missing)}")
+        with torch.no_grad():
+            for name, p in own.items():
+                full = state[name]
+                if tuple(full.shape) != p.full_shape:
+                    raise ValueError(f"parameter '{name}': checkpoint shape {tuple(full.shape)} != model shape "
+                                     f"{p.full_shape}")
+                p.copy_(local_shard(full.to(p.dtype), p.jigsaw_split, self.groups, self.partition))
+            if "tendency_scale" in state:
+                self.tendency_scale.copy_(state["tendency_scale"])
+
+    # ---- patches ---------------------------------------------------------------------------------------
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, h, w] (this rank's real rows) -> [n_own, B, C p^2], padding the last band's rows."""
+        p = self.cfg.patch
+        pad = self.partition.pad_rows(self.groups.domain_rank)
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad), mode="replicate")
+        b, c, h, w = x.shape
+        x = x.reshape(b, c, h // p, p, w // p, p).permute(2, 4, 0, 1, 3, 5)
+        return x.reshape((h // p) * (w // p), b, c * p * p)
+
+    def unpatchify(self, tokens: torch.Tensor, h_real: int, w: int) -> torch.Tensor:
+        """[n_own, B, C p^2] -> [B, C, h_real, w], dropping padded rows."""
+        p = self.cfg.patch
+        n, b, cpp = tokens.shape
+        c, rows, cols = cpp // (p * p), n // (w // p), w // p
+        x = tokens.reshape(rows, cols, b, c, p, p).permute(2, 3, 0, 4, 1, 5)
+        return x.reshape(b, c, rows * p, cols * p)[:, :, :h_real]
+
+    # ---- forward ---------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"WeatherMixer expects {self.in_channels} input channels, got {x.shape[1]}")
+        h = self.embed(self.patchify(x))
+        for block in self.blocks:
+            h = block(h)
+        tendency = self.unpatchify(self.head(self.head_norm(h)), x.shape[2], x.shape[3])
+        return x[:, :self.out_channels] + self.tendency_scale.view(1, -1, 1, 1) * tendency

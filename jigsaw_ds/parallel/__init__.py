@@ -1,0 +1,1 @@
+"""Jigsaw parallelism: layout and groups (topology), collectives (mappings), split-tagged layers."""

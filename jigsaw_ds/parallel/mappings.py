@@ -1,0 +1,104 @@
+"""The collectives of the Jigsaw model, each an autograd function paired with its conjugate.
+
+Every function takes its process group explicitly; a group of None means one rank and makes the
+function the identity, so the serial model runs the same code. Tensors are split and gathered along
+dim 0, which is the token dim of activations ([tokens, batch, channels]) and the only dim of flat
+parameter shards.
+
+    forward              backward             helper
+    identity             all-reduce           copy_to_group        (replicated input, used differently per rank)
+    all-reduce           identity             reduce_from_group    (partial sums -> replicated result)
+    all-gather (dim 0)   reduce-scatter       gather_from_group    (own rows -> everybody's rows)
+    reduce-scatter       all-gather (dim 0)   reduce_scatter_to_group (partial rows -> own rows, summed)
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from . import comm_stats
+
+
+def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
+    out = x.contiguous().clone()
+    comm_stats.record("all_reduce", group, out.numel() * out.element_size())
+    dist.all_reduce(out, group=group)
+    return out
+
+
+def _all_gather(x: torch.Tensor, group) -> torch.Tensor:
+    x = x.contiguous()
+    out = x.new_empty((dist.get_world_size(group) * x.shape[0],) + tuple(x.shape[1:]))
+    comm_stats.record("all_gather", group, out.numel() * out.element_size())
+    dist.all_gather_into_tensor(out, x, group=group)
+    return out
+
+
+def _reduce_scatter(x: torch.Tensor, group) -> torch.Tensor:
+    x = x.contiguous()
+    size = dist.get_world_size(group)
+    if x.shape[0] % size:
+        raise ValueError(f"reduce-scatter of {x.shape[0]} rows over {size} ranks: rows must divide evenly")
+    out = x.new_empty((x.shape[0] // size,) + tuple(x.shape[1:]))
+    comm_stats.record("reduce_scatter", group, x.numel() * x.element_size())
+    dist.reduce_scatter_tensor(out, x, group=group)
+    return out
+
+
+class _CopyToGroup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_reduce(grad, ctx.group), None
+
+
+class _ReduceFromGroup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        return _all_reduce(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _GatherFromGroup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_gather(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _reduce_scatter(grad, ctx.group), None
+
+
+class _ReduceScatterToGroup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _reduce_scatter(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_gather(grad, ctx.group), None
+
+
+def copy_to_group(x, group):
+    return x if group is None else _CopyToGroup.apply(x, group)
+
+
+def reduce_from_group(x, group):
+    return x if group is None else _ReduceFromGroup.apply(x, group)
+
+
+def gather_from_group(x, group):
+    return x if group is None else _GatherFromGroup.apply(x, group)
+
+
+def reduce_scatter_to_group(x, group):
+    return x if group is None else _ReduceScatterToGroup.apply(x, group)

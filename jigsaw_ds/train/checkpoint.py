@@ -1,0 +1,116 @@
+"""Checkpoints through DeepSpeed's save/load, made atomic with a manifest.
+
+A checkpoint is `checkpoints/step_XXXXXXXX/` as DeepSpeed writes it (model and ZeRO-partitioned optimizer
+states of every rank, client state with the step). It counts as complete only once rank 0 has written
+`MANIFEST.json` (every file with its size and sha256) after all ranks finished writing; then `latest`
+moves to it (write aside, rename). A crash during a save leaves a folder without manifest, which `load`
+skips: it takes the newest checkpoint whose manifest matches its files and says which ones it refused.
+Only the newest `keep` complete checkpoints are kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import torch.distributed as dist
+
+MANIFEST = "MANIFEST.json"
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(folder: str) -> list[str]:
+    out = []
+    for root, _, names in os.walk(folder):
+        out += [os.path.relpath(os.path.join(root, n), folder) for n in names if n != MANIFEST]
+    return sorted(out)
+
+
+def verify(folder: str) -> str:
+    """'' if the checkpoint folder is complete and intact, else why not."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.exists(path):
+        return "no manifest (the save did not finish)"
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError:
+        return "manifest is not valid JSON"
+    for name, meta in manifest["files"].items():
+        fp = os.path.join(folder, name)
+        if not os.path.exists(fp):
+            return f"file {name} is missing"
+        if os.path.getsize(fp) != meta["bytes"] or _sha256(fp) != meta["sha256"]:
+            return f"file {name} does not match its manifest (size or checksum)"
+    return ""
+
+
+class CheckpointManager:
+    def __init__(self, root: str, keep: int):
+        self.root, self.keep = root, keep
+
+    def tags(self) -> list[str]:
+        if not os.path.isdir(self.root):
+            return []
+        return sorted(t for t in os.listdir(self.root) if t.startswith("step_") and not t.endswith(".old"))
+
+    def save(self, engine, step: int) -> str:
+        tag = f"step_{step:08d}"
+        folder = os.path.join(self.root, tag)
+        if dist.get_rank() == 0 and os.path.exists(folder):
+            shutil.rmtree(folder)  # an unfinished earlier attempt at the same step
+        dist.barrier()
+        engine.save_checkpoint(self.root, tag=tag, client_state={"step": step}, save_latest=False)
+        dist.barrier()  # every rank has written its shards
+        if dist.get_rank() == 0:
+            files = {n: {"bytes": os.path.getsize(os.path.join(folder, n)), "sha256": _sha256(os.path.join(folder, n))}
+                     for n in _files(folder)}
+            _write_atomic(os.path.join(folder, MANIFEST), json.dumps({"step": step, "files": files}, indent=1))
+            _write_atomic(os.path.join(self.root, "latest"), tag)
+            complete = [t for t in self.tags() if os.path.exists(os.path.join(self.root, t, MANIFEST))]
+            for old in complete[:-self.keep]:
+                shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
+        dist.barrier()
+        return folder
+
+    def latest_complete(self) -> tuple[str, list[str]]:
+        """(newest intact tag or '', reasons for each newer tag refused)."""
+        refused = []
+        for tag in reversed(self.tags()):
+            why = verify(os.path.join(self.root, tag))
+            if not why:
+                return tag, refused
+            refused.append(f"{tag}: {why}")
+        return "", refused
+
+    def load(self, engine) -> int:
+        """Load the newest complete checkpoint; returns its step (0 if there is none)."""
+        tag, refused = self.latest_complete()
+        if dist.get_rank() == 0:
+            for line in refused:
+                print(f"jigsaw-train: refusing checkpoint {line}")
+        if not tag:
+            if dist.get_rank() == 0:
+                print(f"jigsaw-train: no complete checkpoint in {self.root}; starting from step 0")
+            return 0
+        _, client = engine.load_checkpoint(self.root, tag=tag)
+        if dist.get_rank() == 0:
+            print(f"jigsaw-train: resumed from {os.path.join(self.root, tag)} (step {client['step']})")
+        return int(client["step"])
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

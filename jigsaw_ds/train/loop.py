@@ -1,0 +1,167 @@
+"""The training loop: one DeepSpeed engine over the Jigsaw model, with logging, validation and checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..config import JigsawConfig
+from ..data.dataset import PairDataset, ReplicaBatches, make_loader
+from ..data.store import WeatherStore
+from ..model import WeatherMixer, train_flops_per_sample
+from ..parallel import comm_stats
+from ..parallel.topology import JigsawMPU, Layout, initialize
+from .checkpoint import CheckpointManager
+from .logger import MetricsLogger
+from .loss import AreaWeightedMSE, lat_cell_weights
+
+
+def split_train_val(store: WeatherStore, lead: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out the last trajectories (or, with one trajectory, the last times); no pair spans the cut."""
+    starts = store.pair_starts(lead)
+    trajs = np.unique(store.trajectory)
+    if len(trajs) > 1:
+        n_val = max(1, int(round(len(trajs) * val_fraction)))
+        is_val = np.isin(store.trajectory[starts], trajs[-n_val:])
+        return starts[~is_val], starts[is_val]
+    cut = int(len(store.times) * (1 - val_fraction))
+    return starts[starts + lead < cut], starts[starts >= cut]
+
+
+class Trainer:
+    def __init__(self, cfg: JigsawConfig, ds_config: dict, store: WeatherStore, resume: bool = False):
+        import deepspeed
+
+        self.cfg, self.store = cfg, store
+        layout = Layout.for_world(dist.get_world_size(), cfg.parallel.domain, cfg.parallel.tensor)
+        self.groups = groups = initialize(layout)
+        self.rank0 = dist.get_rank() == 0
+        torch.manual_seed(cfg.train.seed)
+
+        n_state = len(store.channels)
+        n_in = n_state + len(store.static_variables) + (3 if cfg.model.coord_features else 0)
+        self.model = WeatherMixer(cfg.model, store.n_lat, store.n_lon, n_in, n_state, groups,
+                                  tendency_scale=torch.from_numpy(store.tendency_std / store.std), seed=cfg.train.seed)
+        part = self.model.partition
+        self.lat, self.lon = part.lat_slice(groups.domain_rank), part.lon_slice(groups.tensor_rank)
+        weights = torch.from_numpy(lat_cell_weights(store.lat)[self.lat]).float()
+        self.loss_fn = AreaWeightedMSE(weights, store.n_lat, store.n_lon)
+
+        self.engine, *_ = deepspeed.initialize(model=self.model, model_parameters=self.model.parameters(),
+                                               config=ds_config, mpu=JigsawMPU(groups))
+        self.device = self.engine.device
+        self.dtype = next(self.engine.module.parameters()).dtype
+
+        train_starts, val_starts = split_train_val(store, cfg.data.lead_steps, cfg.data.val_fraction)
+        if len(train_starts) == 0 or len(val_starts) == 0:
+            raise ValueError(f"store '{store.path}' has too few times for a train/validation split "
+                             f"(train {len(train_starts)}, validation {len(val_starts)} pairs)")
+        mk = lambda s: PairDataset(store, s, cfg.data.lead_steps, self.lat, self.lon, cfg.model.coord_features)
+        self.train_set, self.val_set = mk(train_starts), mk(val_starts)
+
+        self.ckpt = CheckpointManager(os.path.join(cfg.train.out_dir, "checkpoints"), cfg.train.ckpt_keep)
+        self.start_step = self.ckpt.load(self.engine) if resume else 0
+        self.flops_per_step = train_flops_per_sample(cfg.model, store.n_lat, store.n_lon, n_in, n_state) \
+            * cfg.train.global_batch
+        self.logger = MetricsLogger(cfg.train.out_dir, enabled=self.rank0, append=resume and self.start_step > 0)
+        if self.rank0:
+            self.logger.write_config({"jigsaw": cfg.to_dict(), "deepspeed": ds_config, "layout": vars(layout),
+                                      "channels": [c.name for c in store.channels],
+                                      "parameters_per_rank": sum(p.numel() for p in self.model.parameters())})
+
+    # ---- reductions over the replica and the data axis -------------------------------------------------
+    def global_mean(self, local_part: torch.Tensor) -> float:
+        """Sum a loss's parts over the replica, average over data-parallel replicas (not counted as traffic)."""
+        value = local_part.detach().float().clone()
+        if self.groups.size("jigsaw") > 1:
+            dist.all_reduce(value, group=self.groups.handles["jigsaw"])
+        if self.groups.size("data") > 1:
+            dist.all_reduce(value, group=self.groups.handles["data"])
+            value /= self.groups.size("data")
+        return value.item()
+
+    def batch_to_device(self, batch):
+        x, y = batch
+        return x.to(self.device, self.dtype, non_blocking=True), y.to(self.device, torch.float32, non_blocking=True)
+
+    # ---- one optimizer step ----------------------------------------------------------------------------
+    def train_step(self, batch) -> float:
+        x, y = self.batch_to_device(batch)
+        pred = self.engine(x)
+        loss = self.loss_fn(pred.float(), y)
+        self.engine.backward(loss)
+        self.engine.step()
+        return self.global_mean(loss)
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        """Model and persistence loss on the first val_batches global batches of the held-out pairs."""
+        n_state = len(self.store.channels)
+        sampler = ReplicaBatches(len(self.val_set), self.cfg.train.global_batch, self.groups.data_rank,
+                                 self.groups.size("data"), seed=0, steps=self.cfg.train.val_batches, shuffle=False)
+        model_loss = persistence = 0.0
+        for batch in make_loader(self.val_set, sampler, 0, 2):
+            x, y = self.batch_to_device(batch)
+            model_loss += self.global_mean(self.loss_fn(self.engine(x).float(), y))
+            persistence += self.global_mean(self.loss_fn(x[:, :n_state].float(), y))
+        n = self.cfg.train.val_batches
+        return model_loss / n, persistence / n
+
+    def fit(self) -> None:
+        cfg = self.cfg.train
+        sampler = ReplicaBatches(len(self.train_set), cfg.global_batch, self.groups.data_rank,
+                                 self.groups.size("data"), cfg.seed, start_step=self.start_step,
+                                 steps=cfg.steps - self.start_step)
+        loader = iter(make_loader(self.train_set, sampler, self.cfg.data.num_workers, self.cfg.data.prefetch_factor))
+        progress = None
+        if self.rank0 and cfg.progress:
+            from tqdm import tqdm
+            progress = tqdm(total=cfg.steps, initial=self.start_step, desc="train", dynamic_ncols=True)
+        world = dist.get_world_size()
+        for step in range(self.start_step + 1, cfg.steps + 1):
+            comm_stats.reset()
+            t0 = time.perf_counter()
+            batch = next(loader)
+            t_data = time.perf_counter() - t0
+            loss = self.train_step(batch)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            record = {"step": step, "loss": loss, "lr": self.engine.get_lr()[0],
+                      "grad_norm": _float(self.engine.get_global_grad_norm()),
+                      "step_time_s": dt, "samples_per_s": cfg.global_batch / dt,
+                      "tflops_per_gpu": self.flops_per_step / dt / world / 1e12,
+                      "data_wait_frac": t_data / dt, "peak_mem_gb": _peak_memory_gb(),
+                      "comm_bytes": comm_stats.snapshot()}
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                record["val_loss"], record["val_loss_persistence"] = self.validate()
+            if step % cfg.log_every == 0 or "val_loss" in record:
+                self.logger.log(record)
+            if progress:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", **({"val": f"{record['val_loss']:.4f}",
+                                                            "persist": f"{record['val_loss_persistence']:.4f}"}
+                                                           if "val_loss" in record else {}))
+            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
+                self.ckpt.save(self.engine, step)
+        if progress:
+            progress.close()
+        self.logger.close()
+
+
+def _float(x):
+    if x is None:
+        return None
+    return float(x.item() if torch.is_tensor(x) else x)
+
+
+def _peak_memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB

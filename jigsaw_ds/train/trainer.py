@@ -1,0 +1,117 @@
+"""jigsaw-train: WeatherMixer on a DeepSpeed engine, at any data x domain x tensor layout.
+
+Order of work, so that bad input fails before anything is lost or created:
+  1. config + --set overrides, DeepSpeed JSON, store contents and grid are checked (ConfigError/StoreError);
+  2. torch.distributed starts from the launcher's environment; the layout is checked against the world;
+  3. process groups (megatron parallel_state), model shards, the DeepSpeed engine (ZeRO over data);
+  4. the loop: each rank reads its tile, back-propagates its part of the loss; rank 0 logs
+     metrics.jsonl, TensorBoard and a progress bar; checkpoints every train.ckpt_every steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import config as jconfig
+from ..data.store import StoreError, WeatherStore
+from ..parallel.topology import Layout, init_distributed
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="jigsaw-train", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True, help="jigsaw config JSON (model, data, parallel, train)")
+    ap.add_argument("--deepspeed_config", "--deepspeed-config", required=True, help="DeepSpeed JSON config")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    ap.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in out_dir")
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    return ap.parse_args(argv)
+
+
+DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+
+def load_deepspeed_config(path: str, cfg: jconfig.JigsawConfig, data_parallel: int) -> dict:
+    """The user's DeepSpeed JSON with the batch sizes the jigsaw config implies (one source of truth)."""
+    try:
+        with open(path) as f:
+            ds = json.load(f)
+    except FileNotFoundError:
+        raise jconfig.ConfigError(f"DeepSpeed config '{path}' does not exist") from None
+    except json.JSONDecodeError as e:
+        raise jconfig.ConfigError(f"DeepSpeed config '{path}' is not valid JSON: {e}") from None
+    g = cfg.train.global_batch
+    if g % data_parallel:
+        raise jconfig.ConfigError(f"config key 'train.global_batch' = {g} is not divisible by the data-parallel "
+                                  f"size {data_parallel} (world / (parallel.domain x parallel.tensor))")
+    want = {"train_batch_size": g, "train_micro_batch_size_per_gpu": g // data_parallel,
+            "gradient_accumulation_steps": 1}
+    for key, value in want.items():
+        if key in ds and ds[key] != value:
+            raise jconfig.ConfigError(f"DeepSpeed config key '{key}' = {ds[key]} disagrees with the jigsaw config "
+                                      f"(train.global_batch = {g}, data parallel = {data_parallel} -> {value}); "
+                                      f"remove it from '{path}'")
+    ds.update(want)
+    ds.setdefault("steps_per_print", 10**9)
+    return ds
+
+
+def _fail(message: str) -> "NoReturn":  # noqa: F821
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"jigsaw-train: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def open_checked_store(cfg: jconfig.JigsawConfig) -> WeatherStore:
+    store = WeatherStore(cfg.data.store, cfg.data.variables, cfg.data.surface_variables, cfg.data.levels,
+                         cfg.model.static_variables)
+    traj_lengths = np.bincount(np.unique(store.trajectory, return_inverse=True)[1])
+    jconfig.check_against_grid(cfg, store.n_lat, store.n_lon, int(traj_lengths.min()))
+    return store
+
+
+def generate_store(cfg: jconfig.JigsawConfig) -> None:
+    from ..data import generate
+
+    generate.from_spec(cfg.data.generate, cfg.data.store)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = jconfig.load(args.config, args.set)
+        store = None if (cfg.data.generate and not os.path.exists(cfg.data.store)) else open_checked_store(cfg)
+        world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+        layout = Layout.for_world(world, cfg.parallel.domain, cfg.parallel.tensor)
+        ds_config = load_deepspeed_config(args.deepspeed_config, cfg, layout.data)
+    except (jconfig.ConfigError, StoreError, ValueError) as e:
+        _fail(str(e))
+    from .loop import Trainer
+
+    rank, world, _ = init_distributed()
+    if store is None:  # the config asks for a generated store that does not exist yet
+        if rank == 0:
+            generate_store(cfg)
+        dist.barrier()
+        try:
+            store = open_checked_store(cfg)
+        except (jconfig.ConfigError, StoreError) as e:
+            _fail(str(e))
+    trainer = Trainer(cfg, ds_config, store, resume=args.resume)
+    trainer.fit()
+    dist.barrier()
+    if rank == 0:
+        print(f"jigsaw-train: done. outputs in {os.path.abspath(cfg.train.out_dir)}: config.json, metrics.jsonl, "
+              f"tensorboard/, checkpoints/")
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

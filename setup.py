@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="jigsaw_ds",
+    version="0.1.0",
+    description="Train WeatherMixer with Jigsaw (domain x tensor) parallelism on DeepSpeed and Megatron-core",
+    packages=find_packages(include=["jigsaw_ds", "jigsaw_ds.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",          # keep the CPU build on CPU machines: install with -c constraints.txt
+        "deepspeed==0.19.8",
+        "megatron-core==0.16.1",
+        "xarray",
+        "zarr>=3",
+        "tensorboard",
+        "numpy",
+        "pandas",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest"],
+        "readers": ["h5netcdf", "netCDF4", "cfgrib"],
+        "plots": ["matplotlib"],
+        # torch-harmonics pins a newer torch in its metadata: install it with --no-deps (scripts/install.sh does).
+        "swe": [],
+    },
+    entry_points={"console_scripts": [
+        "jigsaw-train=jigsaw_ds.train.trainer:main",
+        "jigsaw-data=jigsaw_ds.data.cli:main",
+    ]},
+)

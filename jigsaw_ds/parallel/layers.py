@@ -197,10 +197,13 @@ class RowParallelLinear(JigsawModule):
 
 
 class TokenMixing(JigsawModule):
-    """Token mixing across all N tokens of the globe, per channel: Y = W2 act(W1 X + b1) + b2.
+    """Token mixing across all N tokens of the globe, per channel: Y = W2 act(W1 X + b1).
 
-    X is [n_own, B, D]; rank r holds the columns W1[:, own tokens] and rows W2[own tokens, :] (and b2 of
-    its tokens). W1[:, own] X_own is a partial sum; one all-reduce of [Dt, B, D] over the jigsaw group
+    DESIGN's output bias b2 [N] is left out: it adds a per-token constant over the D channels, which every
+    later LayerNorm removes, so its gradient is exactly zero (and Adam would turn rounding noise in it into
+    layout-dependent updates).
+
+    X is [n_own, B, D]; rank r holds the columns W1[:, own tokens] and rows W2[own tokens, :]. W1[:, own] X_own is a partial sum; one all-reduce of [Dt, B, D] over the jigsaw group
     completes it (its size does not grow with N). Every rank then uses the full result differently (for
     its own tokens), so its gradient is all-reduced too: reduce_from_group then copy_to_group.
     """
@@ -212,7 +215,6 @@ class TokenMixing(JigsawModule):
         self.w1 = self.new_param((hidden, n), TokenSharded(dim=1), ParamInit("uniform", n))
         self.b1 = self.new_param((hidden,), Replicated(), ParamInit("zeros"))
         self.w2 = self.new_param((n, hidden), TokenSharded(dim=0), ParamInit("uniform", hidden))
-        self.b2 = self.new_param((n,), TokenSharded(dim=0), ParamInit("zeros"))
 
     def forward(self, x):
         n, b, d = x.shape
@@ -220,5 +222,5 @@ class TokenMixing(JigsawModule):
         partial = self.w1 @ x.reshape(n, b * d)                      # [Dt, B*D]: W @ X, no transpose
         z = copy_to_group(reduce_from_group(partial, jigsaw), jigsaw)
         h = self.act(z + self.use(self.b1).unsqueeze(1))
-        y = self.w2 @ h + self.b2.unsqueeze(1)                        # [n_own, B*D]
+        y = self.w2 @ h                                               # [n_own, B*D]
         return y.view(n, b, d)

@@ -1,0 +1,39 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+def spawn_env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def run(cmd, timeout=600, cwd=None):
+    """Run a command; on failure show its output tail in the assertion message."""
+    proc = subprocess.run(cmd, cwd=cwd or ROOT, env=spawn_env(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def torchrun(nproc, script, *args, timeout=600):
+    return run([os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", str(nproc), script, *args],
+               timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def synth_store(tmp_path_factory):
+    """A small synthetic store shared by the tests (33 x 64 grid, 120 times)."""
+    from jigsaw_ds.data.synth import synth_dataset
+    from jigsaw_ds.data.writer import write_store
+
+    path = str(tmp_path_factory.mktemp("data") / "synth.zarr")
+    write_store(synth_dataset(33, 64, 120, seed=1), path)
+    return path

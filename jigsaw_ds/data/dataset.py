@@ -35,8 +35,7 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         t = int(self.starts[i])
-        state = torch.from_numpy(self.store.read(t, self.lat, self.lon))
-        target = torch.from_numpy(self.store.read(t + self.lead, self.lat, self.lon))
+        state, target = torch.from_numpy(self.store.read([t, t + self.lead], self.lat, self.lon))
         return torch.cat([state, self.extra]), target
 
 

@@ -171,19 +171,25 @@ class WeatherStore:
     def n_lon(self) -> int:
         return len(self.lon)
 
-    def read_raw(self, t: int, lat: slice, lon: slice) -> np.ndarray:
-        """[C, h, w] float32 physical values of the selected channels at time index t, tile (lat, lon) only."""
-        out = []
+    def read_raw(self, times: list[int], lat: slice, lon: slice) -> np.ndarray:
+        """[T, C, h, w] float32 physical values of the selected channels at the given time indices, tile
+        (lat, lon) only: one read per variable (all its levels and times at once)."""
+        by_var: dict[str, list[Channel]] = {}
         for ch in self.channels:
-            index = {"time": t, "latitude": lat, "longitude": lon}
-            if ch.level_index is not None:
-                index["level"] = ch.level_index
-            out.append(self.ds[ch.var].isel(index).transpose("latitude", "longitude").values)
-        return np.stack(out).astype(np.float32)
+            by_var.setdefault(ch.var, []).append(ch)
+        parts = {}
+        for var, chans in by_var.items():
+            index = {"time": list(times), "latitude": lat, "longitude": lon}
+            if chans[0].level_index is None:
+                parts[var] = self.ds[var].isel(index).transpose("time", "latitude", "longitude").values[:, None]
+            else:
+                index["level"] = [c.level_index for c in chans]
+                parts[var] = self.ds[var].isel(index).transpose("time", "level", "latitude", "longitude").values
+        return np.concatenate([parts[var] for var in by_var], axis=1).astype(np.float32)
 
-    def read(self, t: int, lat: slice, lon: slice) -> np.ndarray:
-        """Normalised tile: (x - mean) / std per channel."""
-        return (self.read_raw(t, lat, lon) - self.mean[:, None, None]) / self.std[:, None, None]
+    def read(self, times: list[int], lat: slice, lon: slice) -> np.ndarray:
+        """Normalised tiles [T, C, h, w]: (x - mean) / std per channel."""
+        return (self.read_raw(times, lat, lon) - self.mean[:, None, None]) / self.std[:, None, None]
 
     def read_static(self, lat: slice, lon: slice) -> np.ndarray:
         """[S, h, w] static fields of the tile, normalised with their stored mean and std."""

@@ -19,6 +19,10 @@ import torch.distributed as dist
 from . import comm_stats
 
 
+# torch 2.13 renamed reduce_scatter_tensor to reduce_scatter_single (the old name warns); 2.11 has only the old.
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
 def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
     out = x.contiguous().clone()
     comm_stats.record("all_reduce", group, out.numel() * out.element_size())
@@ -41,7 +45,7 @@ def _reduce_scatter(x: torch.Tensor, group) -> torch.Tensor:
         raise ValueError(f"reduce-scatter of {x.shape[0]} rows over {size} ranks: rows must divide evenly")
     out = x.new_empty((x.shape[0] // size,) + tuple(x.shape[1:]))
     comm_stats.record("reduce_scatter", group, x.numel() * x.element_size())
-    dist.reduce_scatter_tensor(out, x, group=group)
+    _reduce_scatter_single(out, x, group=group)
     return out
 
 

@@ -49,7 +49,10 @@ class Trainer:
         part = self.model.partition
         self.lat, self.lon = part.lat_slice(groups.domain_rank), part.lon_slice(groups.tensor_rank)
         weights = torch.from_numpy(lat_cell_weights(store.lat)[self.lat]).float()
-        self.loss_fn = AreaWeightedMSE(weights, store.n_lat, store.n_lon)
+        # Errors in units of each channel's one-step tendency std (residual normalisation): persistence
+        # scores about 1 on every channel, so no channel dominates just by changing slowly.
+        tendency_units = (store.std / store.tendency_std) ** 2
+        self.loss_fn = AreaWeightedMSE(weights, store.n_lat, store.n_lon, channel_weights=tendency_units)
 
         self.engine, *_ = deepspeed.initialize(model=self.model, model_parameters=self.model.parameters(),
                                                config=ds_config, mpu=JigsawMPU(groups))

@@ -1,0 +1,76 @@
+"""Bad config input: one clear error naming the key, before any work starts."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jigsaw_ds import config as jc
+from jigsaw_ds.config import ConfigError
+
+from conftest import ROOT, spawn_env
+
+BASE = {"data": {"store": "x.zarr", "variables": ["temperature"]}}
+
+
+def cfg(**sections):
+    raw = json.loads(json.dumps(BASE))
+    for sec, values in sections.items():
+        raw.setdefault(sec, {}).update(values)
+    return jc.from_dict(raw)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"modle": {}}, "unknown config section 'modle' (did you mean 'model'?)"),
+    ({"model": {"embed_dm": 8}}, "unknown config key 'model.embed_dm' (did you mean 'embed_dim'?)"),
+    ({"model": {"depth": "2"}}, "'model.depth' must be int"),
+    ({"model": {"depth": 0}}, "'model.depth' must be >= 1"),
+    ({"model": {"activation": "tanh"}}, "allowed: gelu, silu, relu"),
+    ({"train": {"global_batch": 2.5}}, "'train.global_batch' must be int"),
+    ({"data": {"val_fraction": 1.5}}, "'data.val_fraction' must be in (0, 1)"),
+    ({"data": {"generate": {"kind": "era6"}}}, "'data.generate.kind'"),
+])
+def test_bad_values_name_the_key(raw, message):
+    full = json.loads(json.dumps(BASE))
+    for sec, values in raw.items():
+        full.setdefault(sec, {}).update(values) if isinstance(full.get(sec), dict) else full.update({sec: values})
+    with pytest.raises(ConfigError) as e:
+        jc.from_dict(full)
+    assert message in str(e.value)
+
+
+def test_overrides_parse_json_and_strings():
+    raw = jc.apply_overrides(json.loads(json.dumps(BASE)), ["model.depth=3", "data.store=/tmp/a.zarr",
+                                                            "data.levels=[500]"])
+    c = jc.from_dict(raw)
+    assert c.model.depth == 3 and c.data.store == "/tmp/a.zarr" and c.data.levels == [500]
+    with pytest.raises(ConfigError, match="section.key=value"):
+        jc.apply_overrides({}, ["depth3"])
+
+
+@pytest.mark.parametrize("change, grid, message", [
+    ({"model": {"patch": 40}}, (33, 64, 100), "'model.patch' = 40 is larger than the grid 33x64"),
+    ({"model": {"patch": 5}}, (33, 64, 100), "does not divide the 64 longitudes"),
+    ({"parallel": {"tensor": 3}}, (33, 64, 100), "'parallel.tensor' = 3 must divide the 16 token columns"),
+    ({"parallel": {"domain": 10}}, (33, 64, 100), "'parallel.domain' = 10 exceeds the 9 token rows"),
+    ({"data": {"lead_steps": 12}}, (33, 64, 12), "'data.lead_steps' = 12 is not shorter than a trajectory"),
+])
+def test_grid_checks(change, grid, message):
+    with pytest.raises(ConfigError) as e:
+        jc.check_against_grid(cfg(**change), *grid)
+    assert message in str(e.value)
+
+
+def test_cli_fails_before_creating_anything(tmp_path, synth_store):
+    """A config naming a variable the store lacks: one message, exit 2, no output directory."""
+    conf = {"data": {"store": synth_store, "variables": ["specific_humidity"]},
+            "train": {"out_dir": str(tmp_path / "run")}}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(conf))
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "jigsaw-train"), "--config", str(path),
+                           "--deepspeed_config", os.path.join(ROOT, "configs", "ds_zero1_fp32.json")],
+                          env=spawn_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "no variable 'specific_humidity'" in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,97 @@
+"""WeatherMixer shapes, patches, FLOP formula, the token-split rule and WB2 latitude weights."""
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from jigsaw_ds.config import ModelConfig
+from jigsaw_ds.model import WeatherMixer, forward_flops_per_sample
+from jigsaw_ds.parallel.partition import TokenPartition
+from jigsaw_ds.train.loss import AreaWeightedMSE, lat_cell_weights
+
+CFG = ModelConfig(patch=4, embed_dim=16, token_hidden=12, channel_hidden=24, depth=2)
+
+
+def test_shapes_and_residual_prediction():
+    m = WeatherMixer(CFG, 33, 64, 7, 5)
+    x = torch.randn(3, 7, 33, 64)
+    y = m(x)
+    assert y.shape == (3, 5, 33, 64)
+    with torch.no_grad():
+        m.tendency_scale.zero_()
+    assert torch.equal(m(x), x[:, :5])  # with zero tendency the model is persistence
+
+
+@pytest.mark.parametrize("n_lat", [32, 33, 35])
+def test_unpatchify_inverts_patchify(n_lat):
+    m = WeatherMixer(CFG, n_lat, 64, 7, 7)
+    x = torch.randn(2, 7, n_lat, 64)
+    tokens = m.patchify(x)
+    assert tokens.shape == (m.partition.n_tokens, 2, 7 * 16)
+    assert torch.equal(m.unpatchify(tokens, n_lat, 64), x)
+
+
+def test_padding_repeats_last_row():
+    m = WeatherMixer(CFG, 33, 64, 1, 1)
+    x = torch.arange(33.0).view(1, 1, 33, 1).expand(1, 1, 33, 64)
+    tokens = m.patchify(x)  # last token row holds pixel rows 32 (real) and 33..35 (padding)
+    last = tokens[-16:].reshape(16, 1, 1, 4, 4)
+    assert torch.all(last[:, 0, 0, :, :] == 32.0)
+
+
+def test_flops_formula_matches_flop_counter():
+    m = WeatherMixer(CFG, 33, 64, 7, 5)
+    x = torch.randn(2, 7, 33, 64)
+    with FlopCounterMode(display=False) as counter:
+        m(x)
+    assert counter.get_total_flops() == 2 * forward_flops_per_sample(CFG, 33, 64, 7, 5)
+
+
+def test_flops_grow_linearly_with_grid():
+    small = forward_flops_per_sample(CFG, 32, 64, 7, 5)
+    big = forward_flops_per_sample(CFG, 64, 128, 7, 5)
+    assert big == 4 * small
+
+
+def test_init_does_not_depend_on_construction_order():
+    a, b = WeatherMixer(CFG, 33, 64, 7, 5, seed=3), WeatherMixer(CFG, 33, 64, 7, 5, seed=3)
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+    c = WeatherMixer(CFG, 33, 64, 7, 5, seed=4)
+    assert not torch.equal(a.embed.weight, c.embed.weight)
+
+
+def test_token_partition_rule():
+    p = TokenPartition(n_lat=33, n_lon=32, patch=4, domain=4, tensor=2)  # 9 token rows, 8 token cols
+    assert [p.rows_of(d) for d in range(4)] == [(0, 3), (3, 5), (5, 7), (7, 9)]
+    assert [p.cols_of(t) for t in range(2)] == [(0, 4), (4, 8)]
+    assert p.lat_slice(3) == slice(28, 33) and p.pad_rows(3) == 3 and p.pad_rows(0) == 0
+    owned = torch.cat([p.token_index(d, t) for d in range(4) for t in range(2)])
+    assert sorted(owned.tolist()) == list(range(p.n_tokens))  # every token exactly once
+    with pytest.raises(ValueError, match="tensor size 3"):
+        TokenPartition(33, 32, 4, 1, 3)
+
+
+def test_lat_weights_pole_including_grid_by_hand():
+    # 90, 0, -90: bounds +-90 and +-45 -> areas 1 - sin45, 2 sin45, 1 - sin45 -> normalised to mean 1
+    s = np.sin(np.pi / 4)
+    area = np.array([1 - s, 2 * s, 1 - s])
+    np.testing.assert_allclose(lat_cell_weights([90.0, 0.0, -90.0]), area / area.mean(), rtol=1e-12)
+
+
+def test_lat_weights_pole_less_grid_by_hand():
+    # -45, 45 (ascending, no poles): bounds -90, 0, 90 -> equal areas
+    np.testing.assert_allclose(lat_cell_weights([-45.0, 45.0]), [1.0, 1.0])
+    lat = np.array([-60.0, 0.0, 60.0])
+    bounds = np.deg2rad([-90, -30, 30, 90])
+    area = np.diff(np.sin(bounds))
+    np.testing.assert_allclose(lat_cell_weights(lat), area / area.mean(), rtol=1e-12)
+    np.testing.assert_allclose(lat_cell_weights(lat[::-1]), (area / area.mean())[::-1], rtol=1e-12)
+
+
+def test_weighted_mse_is_weighted_mean():
+    w = torch.tensor([0.5, 1.5])
+    pred, target = torch.ones(1, 1, 2, 3), torch.zeros(1, 1, 2, 3)
+    pred[0, 0, 1] = 2.0
+    expected = (0.5 * 1 * 3 + 1.5 * 4 * 3) / 6
+    assert AreaWeightedMSE(w, 2, 3)(pred, target).item() == pytest.approx(expected)

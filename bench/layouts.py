@@ -2,7 +2,8 @@
 
     python bench/layouts.py [--world 4] [--steps 10] [--out bench/results/layouts.json]
 
-Spawns one torchrun job of --world ranks (gloo, one thread each); inside it, for every layout of that world
+"jigsaw comm" counts the collectives of the Jigsaw model (parallel/comm_stats.py) on the busiest rank;
+DeepSpeed's data-parallel gradient reduction is not in it. Spawns one torchrun job of --world ranks (gloo, one thread each); inside it, for every layout of that world
 size, times forward + backward + a ZeRO-1 AdamW step through DeepSpeed on the same model and global batch,
 and prints a table. Run on an otherwise idle machine: ranks share its cores.
 """
@@ -86,10 +87,10 @@ def main():
     res = json.load(open(args.out))
     base = next(r for r in res["rows"] if r["layout"][0] == res["world"])  # pure data parallel
     print(f"grid {res['grid']}, global batch {res['global_batch']}, world {res['world']} (CPU, gloo)")
-    print("layout (data,domain,tensor)  step s  vs DP-only  comm MB/step  param MB/rank  vs DP-only")
+    print("layout (data,domain,tensor)  step s  vs DP-only  jigsaw comm MB/step  param MB/rank  vs DP-only")
     for r in res["rows"]:
         print(f"{str(tuple(r['layout'])):28s} {r['step_s']:6.3f} {r['step_s'] / base['step_s']:10.2f} "
-              f"{r['comm_bytes_per_step_max_rank'] / 1e6:13.2f} {r['param_bytes_per_rank_max'] / 1e6:14.2f} "
+              f"{r['comm_bytes_per_step_max_rank'] / 1e6:20.2f} {r['param_bytes_per_rank_max'] / 1e6:14.2f} "
               f"{r['param_bytes_per_rank_max'] / base['param_bytes_per_rank_max']:11.2f}")
     print(f"wrote {args.out}")
 

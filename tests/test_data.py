@@ -107,3 +107,22 @@ def test_interrupted_write_leaves_no_store(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_store(ds, str(out))
     assert not out.exists()
+
+
+def test_swe_trajectories_are_balanced_weather(tmp_path):
+    from jigsaw_ds.data.swe import swe_dataset
+
+    ds = swe_dataset(17, 32, trajectories=2, steps=4, seed=0)
+    assert ds["geopotential"].dims == ("time", "level", "latitude", "longitude")
+    assert list(ds["trajectory"].values) == [0] * 4 + [1] * 4
+    assert ds["latitude"].values[0] == pytest.approx(90, abs=1e-3)
+    u = ds["u_component_of_wind"].values
+    assert 10 < np.abs(u).max() < 150  # jets, not gravity-wave noise and not blown up
+    step = np.abs(np.diff(u[:4], axis=0)).mean()
+    assert 0 < step < 0.2 * u.std()  # smooth in time
+    # the two trajectories start from different random states
+    assert np.abs(u[0] - u[4]).mean() > 0.3 * u.std()
+    path = str(tmp_path / "swe.zarr")
+    write_store(ds, path)
+    store = WeatherStore(path, ["geopotential", "u_component_of_wind", "v_component_of_wind"], [], [500])
+    assert len(store.pair_starts(1)) == 2 * 3

@@ -27,5 +27,6 @@ setup(
     entry_points={"console_scripts": [
         "jigsaw-train=jigsaw_ds.train.trainer:main",
         "jigsaw-data=jigsaw_ds.data.cli:main",
+        "jigsaw-ckpt=jigsaw_ds.train.ckpt_cli:main",
     ]},
 )

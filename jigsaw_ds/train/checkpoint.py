@@ -70,6 +70,8 @@ class CheckpointManager:
         dist.barrier()
         engine.save_checkpoint(self.root, tag=tag, client_state={"step": step}, save_latest=False)
         dist.barrier()  # every rank has written its shards
+        if os.environ.get("JIGSAW_FAULT_BEFORE_MANIFEST") == str(step):
+            os._exit(17)  # fault injection for tests: die like a killed job, shards written, no manifest
         if dist.get_rank() == 0:
             files = {n: {"bytes": os.path.getsize(os.path.join(folder, n)), "sha256": _sha256(os.path.join(folder, n))}
                      for n in _files(folder)}

@@ -16,6 +16,7 @@ from ..model import WeatherMixer, train_flops_per_sample
 from ..parallel import comm_stats
 from ..parallel.topology import JigsawMPU, Layout, initialize
 from .checkpoint import CheckpointManager
+from .layout_free import import_state
 from .logger import MetricsLogger
 from .loss import AreaWeightedMSE, lat_cell_weights
 
@@ -33,7 +34,8 @@ def split_train_val(store: WeatherStore, lead: int, val_fraction: float) -> tupl
 
 
 class Trainer:
-    def __init__(self, cfg: JigsawConfig, ds_config: dict, store: WeatherStore, resume: bool = False):
+    def __init__(self, cfg: JigsawConfig, ds_config: dict, store: WeatherStore, resume: bool = False,
+                 init_from: str = ""):
         import deepspeed
 
         self.cfg, self.store = cfg, store
@@ -68,11 +70,16 @@ class Trainer:
 
         self.ckpt = CheckpointManager(os.path.join(cfg.train.out_dir, "checkpoints"), cfg.train.ckpt_keep)
         self.start_step = self.ckpt.load(self.engine) if resume else 0
+        self.model_shape = {"n_lat": store.n_lat, "n_lon": store.n_lon, "in_channels": n_in, "out_channels": n_state}
+        if init_from and not self.start_step:
+            self.start_step = import_state(self.engine, self.model, groups,
+                                           torch.load(init_from, map_location="cpu", weights_only=False))
         self.flops_per_step = train_flops_per_sample(cfg.model, store.n_lat, store.n_lon, n_in, n_state) \
             * cfg.train.global_batch
         self.logger = MetricsLogger(cfg.train.out_dir, enabled=self.rank0, append=resume and self.start_step > 0)
         if self.rank0:
             self.logger.write_config({"jigsaw": cfg.to_dict(), "deepspeed": ds_config, "layout": vars(layout),
+                                      "model_shape": self.model_shape,
                                       "channels": [c.name for c in store.channels],
                                       "parameters_per_rank": sum(p.numel() for p in self.model.parameters())})
 

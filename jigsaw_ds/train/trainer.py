@@ -30,6 +30,8 @@ def parse_args(argv):
     ap.add_argument("--deepspeed_config", "--deepspeed-config", required=True, help="DeepSpeed JSON config")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     ap.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in out_dir")
+    ap.add_argument("--init-from", default="", metavar="FILE",
+                    help="start from a layout-free checkpoint (jigsaw-ckpt export): weights, Adam state, step")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     return ap.parse_args(argv)
 
@@ -103,7 +105,9 @@ def main(argv=None) -> int:
             store = open_checked_store(cfg)
         except (jconfig.ConfigError, StoreError) as e:
             _fail(str(e))
-    trainer = Trainer(cfg, ds_config, store, resume=args.resume)
+    if args.init_from and not os.path.exists(args.init_from):
+        _fail(f"--init-from: file '{args.init_from}' does not exist")
+    trainer = Trainer(cfg, ds_config, store, resume=args.resume, init_from=args.init_from)
     trainer.fit()
     dist.barrier()
     if rank == 0:

@@ -28,5 +28,6 @@ setup(
         "jigsaw-train=jigsaw_ds.train.trainer:main",
         "jigsaw-data=jigsaw_ds.data.cli:main",
         "jigsaw-ckpt=jigsaw_ds.train.ckpt_cli:main",
+        "jigsaw-eval=jigsaw_ds.eval.evaluate:main",
     ]},
 )

@@ -59,6 +59,7 @@ class TrainConfig:
     val_batches: int = 4
     ckpt_every: int = 0                 # 0 = only at the end
     ckpt_keep: int = 2
+    rollout_steps: int = 1              # K > 1: K-step autoregressive loss, gradient through the rollout
     progress: bool = True
 
 
@@ -180,7 +181,7 @@ def validate(cfg: JigsawConfig) -> None:
             raise ConfigError(f"config key 'data.generate.kind' is {kind!r}; allowed: {', '.join(GENERATE_KINDS)}")
     for key in ("domain", "tensor"):
         _positive(cfg, "parallel", key)
-    for key in ("steps", "global_batch", "log_every", "val_every", "val_batches", "ckpt_keep"):
+    for key in ("steps", "global_batch", "log_every", "val_every", "val_batches", "ckpt_keep", "rollout_steps"):
         _positive(cfg, "train", key)
     _positive(cfg, "train", "ckpt_every", 0)
 
@@ -203,9 +204,10 @@ def check_against_grid(cfg: JigsawConfig, n_lat: int, n_lon: int, n_times_per_tr
     if cfg.model.channel_hidden % cfg.parallel.tensor:
         raise ConfigError(f"config key 'model.channel_hidden' = {cfg.model.channel_hidden} must be divisible by "
                           f"'parallel.tensor' = {cfg.parallel.tensor}")
-    if cfg.data.lead_steps >= n_times_per_traj:
-        raise ConfigError(f"config key 'data.lead_steps' = {cfg.data.lead_steps} is not shorter than a trajectory "
-                          f"({n_times_per_traj} time steps)")
+    span = cfg.data.lead_steps * cfg.train.rollout_steps
+    if span >= n_times_per_traj:
+        raise ConfigError(f"config keys 'data.lead_steps' x 'train.rollout_steps' = {span} is not shorter than a "
+                          f"trajectory ({n_times_per_traj} time steps)")
 
 
 # The type names that the dataclass annotations carry (from __future__ annotations keeps them strings).

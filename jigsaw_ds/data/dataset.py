@@ -20,11 +20,13 @@ def coord_features(lat_deg: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Item i: (inputs [C + S + 3?, h, w], target [C, h, w]) for the pair starting at starts[i]."""
+    """Item i: (inputs [C + S (+ 3), h, w], targets [K, C, h, w]) starting at starts[i]: the state, its
+    static/coordinate channels, and the states `lead`, 2 `lead`, ..., K `lead` steps later (K = rollout)."""
 
     def __init__(self, store: WeatherStore, starts: np.ndarray, lead: int, lat: slice, lon: slice,
-                 coord_feats: bool):
+                 coord_feats: bool, rollout: int = 1):
         self.store, self.starts, self.lead, self.lat, self.lon = store, np.asarray(starts), lead, lat, lon
+        self.rollout = rollout
         extra = [store.read_static(lat, lon)]
         if coord_feats:
             extra.append(coord_features(store.lat[lat], store.lon[lon]))
@@ -35,8 +37,9 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         t = int(self.starts[i])
-        state, target = torch.from_numpy(self.store.read([t, t + self.lead], self.lat, self.lon))
-        return torch.cat([state, self.extra]), target
+        times = [t + k * self.lead for k in range(self.rollout + 1)]
+        states = torch.from_numpy(self.store.read(times, self.lat, self.lon))
+        return torch.cat([states[0], self.extra]), states[1:]
 
 
 class ReplicaBatches(torch.utils.data.Sampler):

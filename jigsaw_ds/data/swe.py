@@ -24,8 +24,9 @@ SPINUP_RECORDS = 4
 def _solver(n_lat: int, n_lon: int):
     from torch_harmonics.examples import ShallowWaterSolver
 
-    # dt 300 s is stable at the truncations of small grids (STACK-NOTES: 300 s at 42, 600 s at 21)
-    return ShallowWaterSolver(n_lat, n_lon, dt=300.0, grid="equiangular").double()
+    # measured stable steps (STACK-NOTES): 600 s up to truncation 21, 300 s at 42; both divide 6 h
+    lmax = ShallowWaterSolver(n_lat, n_lon, dt=300.0, grid="equiangular").lmax
+    return ShallowWaterSolver(n_lat, n_lon, dt=600.0 if lmax <= 21 else 300.0, grid="equiangular").double()
 
 
 def balanced_initial_state(solver, gen: torch.Generator) -> torch.Tensor:

@@ -61,11 +61,13 @@ class Trainer:
         self.device = self.engine.device
         self.dtype = next(self.engine.module.parameters()).dtype
 
-        train_starts, val_starts = split_train_val(store, cfg.data.lead_steps, cfg.data.val_fraction)
+        span = cfg.data.lead_steps * cfg.train.rollout_steps
+        train_starts, val_starts = split_train_val(store, span, cfg.data.val_fraction)
         if len(train_starts) == 0 or len(val_starts) == 0:
             raise ValueError(f"store '{store.path}' has too few times for a train/validation split "
                              f"(train {len(train_starts)}, validation {len(val_starts)} pairs)")
-        mk = lambda s: PairDataset(store, s, cfg.data.lead_steps, self.lat, self.lon, cfg.model.coord_features)
+        mk = lambda s: PairDataset(store, s, cfg.data.lead_steps, self.lat, self.lon, cfg.model.coord_features,
+                                   cfg.train.rollout_steps)
         self.train_set, self.val_set = mk(train_starts), mk(val_starts)
 
         self.ckpt = CheckpointManager(os.path.join(cfg.train.out_dir, "checkpoints"), cfg.train.ckpt_keep)
@@ -100,9 +102,15 @@ class Trainer:
 
     # ---- one optimizer step ----------------------------------------------------------------------------
     def train_step(self, batch) -> float:
+        """One optimizer step; with train.rollout_steps = K the loss is the mean over a K-step rollout,
+        each prediction fed back with the static channels, gradient through all K steps."""
         x, y = self.batch_to_device(batch)
-        pred = self.engine(x)
-        loss = self.loss_fn(pred.float(), y)
+        n_state, k_steps = y.shape[2], y.shape[1]
+        loss = 0.0
+        for k in range(k_steps):
+            pred = self.engine(x)
+            loss = loss + self.loss_fn(pred.float(), y[:, k]) / k_steps
+            x = torch.cat([pred.to(x.dtype), x[:, n_state:]], dim=1)
         self.engine.backward(loss)
         self.engine.step()
         return self.global_mean(loss)
@@ -115,9 +123,9 @@ class Trainer:
                                  self.groups.size("data"), seed=0, steps=self.cfg.train.val_batches, shuffle=False)
         model_loss = persistence = 0.0
         for batch in make_loader(self.val_set, sampler, 0, 2):
-            x, y = self.batch_to_device(batch)
-            model_loss += self.global_mean(self.loss_fn(self.engine(x).float(), y))
-            persistence += self.global_mean(self.loss_fn(x[:, :n_state].float(), y))
+            x, y = self.batch_to_device(batch)  # one-step validation loss (first target of each item)
+            model_loss += self.global_mean(self.loss_fn(self.engine(x).float(), y[:, 0]))
+            persistence += self.global_mean(self.loss_fn(x[:, :n_state].float(), y[:, 0]))
         n = self.cfg.train.val_batches
         return model_loss / n, persistence / n
 

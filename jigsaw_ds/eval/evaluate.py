@@ -1,0 +1,212 @@
+"""jigsaw-eval: autoregressive rollouts scored with WeatherBench2's metrics against persistence and climatology.
+
+    jigsaw-eval --checkpoint FILE --data STORE --out DIR [--lead-steps K] [--inits N]
+
+FILE is a layout-free checkpoint (`jigsaw-ckpt export RUN_DIR --out FILE`), so a model trained at any
+layout is evaluated on one process. Initial times are the held-out part of the store (the validation
+split the trainer used: last trajectories, or last times) whose whole rollout stays in one trajectory.
+Writes to DIR:
+  forecast.zarr  WeatherBench2 forecast layout: dims time (initialisation), prediction_timedelta,
+                 [level,] latitude, longitude; WB2 names and physical units
+  scores.json, scores.csv   RMSE, ACC and bias per channel and lead for model, persistence, climatology
+  rmse.png, acc.png, maps_<channel>.png   scores vs lead; truth / forecast / error maps at a few leads
+Climatology: per grid point mean of the training times by hour of day (all training times if the store
+has one hour), at the valid time.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import xarray as xr
+
+from ..config import from_dict
+from ..data.dataset import PairDataset
+from ..data.store import WeatherStore
+from ..model import WeatherMixer
+from ..train.layout_free import FORMAT
+from ..train.loop import split_train_val
+from .metrics import METRICS
+
+BASELINES = ("persistence", "climatology")
+
+
+def load_model(path: str):
+    """Serial WeatherMixer and jigsaw config from a layout-free checkpoint."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise SystemExit(f"jigsaw-eval: error: {path} is not a layout-free checkpoint; make one with "
+                         f"`jigsaw-ckpt export RUN_DIR --out FILE`")
+    cfg = from_dict(state["config"]["jigsaw"])
+    shape = state["config"]["model_shape"]
+    model = WeatherMixer(cfg.model, shape["n_lat"], shape["n_lon"], shape["in_channels"], shape["out_channels"])
+    model.load_full_state_dict({**state["model"], **state["buffers"]})
+    return model.eval(), cfg
+
+
+@torch.no_grad()
+def rollout(model, dataset: PairDataset, k_steps: int, batch: int = 8) -> np.ndarray:
+    """[n_init, K, C, H, W] normalised forecasts: x_{k+1} = model([x_k, static])."""
+    n_state = model.out_channels
+    out = []
+    for lo in range(0, len(dataset), batch):
+        x = torch.stack([dataset[i][0] for i in range(lo, min(lo + batch, len(dataset)))])
+        steps = []
+        for _ in range(k_steps):
+            pred = model(x)
+            steps.append(pred.numpy())
+            x = torch.cat([pred, x[:, n_state:]], dim=1)
+        out.append(np.stack(steps, axis=1))
+    return np.concatenate(out)
+
+
+def hourly_climatology(store: WeatherStore, times: np.ndarray, max_times: int = 400) -> dict:
+    """{hour: [C, H, W]} mean physical state of the given (training) times by hour of day."""
+    times = times[np.linspace(0, len(times) - 1, min(max_times, len(times))).astype(int)]
+    hours = (store.times[times].astype("datetime64[h]").astype(int) % 24)
+    full = slice(0, None)
+    return {int(h): np.mean([store.read_raw([int(t)], full, full)[0] for t in times[hours == h]], axis=0)
+            for h in np.unique(hours)}
+
+
+def _climatology_at(clim: dict, valid_times: np.ndarray) -> np.ndarray:
+    hours = valid_times.astype("datetime64[h]").astype(int) % 24
+    fallback = np.mean(list(clim.values()), axis=0)
+    return np.stack([clim.get(int(h), fallback) for h in hours.ravel()]).reshape(hours.shape + fallback.shape)
+
+
+def to_dataset(values: np.ndarray, store: WeatherStore, init_times, leads) -> xr.Dataset:
+    """[n_init, K, C, H, W] physical values -> WB2 forecast layout, one variable per store variable."""
+    coords = {"time": init_times, "prediction_timedelta": leads, "latitude": store.lat, "longitude": store.lon}
+    data = {}
+    for var in dict.fromkeys(c.var for c in store.channels):
+        idx = [i for i, c in enumerate(store.channels) if c.var == var]
+        if store.channels[idx[0]].level_index is None:
+            data[var] = (("time", "prediction_timedelta", "latitude", "longitude"), values[:, :, idx[0]])
+        else:
+            levels = [int(store.ds["level"].values[store.channels[i].level_index]) for i in idx]
+            coords["level"] = levels  # WB2 stores share one level axis; a config selects the same levels for all
+            data[var] = (("time", "prediction_timedelta", "level", "latitude", "longitude"),
+                         values[:, :, idx])
+    return xr.Dataset(data, coords=coords)
+
+
+def score(forecasts: dict, truth: np.ndarray, clim: np.ndarray, store: WeatherStore, leads) -> list[dict]:
+    """Rows: channel, lead, metric, and one column per forecast (model, persistence, climatology)."""
+    dims = ("time", "prediction_timedelta", "latitude", "longitude")
+    coords = {"prediction_timedelta": leads, "latitude": store.lat, "longitude": store.lon}
+    rows = []
+    for c, ch in enumerate(store.channels):
+        da = lambda a: xr.DataArray(a[:, :, c], dims=dims, coords=coords)
+        truth_c, clim_c = da(truth), da(clim)
+        results = {name: {m: metric.compute(da(f), truth_c, clim_c).values for m, metric in METRICS.items()}
+                   for name, f in forecasts.items()}
+        for k, lead in enumerate(leads):
+            hours = int(lead / np.timedelta64(1, "h"))
+            for m in METRICS:
+                rows.append({"channel": ch.name, "lead_hours": hours, "metric": m,
+                             **{name: float(results[name][m][k]) for name in forecasts}})
+    return rows
+
+
+def plot(rows: list[dict], forecasts: dict, truth: np.ndarray, store: WeatherStore, leads, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    channels = [c.name for c in store.channels]
+    for metric in ("rmse", "acc"):
+        fig, axes = plt.subplots(1, len(channels), figsize=(3.2 * len(channels), 3), squeeze=False)
+        for ax, ch in zip(axes[0], channels):
+            sel = [r for r in rows if r["channel"] == ch and r["metric"] == metric]
+            for name in forecasts:
+                ax.plot([r["lead_hours"] for r in sel], [r[name] for r in sel], marker="o", label=name)
+            ax.set_title(ch, fontsize=9)
+            ax.set_xlabel("lead (h)")
+        axes[0][0].set_ylabel(metric.upper())
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, f"{metric}.png"), dpi=80)
+        plt.close(fig)
+    show = sorted({0, len(leads) // 2, len(leads) - 1})
+    for c, ch in enumerate(channels[:4]):
+        fig, axes = plt.subplots(len(show), 3, figsize=(10, 2.2 * len(show)), squeeze=False)
+        for row, k in enumerate(show):
+            t, f = truth[0, k, c], forecasts["model"][0, k, c]
+            lim = np.abs(f - t).max()
+            for ax, img, title, kw in ((axes[row][0], t, "truth", {}), (axes[row][1], f, "forecast", {}),
+                                       (axes[row][2], f - t, "error", {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim})):
+                im = ax.imshow(img, **kw)
+                ax.set_title(f"{title} +{int(leads[k] / np.timedelta64(1, 'h'))} h", fontsize=8)
+                ax.axis("off")
+                fig.colorbar(im, ax=ax, shrink=0.7)
+        fig.suptitle(ch)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, f"maps_{ch}.png"), dpi=70)
+        plt.close(fig)
+
+
+def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int = 32, plots: bool = True) -> list[dict]:
+    model, cfg = load_model(checkpoint)
+    store = WeatherStore(data, cfg.data.variables, cfg.data.surface_variables, cfg.data.levels,
+                         cfg.model.static_variables)
+    lead = cfg.data.lead_steps
+    span = lead * lead_steps
+    train_starts, val_starts = split_train_val(store, span, cfg.data.val_fraction)
+    if len(val_starts) == 0:
+        raise SystemExit(f"jigsaw-eval: error: no held-out initial time in '{data}' allows a {lead_steps}-step rollout")
+    inits = val_starts[np.linspace(0, len(val_starts) - 1, min(n_inits, len(val_starts))).astype(int)]
+    full = slice(0, None)
+    dataset = PairDataset(store, inits, lead, full, full, cfg.model.coord_features)
+    mean, std = store.mean[:, None, None], store.std[:, None, None]
+    model_fc = rollout(model, dataset, lead_steps) * std + mean
+    valid = inits[:, None] + lead * np.arange(1, lead_steps + 1)[None, :]
+    truth = np.stack([store.read_raw(list(v), full, full) for v in valid])
+    persistence = np.repeat(store.read_raw(list(inits), full, full)[:, None], lead_steps, axis=1)
+    clim = _climatology_at(hourly_climatology(store, train_starts), store.times[valid])
+    forecasts = {"model": model_fc, "persistence": persistence, "climatology": clim}
+    step = store.times[1] - store.times[0]
+    leads = np.array([(k + 1) * lead * step for k in range(lead_steps)]).astype("timedelta64[ns]")
+
+    os.makedirs(out, exist_ok=True)
+    to_dataset(model_fc, store, store.times[inits], leads).to_zarr(os.path.join(out, "forecast.zarr"), mode="w")
+    rows = score(forecasts, truth, clim, store, leads)
+    with open(os.path.join(out, "scores.json"), "w") as f:
+        json.dump({"checkpoint": checkpoint, "data": data, "inits": len(inits), "rows": rows}, f, indent=1)
+    with open(os.path.join(out, "scores.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    if plots:
+        plot(rows, forecasts, truth, store, leads, out)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="jigsaw-eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="layout-free checkpoint file (jigsaw-ckpt export)")
+    ap.add_argument("--data", required=True, help="zarr store to evaluate on (held-out split)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--lead-steps", type=int, default=4, help="rollout length in model steps")
+    ap.add_argument("--inits", type=int, default=32, help="number of initial times")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    rows = evaluate(args.checkpoint, args.data, args.out, args.lead_steps, args.inits, not args.no_plots)
+    print(f"{'channel':24s} {'lead h':>6s} {'model':>10s} {'persist':>10s} {'clim':>10s}   (RMSE)")
+    for r in rows:
+        if r["metric"] == "rmse":
+            print(f"{r['channel']:24s} {r['lead_hours']:6d} {r['model']:10.4g} {r['persistence']:10.4g} "
+                  f"{r['climatology']:10.4g}")
+    print(f"jigsaw-eval: wrote forecast.zarr, scores.json, scores.csv and plots to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -54,7 +54,8 @@ def test_overrides_parse_json_and_strings():
     ({"model": {"patch": 5}}, (33, 64, 100), "does not divide the 64 longitudes"),
     ({"parallel": {"tensor": 3}}, (33, 64, 100), "'parallel.tensor' = 3 must divide the 16 token columns"),
     ({"parallel": {"domain": 10}}, (33, 64, 100), "'parallel.domain' = 10 exceeds the 9 token rows"),
-    ({"data": {"lead_steps": 12}}, (33, 64, 12), "'data.lead_steps' = 12 is not shorter than a trajectory"),
+    ({"data": {"lead_steps": 12}}, (33, 64, 12), "'data.lead_steps' x 'train.rollout_steps' = 12 is not shorter than a trajectory"),
+    ({"data": {"lead_steps": 4}, "train": {"rollout_steps": 3}}, (33, 64, 12), "= 12 is not shorter than a trajectory"),
 ])
 def test_grid_checks(change, grid, message):
     with pytest.raises(ConfigError) as e:
@@ -73,4 +74,26 @@ def test_cli_fails_before_creating_anything(tmp_path, synth_store):
                           env=spawn_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "no variable 'specific_humidity'" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_a_store_with_nans(tmp_path):
+    import numpy as np
+
+    from jigsaw_ds.data.synth import synth_dataset
+    from jigsaw_ds.data.writer import write_store
+
+    ds = synth_dataset(9, 16, 20, seed=0)
+    ds["2m_temperature"][7, 3, 3] = np.nan
+    write_store(ds, str(tmp_path / "nan.zarr"))
+    conf = {"model": {"patch": 4}, "data": {"store": str(tmp_path / "nan.zarr"), "variables": [],
+                                             "surface_variables": ["2m_temperature"]},
+            "train": {"out_dir": str(tmp_path / "run")}}
+    (tmp_path / "c.json").write_text(json.dumps(conf))
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "jigsaw-train"), "--config",
+                           str(tmp_path / "c.json"), "--deepspeed_config",
+                           os.path.join(ROOT, "configs", "ds_zero1_fp32.json")],
+                          env=spawn_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "variable '2m_temperature' has NaN/inf at time 2020-01-02T18" in proc.stderr
     assert not (tmp_path / "run").exists()

@@ -126,3 +126,13 @@ def test_swe_trajectories_are_balanced_weather(tmp_path):
     write_store(ds, path)
     store = WeatherStore(path, ["geopotential", "u_component_of_wind", "v_component_of_wind"], [], [500])
     assert len(store.pair_starts(1)) == 2 * 3
+
+
+def test_rollout_items_hold_k_consecutive_targets(synth_store):
+    store = open_store(synth_store)
+    full = slice(0, None)
+    x, y = PairDataset(store, [10], 2, full, full, False, rollout=3)[0]
+    assert y.shape == (3, 10, 33, 64)
+    for k in range(3):
+        np.testing.assert_array_equal(y[k].numpy(), store.read([10 + 2 * (k + 1)], full, full)[0])
+    np.testing.assert_array_equal(x.numpy(), store.read([10], full, full)[0])

@@ -88,3 +88,12 @@ def test_jigsaw_layout_under_deepspeed_launcher_matches_one_process(serial_run, 
         assert p["loss"] == pytest.approx(s["loss"], rel=1e-5), (p["step"], p["loss"], s["loss"])
     assert parallel[-1]["val_loss"] == pytest.approx(serial[-1]["val_loss"], rel=1e-5)
     assert parallel[0]["comm_bytes"]["all_reduce/jigsaw"] > 0
+
+
+def test_rollout_training_runs_and_learns(tmp_path, synth_store):
+    """train.rollout_steps = 3: the loss is the mean over a 3-step rollout, gradient through it."""
+    cmd = write_configs(tmp_path, synth_store, tmp_path / "run")
+    run(cmd + ["--set", "train.rollout_steps=3", "--set", "train.steps=8", "--set", "train.ckpt_every=0"])
+    losses = [m["loss"] for m in read_metrics(tmp_path / "run")]
+    assert len(losses) == 8 and all(l == l for l in losses)
+    assert sum(losses[-2:]) < sum(losses[:2])

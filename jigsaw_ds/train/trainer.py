@@ -13,14 +13,13 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
-import torch
 import torch.distributed as dist
 
 from .. import config as jconfig
 from ..data.store import StoreError, WeatherStore
+from ..parallel.allocation import allocation_from_env, check_allocation_from_env, env_rank
 from ..parallel.topology import Layout, init_distributed
 
 
@@ -36,7 +35,7 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
-DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+NAN_SCAN_LIMIT_BYTES = 2 * 2**30  # stores up to this size are scanned for NaN/inf before training starts
 
 
 def load_deepspeed_config(path: str, cfg: jconfig.JigsawConfig, data_parallel: int) -> dict:
@@ -65,7 +64,7 @@ def load_deepspeed_config(path: str, cfg: jconfig.JigsawConfig, data_parallel: i
 
 
 def _fail(message: str) -> "NoReturn":  # noqa: F821
-    if int(os.environ.get("RANK", "0")) == 0:
+    if env_rank() == 0:  # under srun RANK is unset: the SLURM rank decides who prints
         print(f"jigsaw-train: error: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -75,6 +74,9 @@ def open_checked_store(cfg: jconfig.JigsawConfig) -> WeatherStore:
                          cfg.model.static_variables)
     traj_lengths = np.bincount(np.unique(store.trajectory, return_inverse=True)[1])
     jconfig.check_against_grid(cfg, store.n_lat, store.n_lon, int(traj_lengths.min()))
+    selected_bytes = 4 * len(store.channels) * len(store.times) * store.n_lat * store.n_lon
+    if selected_bytes <= NAN_SCAN_LIMIT_BYTES:  # larger stores: `jigsaw-data prepare` checks them once
+        store.check_finite()
     return store
 
 
@@ -88,8 +90,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = jconfig.load(args.config, args.set)
+        for warning in check_allocation_from_env(cfg.parallel.domain, cfg.parallel.tensor, cfg.train.global_batch):
+            print(f"jigsaw-train: warning: {warning}", file=sys.stderr)
         store = None if (cfg.data.generate and not os.path.exists(cfg.data.store)) else open_checked_store(cfg)
-        world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+        world = allocation_from_env().world
         layout = Layout.for_world(world, cfg.parallel.domain, cfg.parallel.tensor)
         ds_config = load_deepspeed_config(args.deepspeed_config, cfg, layout.data)
     except (jconfig.ConfigError, StoreError, ValueError) as e:

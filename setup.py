@@ -29,5 +29,6 @@ setup(
         "jigsaw-data=jigsaw_ds.data.cli:main",
         "jigsaw-ckpt=jigsaw_ds.train.ckpt_cli:main",
         "jigsaw-eval=jigsaw_ds.eval.evaluate:main",
+        "jigsaw-plan=jigsaw_ds.perf.plan:main",
     ]},
 )

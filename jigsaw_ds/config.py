@@ -27,6 +27,7 @@ class ModelConfig:
     activation: str = "gelu"            # gelu | silu | relu
     static_variables: list = field(default_factory=list)  # static store fields fed as inputs
     coord_features: bool = True         # add sin(lat), cos(lat)cos(lon), cos(lat)sin(lon) as inputs
+    activation_checkpointing: bool = False  # recompute each block in backward: activations L n B D instead of per block
 
 
 @dataclass
@@ -60,6 +61,7 @@ class TrainConfig:
     ckpt_every: int = 0                 # 0 = only at the end
     ckpt_keep: int = 2
     rollout_steps: int = 1              # K > 1: K-step autoregressive loss, gradient through the rollout
+    peak_tflops: float = 0.0            # per-GPU peak TFLOP/s for MFU in metrics (0: not logged), e.g. 989 H100 bf16
     progress: bool = True
 
 
@@ -184,6 +186,7 @@ def validate(cfg: JigsawConfig) -> None:
     for key in ("steps", "global_batch", "log_every", "val_every", "val_batches", "ckpt_keep", "rollout_steps"):
         _positive(cfg, "train", key)
     _positive(cfg, "train", "ckpt_every", 0)
+    _positive(cfg, "train", "peak_tflops", 0)
 
 
 def check_against_grid(cfg: JigsawConfig, n_lat: int, n_lon: int, n_times_per_traj: int) -> None:

@@ -95,3 +95,16 @@ def test_weighted_mse_is_weighted_mean():
     pred[0, 0, 1] = 2.0
     expected = (0.5 * 1 * 3 + 1.5 * 4 * 3) / 6
     assert AreaWeightedMSE(w, 2, 3)(pred, target).item() == pytest.approx(expected)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    import dataclasses
+
+    x = torch.randn(2, 7, 33, 64)
+    grads = []
+    for ckpt in (False, True):
+        m = WeatherMixer(dataclasses.replace(CFG, activation_checkpointing=ckpt), 33, 64, 7, 5, seed=1)
+        m(x).square().mean().backward()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
 from ..parallel.layers import (ColumnParallelLinear, LayerNorm, RowParallelLinear, TokenMixing, TokenwiseLinear,
@@ -125,6 +126,9 @@ class WeatherMixer(nn.Module):
             raise ValueError(f"WeatherMixer expects {self.in_channels} input channels, got {x.shape[1]}")
         h = self.embed(self.patchify(x))
         for block in self.blocks:
-            h = block(h)
+            if self.cfg.activation_checkpointing and torch.is_grad_enabled():
+                h = checkpoint(block, h, use_reentrant=False)  # keep only block inputs; recompute in backward
+            else:
+                h = block(h)
         tendency = self.unpatchify(self.head(self.head_norm(h)), x.shape[2], x.shape[3])
         return x[:, :self.out_channels] + self.tendency_scale.view(1, -1, 1, 1) * tendency

@@ -155,6 +155,8 @@ class Trainer:
                       "tflops_per_gpu": self.flops_per_step / dt / world / 1e12,
                       "data_wait_frac": t_data / dt, "peak_mem_gb": _peak_memory_gb(),
                       "comm_bytes": comm_stats.snapshot()}
+            if cfg.peak_tflops:
+                record["mfu"] = record["tflops_per_gpu"] / cfg.peak_tflops
             if step % cfg.val_every == 0 or step == cfg.steps:
                 record["val_loss"], record["val_loss_persistence"] = self.validate()
             if step % cfg.log_every == 0 or "val_loss" in record:

@@ -1,0 +1,320 @@
+"""The analytic step model (jigsaw_ds/perf/model.py) against what the real model does.
+
+No process group is needed: one rank of a layout is emulated in this process with stand-in groups whose
+collectives have the right shapes (all-gather repeats the local piece, reduce-scatter keeps the first one,
+all-reduce is the identity). Every collective still goes through parallel/mappings.py and is counted by
+parallel/comm_stats.py, and every tensor has the size it has on that rank, so bytes, FLOPs and saved
+activations are those of the real rank (the values are not).
+"""
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import ROOT
+from jigsaw_ds.config import ModelConfig, load
+from jigsaw_ds.model import WeatherMixer
+from jigsaw_ds.model import weather_mixer
+from jigsaw_ds.parallel import comm_stats, mappings
+from jigsaw_ds.parallel.topology import JigsawGroups, Layout
+from jigsaw_ds.perf import model as pm
+from jigsaw_ds.perf.comm_model import step_comm_bytes
+
+CFG = ModelConfig(patch=2, embed_dim=16, token_hidden=12, channel_hidden=32, depth=2)
+H, W, C_IN, C_OUT, B = 17, 32, 7, 5, 2          # 9 token rows (last one padded) x 16 columns
+SHAPE = pm.ModelShape(CFG, H, W, C_IN, C_OUT)
+LAYOUTS = [Layout(1, 1, 1), Layout(1, 2, 1), Layout(1, 1, 2), Layout(1, 2, 2), Layout(1, 4, 1), Layout(1, 3, 4),
+           Layout(2, 2, 2)]
+MACHINES = os.path.join(ROOT, "configs", "machines")
+
+
+class FakeGroup:
+    def __init__(self, size):
+        self.size = size
+
+
+class FakeDist:
+    """Shape-exact stand-ins for the torch.distributed calls of parallel/mappings.py."""
+
+    @staticmethod
+    def get_world_size(group):
+        return group.size
+
+    @staticmethod
+    def all_reduce(tensor, group=None):
+        pass
+
+    @staticmethod
+    def all_gather_into_tensor(out, x, group=None):
+        out.copy_(x.repeat((group.size,) + (1,) * (x.dim() - 1)))
+
+
+@pytest.fixture
+def one_rank(monkeypatch):
+    """make(layout, domain_rank) -> JigsawGroups of that rank (tensor rank 0, data rank 0), emulated."""
+    monkeypatch.setattr(mappings, "dist", FakeDist)
+    monkeypatch.setattr(mappings, "_reduce_scatter_single", lambda out, x, group=None: out.copy_(x[:out.shape[0]]))
+    keep = []
+
+    def make(layout, domain_rank=0):
+        sizes = {"tensor": layout.tensor, "domain": layout.domain, "jigsaw": layout.model_parallel,
+                 "data": layout.data}
+        handles = {axis: FakeGroup(size) for axis, size in sizes.items()}
+        for name, group in handles.items():
+            comm_stats.name_group(group, name)
+        keep.append(handles)
+        return JigsawGroups(layout, domain_rank * layout.tensor, handles)
+
+    comm_stats.reset()
+    yield make
+    comm_stats.reset()
+
+
+def rank_input(model, groups, batch=B):
+    part = model.partition
+    lat, lon = part.lat_slice(groups.domain_rank), part.lon_slice(groups.tensor_rank)
+    return torch.randn(batch, C_IN, lat.stop - lat.start, lon.stop - lon.start)
+
+
+def forward_backward(model, x):
+    model(x).sum().backward()
+
+
+# ---- FLOPs -------------------------------------------------------------------------------------------------
+def embed_input_grad_flops(layout, domain_rank=0):
+    """The one GEMM the 3x-forward rule counts that never runs: the embedding's input needs no gradient."""
+    n = pm.own_tokens(SHAPE, layout, domain_rank)
+    return 2 * n * B * C_IN * CFG.patch ** 2 * CFG.embed_dim
+
+
+@pytest.mark.parametrize("layout", LAYOUTS[:6], ids=str)
+def test_flops_per_rank_match_torch_flop_counter(one_rank, layout):
+    groups = one_rank(layout)
+    model = WeatherMixer(CFG, H, W, C_IN, C_OUT, groups)
+    x = rank_input(model, groups)
+    with FlopCounterMode(display=False) as counter:
+        forward_backward(model, x)
+    predicted = pm.flops_per_rank(SHAPE, layout, B) - embed_input_grad_flops(layout)
+    assert counter.get_total_flops() == predicted
+
+
+def test_gemm_list_adds_up_to_the_flop_formula():
+    for layout in LAYOUTS:
+        gemm = 3 * sum(2 * m * k * n for _, m, k, n in pm.gemms(SHAPE, layout, B))
+        assert gemm == pm.flops_per_rank(SHAPE, layout, B)
+
+
+def test_flops_of_the_025deg_config():
+    cfg = load(os.path.join(ROOT, "configs", "era5_025deg.json"))
+    shape = pm.ModelShape.from_config(cfg)
+    assert (shape.n_lat, shape.n_lon, shape.c_in, shape.c_out, shape.n_tokens) == (721, 1440, 74, 69, 65160)
+    per_sample = pm.flops_per_rank(shape, Layout(), 1)
+    assert 3.2e13 < per_sample < 3.4e13           # about 3 x 4 N D (Dt + Dc) L = 32.8 TFLOP
+    # the work splits with the tokens: the busiest of 4 domain ranks has ceil(181 / 4) of 181 rows
+    assert pm.flops_per_rank(shape, Layout(1, 4, 1), 1) == pytest.approx(per_sample * 46 / 181)
+
+
+# ---- parameters and memory ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
+def test_param_bytes_per_rank_match_the_sharded_model(one_rank, layout):
+    setup = pm.TrainSetup(global_batch=4, precision="fp32")
+    for d in range(layout.domain):
+        model = WeatherMixer(CFG, H, W, C_IN, C_OUT, one_rank(layout, d))
+        real = sum(p.numel() * p.element_size() for p in model.parameters())
+        memory = pm.memory_bytes(SHAPE, layout, setup, domain_rank=d)
+        assert memory["weights"] == real, f"{layout} domain rank {d}"
+        assert memory["grads"] == real
+
+
+def test_optimizer_and_grad_bytes_follow_zero_stage():
+    layout = Layout(4, 2, 1)
+    P = pm.params_held(SHAPE, layout)
+    for stage, grads, opt in [(0, 2 * P, 16 * P), (1, 2 * P, 16 * -(-P // 4)), (2, 2 * -(-P // 4), 16 * -(-P // 4))]:
+        m = pm.memory_bytes(SHAPE, layout, pm.TrainSetup(global_batch=8, zero_stage=stage))
+        assert (m["grads"], m["optimizer"]) == (grads, opt), f"stage {stage}"
+        assert m["total"] == sum(v for k, v in m.items() if k != "total")
+    fp32 = pm.memory_bytes(SHAPE, Layout(), pm.TrainSetup(global_batch=8, zero_stage=0, precision="fp32"))
+    assert fp32["optimizer"] == 8 * pm.params_held(SHAPE, Layout())      # Adam m, v; the weights are the master
+
+
+def test_adamw_state_is_two_fp32_copies():
+    model = WeatherMixer(CFG, H, W, C_IN, C_OUT)
+    opt = torch.optim.AdamW(model.parameters())
+    forward_backward(model, torch.randn(1, C_IN, H, W))
+    opt.step()
+    state = sum(t.numel() * t.element_size() for s in opt.state.values() for k, t in s.items() if k != "step")
+    assert state == 8 * pm.params_held(SHAPE, Layout())
+
+
+def saved_activation_bytes(model, x) -> int:
+    """Bytes of the distinct storages autograd saves for backward, parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    buffers = {b.untyped_storage().data_ptr() for b in model.buffers()}
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params | buffers:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    out.sum().backward()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("layout", LAYOUTS[:6], ids=str)
+def test_activation_bytes_match_saved_tensors(one_rank, layout):
+    groups = one_rank(layout)
+    model = WeatherMixer(CFG, H, W, C_IN, C_OUT, groups)
+    measured = saved_activation_bytes(model, rank_input(model, groups))
+    predicted = pm.activation_bytes(SHAPE, layout, B, 4, loss=False)["total"]
+    assert measured == predicted
+
+
+def test_checkpointing_keeps_one_block_input_per_block():
+    big = dataclasses.replace(SHAPE, cfg=dataclasses.replace(CFG, depth=8))
+    off = pm.activation_bytes(big, Layout(), B, 2)
+    on = pm.activation_bytes(big, Layout(), B, 2, checkpointing=True)
+    n = big.n_tokens
+    per_block = (off["blocks"]) // 8
+    assert on["blocks"] == 8 * n * B * CFG.embed_dim * 2 + per_block
+    assert on["total"] < off["total"]
+
+
+# ---- collectives -------------------------------------------------------------------------------------------
+MixerBlockForward = weather_mixer.MixerBlock.forward
+
+
+def checkpointed_forward(self, x):
+    """What activation checkpointing per block does (torch.utils.checkpoint, non-reentrant)."""
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(MixerBlockForward, self, x, use_reentrant=False)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
+def test_collective_bytes_and_calls_match_counters(one_rank, monkeypatch, layout, checkpointing):
+    if checkpointing:
+        monkeypatch.setattr(weather_mixer.MixerBlock, "forward", checkpointed_forward)
+    groups = one_rank(layout)
+    model = WeatherMixer(CFG, H, W, C_IN, C_OUT, groups)
+    x = rank_input(model, groups)
+    comm_stats.reset()
+    forward_backward(model, x)
+    counted, calls = comm_stats.snapshot(), comm_stats.calls()
+    predicted = pm.predict_step(SHAPE, layout, load_machine("a100-40gb-4x-hdr200"),
+                                pm.TrainSetup(global_batch=B * layout.data, precision="fp32",
+                                              checkpointing=checkpointing))
+    jigsaw = {k: v for k, v in predicted.collectives.items() if not k.endswith("/data")}
+    assert jigsaw == counted
+    assert pm.collective_calls(SHAPE, layout, checkpointing) == calls
+    if not checkpointing:   # the model's Jigsaw bytes are comm_model's, exactly
+        assert jigsaw == step_comm_bytes(CFG, H, W, C_IN, C_OUT, layout, B, 0, 4)
+
+
+def test_data_parallel_traffic_is_the_gradient_and_parameter_bytes():
+    layout = Layout(4, 2, 1)
+    P = pm.params_held(SHAPE, layout)
+    pred = pm.predict_step(SHAPE, layout, load_machine("a100-40gb-4x-hdr200"), pm.TrainSetup(global_batch=8))
+    assert pred.collectives["reduce_scatter/data"] == pred.collectives["all_gather/data"] == 2 * P
+    assert pm.data_parallel_bytes(P, layout, pm.TrainSetup(8, zero_stage=0)) == {"all_reduce/data": 2 * P}
+    assert pm.data_parallel_bytes(P, Layout(1, 2, 1), pm.TrainSetup(8)) == {}
+
+
+def test_read_bytes_per_rank_are_the_rank_tile():
+    full = pm.read_bytes_per_rank(SHAPE, Layout(), 1)
+    assert full == 2 * C_OUT * H * W * 4
+    tiles = [pm.read_bytes_per_rank(SHAPE, Layout(1, 3, 2), 1, domain_rank=d) for d in range(3)]
+    assert sum(tiles) * 2 == full           # 3 latitude bands x 2 longitude tiles cover the globe once
+
+
+# ---- times -------------------------------------------------------------------------------------------------
+def test_ring_alpha_beta():
+    assert pm.ring_time("all_reduce", 8e9, 4, 100e9, 1e-5) == pytest.approx(6 * 1e-5 + 2 * 0.75 * 8e9 / 100e9)
+    assert pm.ring_time("all_gather", 8e9, 4, 100e9, 1e-5, calls=3) == pytest.approx(9 * 1e-5 + 0.75 * 8e9 / 100e9)
+    assert pm.ring_time("reduce_scatter", 8e9, 1, 100e9, 1e-5) == 0
+
+
+def test_group_placement_tensor_fastest_then_domain_then_data():
+    m = load_machine("a100-40gb-4x-hdr200")          # 4 GPUs per node
+    lay = Layout(2, 2, 2)                              # ranks: tensor (0,1), domain (0,2), data (0,4)
+    assert not pm.placement("tensor", lay, 4)["spans_nodes"]
+    assert not pm.placement("domain", lay, 4)["spans_nodes"]
+    assert not pm.placement("jigsaw", lay, 4)["spans_nodes"]
+    data = pm.placement("data", lay, 4)
+    assert data == {"size": 2, "spans_nodes": True, "groups_per_node": 4}
+    assert pm.link("data", lay, m)[0] == pytest.approx(m.inter_gbps_per_gpu * 1e9)   # 4 rings share 4 NICs
+    wide = Layout(1, 8, 1)                             # one domain ring over 2 nodes: all 4 NICs for it
+    assert pm.link("domain", wide, m)[0] == pytest.approx(min(m.intra_gbps, 4 * m.inter_gbps_per_gpu) * 1e9)
+    assert pm.link("tensor", wide, m) == (m.intra_gbps * 1e9, m.intra_latency_us * 1e-6)
+
+
+def test_step_time_orders_and_bottlenecks():
+    cfg = load(os.path.join(ROOT, "configs", "era5_025deg.json"))
+    shape = pm.ModelShape.from_config(cfg)
+    m = load_machine("h100-80gb-4x-ndr400")
+    pred = pm.predict_step(shape, Layout(4, 4, 1), m, pm.TrainSetup(global_batch=16))
+    t = pred.times
+    assert t["overlapped"] <= t["prefetch"] <= t["serial"]
+    assert pred.fits and pred.bottleneck() in ("compute", "communication", "I/O")
+    too_big = pm.predict_step(shape, Layout(1, 1, 1), m, pm.TrainSetup(global_batch=16))
+    assert not too_big.fits and too_big.bottleneck() == "memory"
+    with pytest.raises(ValueError, match="tensor 7"):
+        pm.predict_step(shape, Layout(1, 1, 7), m, pm.TrainSetup(global_batch=16))
+
+
+def test_bare_stack_rates_measured_on_h200_within_10_percent():
+    """The eager mixer-stack rates measured on the H200 (STACK-NOTES) against the model's prediction."""
+    m = load_machine("h200-1gpu")
+    for tokens_hw, d, batch, measured in [((180, 360), 1024, 1, 459), ((90, 180), 2048, 2, 531), ((90, 180), 512, 8, 280)]:
+        cfg = ModelConfig(patch=1, embed_dim=d, token_hidden=d, channel_hidden=4 * d, depth=8)
+        shape = pm.ModelShape(cfg, *tokens_hw, 1, 1)
+        blocks = [g for g in pm.gemms(shape, Layout(), batch) if g[0] not in ("embed", "head")]
+        flops = 3 * sum(2 * a * b * c for _, a, b, c in blocks)
+        rate = flops / pm.compute_time(shape, Layout(), m, batch, "bf16") / 1e12
+        assert abs(rate / measured - 1) < 0.10, f"D={d}: predicted {rate:.0f}, measured {measured} TFLOP/s"
+
+
+# ---- machine files and the planner -------------------------------------------------------------------------
+def load_machine(name):
+    return pm.Machine.load(os.path.join(MACHINES, name + ".json"))
+
+
+def test_machine_files_load_and_cite_their_figures():
+    names = sorted(f[:-5] for f in os.listdir(MACHINES) if f.endswith(".json"))
+    assert {"a100-40gb-4x-hdr200", "h100-80gb-4x-ndr400", "h200-1gpu"} <= set(names)
+    for name in names:
+        m = load_machine(name)
+        assert m.gemm_tflops["bf16"] <= m.peak_tflops["bf16"]
+        assert "datasheet" in m.comment
+
+
+def test_plan_ranks_feasible_layouts(capsys, tmp_path):
+    from jigsaw_ds.perf import plan
+
+    def run(gpus, *extra):
+        out = tmp_path / f"plan{gpus}.json"
+        code = plan.main(["--config", os.path.join(ROOT, "configs", "era5_025deg.json"), "--gpus", str(gpus),
+                          "--machine", os.path.join(MACHINES, "a100-40gb-4x-hdr200.json"), "--json", str(out), *extra])
+        assert code == 0
+        return json.loads(out.read_text()), capsys.readouterr().out
+
+    res, text = run(8)
+    assert "rank" in text and "bottleneck" in text
+    ranked = res["feasible"]
+    assert len(ranked) >= 5 and all(r["world"] == 8 and r["micro_batch"] * r["layout"][0] == 16 for r in ranked)
+    times = [r["t_step_s"] for r in ranked]
+    assert times == sorted(times)
+    assert all(r["memory_gb"] <= 40 and r["bottleneck"] in ("compute", "communication", "I/O") for r in ranked)
+
+    res, text = run(4)                       # 16 samples on 4 A100-40GB: about 55 GB of activations per rank
+    assert not res["feasible"] and all(r["reason"].startswith("memory") for r in res["infeasible"])
+    assert "no layout fits" in text
+    res, _ = run(4, "--accumulate")          # with gradient accumulation they fit
+    assert res["feasible"] and all(r["accumulation"] > 1 for r in res["feasible"])

@@ -27,7 +27,27 @@ def main(argv=None) -> int:
     w.add_argument("--trajectories", type=int, default=8)
     w.add_argument("--steps", type=int, default=40)
     w.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("prepare", help="ingest WB2 zarr / netCDF / GRIB into the training layout + statistics",
+                       description="Ingest WeatherBench2 zarr stores, CDS netCDF and GRIB files into a training "
+                                   "store (WB2 names and dims, source values and grid kept exactly), with "
+                                   "per-channel statistics and a climatology. See docs/data.md.")
+    p.add_argument("sources", nargs="+", metavar="SRC", help="zarr stores, netCDF or GRIB files")
+    p.add_argument("--out", required=True, help="the store to write (replaced only when complete)")
+    p.add_argument("--variables", nargs="+", help="WB2 or ECMWF short names (default: all, or the config's)")
+    p.add_argument("--levels", nargs="+", type=int, help="pressure levels in hPa (default: all, or the config's)")
+    p.add_argument("--member", type=int, default=0, help="ensemble member kept from files with a 'number' axis")
+    p.add_argument("--config", help="jigsaw config: default variables/levels/patch, and its grid checks")
+    p.add_argument("--patch", type=int, default=4, help="model patch size (latitude chunks are whole patch rows)")
+    p.add_argument("--lat-chunk", type=int, default=0,
+                   help="latitude rows per chunk, a multiple of the patch (default: one patch row)")
+    p.add_argument("--lon-chunk", type=int, default=0,
+                   help="longitude columns per chunk (default: all; set to the tile width for tensor > 1)")
+    p.add_argument("--level-chunk", type=int, default=0, help="levels per chunk (default: all)")
+    p.add_argument("--time-block", type=int, default=0, help="time steps held in memory per write (default: ~256 MB)")
+    p.add_argument("--no-climatology", dest="climatology", action="store_false")
     args = ap.parse_args(argv)
+    if args.cmd == "prepare":
+        return _prepare(args)
 
     from .generate import from_spec
 
@@ -35,6 +55,44 @@ def main(argv=None) -> int:
     out = from_spec({"kind": args.cmd, **spec}, args.out)
     print(f"jigsaw-data: wrote {out}")
     return 0
+
+
+def _prepare(args) -> int:
+    from .prepare import prepare
+
+    try:
+        out = prepare(args.sources, args.out, args.variables, args.levels, member=args.member, patch=args.patch,
+                      lat_chunk=args.lat_chunk, lon_chunk=args.lon_chunk, level_chunk=args.level_chunk,
+                      config=args.config, climatology=args.climatology, time_block=args.time_block)
+    except ValueError as e:  # SourceError, StoreError, ConfigError and bad options: one line, no traceback
+        print(f"jigsaw-data prepare: error: {e}", file=sys.stderr)
+        return 2
+    print(f"jigsaw-data: wrote {out}")
+    print(describe(out))
+    return 0
+
+
+def describe(path: str) -> str:
+    """A few lines on a store: times, grid, channels, chunks, ensemble member, climatology."""
+    import xarray as xr
+
+    from .store import all_channels
+
+    ds = xr.open_zarr(path, chunks=None)
+    lat, lon = ds["latitude"].values, ds["longitude"].values
+    first = sorted(ds.data_vars, key=lambda v: -ds[v].ndim)[0]  # an upper-air variable if there is one
+    chunks = {first: ds[first].encoding.get("chunks")}
+    lines = [f"  time: {ds.sizes['time']} steps, {ds['time'].values[0]} .. {ds['time'].values[-1]}",
+             f"  grid: {len(lat)} x {len(lon)}, latitude {lat[0]} .. {lat[-1]}, longitude {lon[0]} .. {lon[-1]}",
+             f"  channels: {', '.join(c.name for c in all_channels(ds))}",
+             f"  static: {', '.join(v for v, da in ds.data_vars.items() if 'time' not in da.dims) or 'none'}",
+             f"  chunks: {chunks}, ensemble member: {ds.attrs.get('ensemble_member', 'none')}"]
+    try:
+        clim = xr.open_zarr(path, group="climatology", chunks=None)
+        lines.append(f"  climatology: by {clim.attrs.get('grouping')} ({dict(clim.sizes)})")
+    except Exception:  # no climatology group: the time span did not allow one
+        lines.append("  climatology: none")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,12 @@ class WeatherStore:
             self._ds = open_store(self.path)
         return self._ds
 
+    def read_through(self, zarr_store) -> None:
+        """Read from now on through `zarr_store`, a zarr Store over the same data (e.g. data.counting's
+        CountingStore, to measure the bytes this rank reads). What DataLoader worker processes read is
+        counted, if at all, in those processes."""
+        self._ds = xr.open_zarr(zarr_store, chunks=None)
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_ds"] = None  # each DataLoader worker opens its own handle

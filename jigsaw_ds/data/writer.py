@@ -1,34 +1,104 @@
-"""Writing a training store: statistics into attrs, chunks that match rank tiles, atomically."""
+"""Writing a training store: chunks that match rank tiles, statistics into attrs, atomically.
+
+The data is written in blocks of time steps (appended along `time`), so a store larger than memory can be
+written from lazily opened sources one block at a time, with a progress bar. The statistics are computed
+afterwards from the written store, so they describe exactly the stored values, and they are written last:
+a store without `attrs['jigsaw_stats']` is refused by WeatherStore, and the whole store only appears under
+its final name once complete.
+"""
 from __future__ import annotations
 
 import os
 import shutil
+from typing import Callable, Optional, Sequence, Union
 
 import xarray as xr
+import zarr
 
 from .store import STATS_ATTR, compute_stats
 
+BLOCK_BYTES = 256 * 2**20  # data held in memory per written block (default)
+# Stored exactly for any whole-second time axis, and the same for every appended block.
+TIME_ENCODING = {"units": "seconds since 1970-01-01", "dtype": "int64"}
 
-def write_store(ds: xr.Dataset, out: str, lat_chunk: int = 0, lon_chunk: int = 0) -> str:
-    """Compute statistics, chunk one time step per chunk (and lat/lon tiles if given), write to `out`.
 
-    The store is written next to `out` under a temporary name and renamed when complete, so an
-    interrupted write never leaves a store at `out` that looks complete.
-    """
-    ds = ds.copy()
-    ds.attrs[STATS_ATTR] = compute_stats(ds)
-    chunks = {"time": 1, "latitude": lat_chunk or ds.sizes["latitude"], "longitude": lon_chunk or ds.sizes["longitude"]}
-    if "level" in ds.dims:
-        chunks["level"] = 1
+def chunk_encoding(ds: xr.Dataset, lat_chunk: int = 0, lon_chunk: int = 0, level_chunk: int = 1) -> dict:
+    """One time step per chunk, `level_chunk` levels, latitude bands of `lat_chunk` rows and longitude tiles of
+    `lon_chunk` columns (0: the whole axis), so a rank's tile is read as whole chunks. Every rank reads every
+    level it trains on, so chunks of all levels cost no extra bytes and save per-chunk overhead."""
+    chunks = {"time": 1, "hour": 1, "dayofyear": 1, "level": level_chunk or ds.sizes.get("level", 1),
+              "latitude": lat_chunk or ds.sizes["latitude"], "longitude": lon_chunk or ds.sizes["longitude"]}
     encoding = {}
     for name, da in ds.data_vars.items():
-        encoding[name] = {"chunks": tuple(chunks[d] for d in da.dims)}
-        da.encoding.pop("chunks", None)
+        encoding[name] = {"chunks": tuple(min(chunks[d], da.sizes[d]) for d in da.dims)}
+    if "time" in ds.coords:
+        encoding["time"] = dict(TIME_ENCODING)
+    return encoding
+
+
+def time_blocks(ds: xr.Dataset, time_block: int = 0) -> list[slice]:
+    """Consecutive time slices of at most `time_block` steps (0: about BLOCK_BYTES of data each)."""
+    n = ds.sizes["time"]
+    if not time_block:
+        per_step = sum(da.nbytes for da in ds.data_vars.values() if "time" in da.dims) // max(n, 1)
+        time_block = max(1, BLOCK_BYTES // max(per_step, 1))
+    return [slice(i, min(i + time_block, n)) for i in range(0, n, time_block)]
+
+
+def write_store(ds: Union[xr.Dataset, Sequence[xr.Dataset]], out: str, lat_chunk: int = 0, lon_chunk: int = 0,
+                level_chunk: int = 1, time_block: int = 0, progress: bool = False,
+                check_block: Optional[Callable[[xr.Dataset], None]] = None,
+                before_commit: Optional[Callable[[str], None]] = None) -> str:
+    """Write `ds` (or consecutive parts of one time axis) to `out` with statistics; return its path.
+
+    check_block(block) sees each block of time steps loaded in memory before it is written (prepare checks
+    values there, without a second read of the sources). before_commit(path) may add to the finished store
+    (prepare writes a climatology group) before it is renamed into place. The store is written next to `out`
+    under a temporary name and renamed when complete; on any error or interrupt the temporary store is removed,
+    so an interrupted write never leaves a store at `out` that looks complete.
+    """
+    parts = [part.copy() for part in ([ds] if isinstance(ds, xr.Dataset) else ds)]  # encodings change below
     out = os.path.abspath(out)
     tmp = out + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=True)
+    try:
+        encoding = chunk_encoding(parts[0], lat_chunk, lon_chunk, level_chunk)
+        _write_blocks(parts, tmp, encoding, time_block, progress, check_block)
+        group = zarr.open_group(tmp, mode="r+")
+        group.attrs[STATS_ATTR] = compute_stats(xr.open_zarr(tmp, chunks=None, consolidated=False))
+        if before_commit:
+            before_commit(tmp)
+        zarr.consolidate_metadata(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.exists(out):
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def _write_blocks(parts, tmp, encoding, time_block, progress, check_block) -> None:
+    """First block creates the store (static fields included), the others append along time."""
+    for part in parts:
+        for da in part.data_vars.values():
+            da.encoding.pop("chunks", None)  # a source's chunking is not the store's
+            da.encoding.pop("preferred_chunks", None)
+    blocks = [(part, s) for part in parts for s in time_blocks(part, time_block)]
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(s.stop - s.start for _, s in blocks), unit="step", desc=f"write {os.path.basename(tmp)}",
+               disable=not progress or len(blocks) < 2, dynamic_ncols=True)
+    for i, (part, s) in enumerate(blocks):
+        block = part.isel(time=s)
+        if i:
+            block = block.drop_vars([v for v, da in block.data_vars.items() if "time" not in da.dims])
+        block = block.load()
+        if check_block:
+            check_block(block)
+        if i == 0:
+            block.to_zarr(tmp, mode="w", encoding=encoding, consolidated=False)
+        else:
+            block.to_zarr(tmp, append_dim="time", consolidated=False)
+        bar.update(s.stop - s.start)
+    bar.close()

@@ -1,0 +1,404 @@
+"""jigsaw-data prepare: ingest WeatherBench2 zarr, CDS netCDF and GRIB files into the training layout.
+
+What a source may look like, and what the store gets (see docs/data.md):
+  - names: ECMWF short names (t2m, z, t, u, v, q, msl, ...; isobaricInhPa / pressure_level, lat / lon,
+    valid_time) are mapped to WeatherBench2's (2m_temperature, geopotential, ..., level, latitude, longitude,
+    time); WB2 names pass through. `z` without a level axis is the surface geopotential (orography).
+  - grid: latitude ascending or descending, longitude 0..360 or -180..180, any dimension order. Values and
+    coordinates are kept exactly as read (no regridding, no flipping): only a longitude axis that wraps
+    through 0 deg E in 0..360 form (350 ... 359.75, 0 ... 2) is relabelled as -10 ... 2, and one that wraps
+    through 180 deg in -180..180 form as 170 ... 190 (the same points, now increasing).
+    Dims are transposed to (time, level, latitude, longitude).
+  - time: the valid time (cfgrib's `valid_time` = time + step) becomes `time`; forecasts with several
+    steps are refused. Ensembles (dim `number`): one member is kept (`member`, default 0).
+  - several files: files with the same variables are joined along time (monthly files); files with other
+    variables over the same times are merged (a surface and a pressure-level file); files without a time
+    axis give static fields. Grids, levels and times must match exactly, or it is an error.
+Bad input (missing variable or level, NaN/inf, non-monotonic or duplicated coordinates, a grid the model
+config cannot use, an unreadable file) raises one SourceError naming file, variable and coordinate. The
+store is written by writer.write_store: chunks in latitude bands of whole patch rows, statistics, an
+optional climatology group, and an atomic rename, so an interrupted ingest leaves no store that looks complete.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .store import StoreError
+from .writer import chunk_encoding, write_store
+
+SHORT_NAMES = {  # ECMWF short name -> WeatherBench2 name
+    "z": "geopotential", "t": "temperature", "u": "u_component_of_wind", "v": "v_component_of_wind",
+    "q": "specific_humidity", "w": "vertical_velocity", "r": "relative_humidity", "vo": "vorticity",
+    "d": "divergence", "t2m": "2m_temperature", "d2m": "2m_dewpoint_temperature",
+    "u10": "10m_u_component_of_wind", "v10": "10m_v_component_of_wind", "msl": "mean_sea_level_pressure",
+    "sp": "surface_pressure", "tp": "total_precipitation", "tcwv": "total_column_water_vapour",
+    "sst": "sea_surface_temperature", "skt": "skin_temperature", "lsm": "land_sea_mask",
+    "slor": "slope_of_sub_gridscale_orography", "sdor": "standard_deviation_of_orography",
+}
+SURFACE_GEOPOTENTIAL = "geopotential_at_surface"  # what `z` means without a level axis
+STATIC_NAMES = {"land_sea_mask", SURFACE_GEOPOTENTIAL, "slope_of_sub_gridscale_orography",
+                "standard_deviation_of_orography", "soil_type"}
+COORD_NAMES = {"isobaricInhPa": "level", "pressure_level": "level", "lat": "latitude", "lon": "longitude"}
+DIMS = ("time", "level", "latitude", "longitude")
+GRIB_SUFFIXES = (".grib", ".grb", ".grib1", ".grib2", ".grb2")
+NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5")
+
+
+class SourceError(StoreError):
+    """A source cannot be ingested; the message names the file, the variable and the coordinate."""
+
+
+@dataclass
+class Source:
+    """One opened source: its dataset in WB2 names and dims, and the names it had in the file."""
+    path: str
+    ds: xr.Dataset
+    original: dict = field(default_factory=dict)  # WB2 name -> name in the file (variables and coordinates)
+    member: Optional[int] = None  # the ensemble member kept, if the file had several
+
+    def name(self, wb2: str) -> str:
+        src = self.original.get(wb2, wb2)
+        return f"'{wb2}'" if src == wb2 else f"'{wb2}' ('{src}' in the file)"
+
+
+# ---- opening and naming --------------------------------------------------------------------------------
+def open_source(path: str) -> list[xr.Dataset]:
+    """The datasets of one file or zarr store, opened lazily (a GRIB file with several level types gives one
+    dataset per type). cfgrib writes no index file (the data directory may be read-only) and squeezes no
+    dimension (one time step stays a time axis)."""
+    if not os.path.exists(path):
+        raise SourceError(f"{path}: no such file or directory")
+    kind = "zarr" if os.path.isdir(path) or path.rstrip("/").endswith(".zarr") else \
+        "grib" if path.lower().endswith(GRIB_SUFFIXES) else "netcdf"
+    try:
+        if kind == "zarr":
+            return [xr.open_zarr(path, chunks=None)]
+        if kind == "netcdf":
+            return [xr.open_dataset(path, chunks=None)]
+        return _open_grib(path)
+    except Exception as e:  # engines raise many types for a file they cannot read
+        raise SourceError(f"{path}: cannot be read as {kind}: {type(e).__name__}: {e}") from None
+
+
+def _open_grib(path: str) -> list[xr.Dataset]:
+    """cfgrib.open_datasets, not xarray's cfgrib engine: the engine keeps only the first hypercube of a file
+    with several (a surface and a pressure-level field, or another member count) and skips the others with a
+    log message; open_datasets returns them all."""
+    import cfgrib
+
+    return cfgrib.open_datasets(path, backend_kwargs={"indexpath": "", "squeeze": False})
+
+
+def to_wb2(ds: xr.Dataset, path: str, member: int) -> Source:
+    """Rename to WB2 names, pick the ensemble member, use the valid time, drop scalar coordinates and
+    length-1 axes the store has no place for, and transpose to (time, level, latitude, longitude)."""
+    level_names = {"level"} | {k for k, v in COORD_NAMES.items() if v == "level"}
+    had_members = "number" in ds.dims and ds.sizes["number"] > 1
+    ds = _valid_time(_select_member(ds, path, member), path)
+    ds = ds.expand_dims([n for n in level_names if n in ds.coords and ds[n].ndim == 0])  # one level, squeezed
+    ds = ds.drop_vars([n for n in ds.coords if n not in ds.dims])  # step, valid_time, surface, expver, ...
+    ds = ds.isel({d: 0 for d in ds.dims if d not in DIMS and d not in level_names and ds.sizes[d] == 1}, drop=True)
+    renames = {k: v for k, v in COORD_NAMES.items() if k in ds.dims}
+    for var, da in ds.data_vars.items():
+        wb2 = SHORT_NAMES.get(var, var)
+        renames[var] = SURFACE_GEOPOTENTIAL if wb2 == "geopotential" and not level_names & set(da.dims) else wb2
+    ds = ds.rename({k: v for k, v in renames.items() if k != v})
+    src = Source(path, ds, {v: k for k, v in renames.items()}, member if had_members else None)
+    for var, da in ds.data_vars.items():
+        extra = [d for d in da.dims if d not in DIMS]
+        if extra:
+            raise SourceError(f"{path}: variable {src.name(var)} has the dimension '{extra[0]}' (length "
+                              f"{da.sizes[extra[0]]}) that the store layout (time, level, latitude, longitude) "
+                              f"cannot hold")
+    ds = _static_fields(ds)
+    for var in ds.variables:
+        ds[var].encoding = {}  # the store's dtype is the decoded values' dtype, not the file's packing
+    ds = ds.transpose(*[d for d in DIMS if d in ds.dims])
+    if "level" in ds.dims:
+        ds = ds.assign_coords(level=_integer_levels(src, ds["level"].values))
+    src.ds = ds
+    return src
+
+
+def _static_fields(ds: xr.Dataset) -> xr.Dataset:
+    """Invariant fields (land-sea mask, orography) stored with one time step lose the time axis; a file
+    holding nothing else loses its time coordinate too (its fields join every time step)."""
+    one_step = [v for v, da in ds.data_vars.items() if v in STATIC_NAMES and da.sizes.get("time") == 1]
+    ds = ds.assign({v: ds[v].isel(time=0, drop=True) for v in one_step})
+    if "time" in ds.dims and not any("time" in da.dims for da in ds.data_vars.values()):
+        ds = ds.drop_dims("time")
+    return ds
+
+
+def _select_member(ds: xr.Dataset, path: str, member: int) -> xr.Dataset:
+    """The ensemble member `member` of a file with several; a length-1 `number` axis is dropped later."""
+    if "number" not in ds.dims or ds.sizes["number"] == 1:
+        return ds
+    members = [int(m) for m in ds["number"].values]
+    if member not in members:
+        raise SourceError(f"{path}: ensemble member {member} is not on coordinate 'number' (has {members})")
+    return ds.sel(number=member, drop=True)
+
+
+def _valid_time(ds: xr.Dataset, path: str) -> xr.Dataset:
+    """`time` := valid time. cfgrib gives time (reference) + step with valid_time beside; CDS netCDF since
+    2024 has valid_time as the dimension."""
+    if "step" in ds.dims:
+        if ds.sizes["step"] > 1:
+            raise SourceError(f"{path}: coordinate 'step' has {ds.sizes['step']} forecast steps; the store holds one "
+                              f"state per time: ingest analyses, or one step per file")
+        ds = ds.isel(step=0)
+    if "valid_time" in ds.dims and "time" not in ds.dims:
+        ds = ds.drop_vars("time", errors="ignore").rename({"valid_time": "time"})
+    elif "valid_time" in ds.coords and "time" in ds.coords:
+        ds = ds.assign_coords(time=ds["valid_time"].variable)
+    if "time" in ds.coords and ds["time"].ndim == 0:
+        ds = ds.expand_dims("time")  # one time step, squeezed by the converter
+    return ds
+
+
+def _integer_levels(src: Source, levels: np.ndarray) -> np.ndarray:
+    as_int = np.round(levels).astype(np.int64)
+    if not np.array_equal(as_int, levels):
+        raise SourceError(f"{src.path}: coordinate {src.name('level')} has non-integer values {list(levels)}; "
+                          f"levels must be in whole hPa")
+    return as_int
+
+
+# ---- checks ----------------------------------------------------------------------------------------------
+def check_coords(src: Source) -> Source:
+    """Refuse NaN, duplicated or unsorted coordinates; relabel a longitude axis that wraps (see module doc)."""
+    ds = src.ds
+    for dim in ("latitude", "longitude"):
+        if dim not in ds.dims:
+            raise SourceError(f"{src.path}: no coordinate '{dim}' (has {list(ds.dims)})")
+    if "time" in ds.dims:
+        _check_increasing(src, "time", ds["time"].values)
+    if "level" in ds.dims:
+        _check_monotonic(src, "level", ds["level"].values)
+    lat = ds["latitude"].values
+    _check_monotonic(src, "latitude", lat)
+    if np.abs(lat).max() > 90:
+        raise SourceError(f"{src.path}: coordinate {src.name('latitude')} has values beyond +-90 deg")
+    lon = _unwrap_longitude(ds["longitude"].values)
+    _check_increasing(src, "longitude", lon)
+    if not np.array_equal(lon, ds["longitude"].values):
+        src.ds = ds.assign_coords(longitude=lon)
+    return src
+
+
+def _check_monotonic(src: Source, dim: str, values: np.ndarray) -> None:
+    if len(values) > 1 and values[1] < values[0]:
+        values = values[::-1]
+    _check_increasing(src, dim, values)
+
+
+def _check_increasing(src: Source, dim: str, values: np.ndarray) -> None:
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+        raise SourceError(f"{src.path}: coordinate {src.name(dim)} has NaN values")
+    step = np.diff(values)
+    bad = np.flatnonzero(step <= step.dtype.type(0)) if len(values) > 1 else []
+    if len(bad):
+        i = bad[0]
+        what = "duplicated" if values[i] == values[i + 1] else "out of order"
+        raise SourceError(f"{src.path}: coordinate {src.name(dim)} is not strictly monotonic: value {values[i + 1]} "
+                          f"at index {i + 1} is {what} (after {values[i]})")
+
+
+def _unwrap_longitude(lon: np.ndarray) -> np.ndarray:
+    """A longitude axis with one wrap (a drop of ~360 deg) made increasing; anything else is returned as is
+    (and then refused by the monotonicity check if it is not increasing)."""
+    drops = np.flatnonzero(np.diff(lon) < -180)
+    if len(drops) != 1:
+        return lon
+    out = lon.astype(np.float64).copy()
+    out[drops[0] + 1:] += 360.0
+    return out - 360.0 if out.max() > 360.0 else out  # 350..362 -> -10..2; 170..190 stays
+
+
+def select(src: Source, variables: Optional[list], levels: Optional[list]) -> Source:
+    """Keep the requested variables this source has, and the requested levels (all must exist)."""
+    ds = src.ds
+    if variables:
+        ds = ds[[v for v in ds.data_vars if v in variables]]
+    if levels and "level" in ds.dims:
+        have = [int(v) for v in ds["level"].values]
+        for var, da in ds.data_vars.items():
+            missing = [lev for lev in levels if lev not in have]
+            if "level" in da.dims and missing:
+                raise SourceError(f"{src.path}: variable {src.name(var)} has no level {missing[0]} hPa on coordinate "
+                                  f"{src.name('level')} (has {have})")
+        ds = ds.sel(level=[lev for lev in have if lev in levels])  # in the file's order
+    src.ds = ds
+    return src
+
+
+def finite_checker(sources: list[Source]):
+    """check_block for write_store: refuse NaN/inf, naming the file, variable, time and grid point."""
+
+    def origin(var, time) -> Source:
+        for src in sources:
+            if var in src.ds.data_vars and ("time" not in src.ds.dims or time in src.ds.indexes["time"]):
+                return src
+        return sources[0]
+
+    def check(block: xr.Dataset) -> None:
+        for var, da in block.data_vars.items():
+            if da.dtype.kind != "f":
+                continue
+            bad = ~np.isfinite(da.values)
+            if bad.any():
+                where = dict(zip(da.dims, np.unravel_index(np.argmax(bad), bad.shape)))
+                at = {d: block[d].values[i] for d, i in where.items()}
+                src = origin(var, at.get("time"))
+                coords = ", ".join(f"{src.name(d)}={v}" for d, v in at.items())
+                raise SourceError(f"{src.path}: variable {src.name(var)} has NaN/inf at {coords}")
+
+    return check
+
+
+# ---- combining files -------------------------------------------------------------------------------------
+def combine(sources: list[Source]) -> list[xr.Dataset]:
+    """Consecutive parts of one time axis: files with the same variables are parts in time order, files
+    with other variables are merged part by part, files without time give static fields (to part 0)."""
+    timed = [s for s in sources if "time" in s.ds.dims]
+    static = [s for s in sources if "time" not in s.ds.dims]
+    if not timed:
+        raise SourceError(f"{', '.join(s.path for s in sources)}: no variable has a time axis")
+    groups: dict[frozenset, list[Source]] = {}
+    for src in timed:
+        groups.setdefault(frozenset(src.ds.data_vars), []).append(src)
+    columns = [sorted(g, key=lambda s: s.ds["time"].values[0]) for g in groups.values()]
+    if len({len(c) for c in columns}) > 1:
+        raise SourceError("files with different variables cover different time ranges: "
+                          + "; ".join(f"{', '.join(s.path for s in c)}" for c in columns))
+    parts = [_merge(list(row)) for row in zip(*columns)]
+    if static:
+        parts[0] = _merge([Source(",".join(s.path for s in columns[0]), parts[0])] + static)
+    _check_part_order(columns[0])
+    return parts
+
+
+def _merge(sources: list[Source]) -> xr.Dataset:
+    if len(sources) == 1:
+        return sources[0].ds
+    try:
+        return xr.merge([s.ds for s in sources], join="exact", compat="no_conflicts", combine_attrs="drop")
+    except ValueError as e:
+        dims = [d for d in DIMS if d in str(e)] or ["?"]
+        files = ", ".join(dict.fromkeys(s.path for s in sources))
+        raise SourceError(f"{files}: coordinate '{dims[0]}' differs between these sources, which must share it "
+                          f"exactly (no regridding or time alignment is done): {e}") from None
+
+
+def _check_part_order(column: list[Source]) -> None:
+    for a, b in zip(column, column[1:]):
+        if b.ds["time"].values[0] <= a.ds["time"].values[-1]:
+            raise SourceError(f"{a.path} and {b.path}: coordinate 'time' overlaps (duplicated times: "
+                              f"{b.ds['time'].values[0]} is in both)")
+
+
+def mark_gaps(parts: list[xr.Dataset]) -> list[xr.Dataset]:
+    """Where the time step is irregular (a gap between files), start a new `trajectory`, so that no
+    (state, target) pair spans a gap. Regular series get no trajectory coordinate."""
+    times = np.concatenate([p["time"].values for p in parts])
+    if len(times) < 3:
+        return parts
+    step = np.diff(times)
+    if np.all(step == step.min()):
+        return parts
+    traj = np.concatenate([[0], np.cumsum(step != step.min())])
+    bounds = np.cumsum([0] + [p.sizes["time"] for p in parts])
+    return [p.assign_coords(trajectory=("time", traj[a:b])) for p, a, b in zip(parts, bounds, bounds[1:])]
+
+
+# ---- climatology -----------------------------------------------------------------------------------------
+def climatology_grouping(times: np.ndarray):
+    """Mean by (day of year, hour) when every day of the year (day 366 aside: leap years only) has at least
+    two samples per hour present, else by hour of day when every hour has at least two; None when the span
+    allows neither (a mean of one sample is no climatology)."""
+    t = pd.DatetimeIndex(times)
+    common = t.dayofyear <= 365
+    per_doy_hour = pd.Series(1, index=[t.dayofyear[common], t.hour[common]]).groupby(level=[0, 1]).size()
+    if t.dayofyear[common].nunique() == 365 and per_doy_hour.min() >= 2:
+        return ["time.dayofyear", "time.hour"]
+    if pd.Series(t.hour).value_counts().min() >= 2:
+        return "time.hour"
+    return None
+
+
+def write_climatology(path: str, lat_chunk: int, lon_chunk: int, level_chunk: int) -> None:
+    """Group `climatology` of the store: per variable mean by (dayofyear, hour) or hour (see above)."""
+    ds = xr.open_zarr(path, chunks=None, consolidated=False)
+    by = climatology_grouping(ds["time"].values)
+    if by is None:
+        return
+    timed = [v for v, da in ds.data_vars.items() if "time" in da.dims]
+    clim = xr.Dataset({v: ds[v].groupby(by).mean("time") for v in timed})  # one variable in memory at a time
+    clim = clim.drop_vars("trajectory", errors="ignore")
+    order = [d for d in ("dayofyear", "hour") + DIMS[1:] if d in clim.dims]
+    clim = clim.transpose(*order)
+    clim.attrs = {"grouping": str(by), "span": f"{ds['time'].values[0]} .. {ds['time'].values[-1]}"}
+    clim.to_zarr(path, group="climatology", mode="w", consolidated=False,
+                 encoding=chunk_encoding(clim, lat_chunk, lon_chunk, level_chunk))
+
+
+# ---- the command -----------------------------------------------------------------------------------------
+def prepare(sources: list[str], out: str, variables: Optional[list] = None, levels: Optional[list] = None,
+            member: int = 0, patch: int = 4, lat_chunk: int = 0, lon_chunk: int = 0, level_chunk: int = 0,
+            config: Optional[str] = None, climatology: bool = True, time_block: int = 0,
+            progress: Optional[bool] = None) -> str:
+    """Ingest `sources` into a training store at `out`; return its path.
+
+    config: a jigsaw config whose data.variables/surface_variables/levels and model.static_variables are the
+    default selection, whose model.patch is the patch, and whose grid checks the sources must pass.
+    lat_chunk: latitude rows per chunk, a multiple of the patch (default: one patch row, so that any split
+    over domain ranks reads whole chunks); lon_chunk: longitude columns per chunk (default: all);
+    level_chunk: levels per chunk (default: all, as every rank reads every level).
+    """
+    from .. import config as jconfig
+
+    cfg = jconfig.load(config) if config else None
+    if cfg:
+        variables = variables or cfg.data.variables + cfg.data.surface_variables + cfg.model.static_variables
+        levels, patch = levels or cfg.data.levels, cfg.model.patch
+    lat_chunk = lat_chunk or patch
+    if lat_chunk % patch:
+        raise ValueError(f"--lat-chunk {lat_chunk} is not a multiple of the patch {patch}: a rank's latitude "
+                         f"band (whole patch rows) would cut chunks")
+    wanted = [SHORT_NAMES.get(v, v) for v in variables] if variables else None
+    levels = [int(v) for v in levels] if levels else None
+    opened = [select(to_wb2(ds, path, member), wanted, levels) for path in sources for ds in open_source(path)]
+    _check_all_found(opened, wanted)
+    used = [check_coords(s) for s in opened if s.ds.data_vars]
+    parts = mark_gaps(combine(used))
+    if cfg:
+        n_times = sum(p.sizes["time"] for p in parts)
+        jconfig.check_against_grid(cfg, parts[0].sizes["latitude"], parts[0].sizes["longitude"], n_times)
+    members = sorted({s.member for s in used if s.member is not None})
+    for part in parts:
+        part.attrs = {"source": "jigsaw-data prepare", "files": [os.path.abspath(p) for p in sources],
+                      "ensemble_member": members[0] if members else "none"}
+    hook = (lambda path: write_climatology(path, lat_chunk, lon_chunk, level_chunk)) if climatology else None
+    return write_store(parts, out, lat_chunk=lat_chunk, lon_chunk=lon_chunk, level_chunk=level_chunk,
+                       time_block=time_block,
+                       progress=sys.stderr.isatty() if progress is None else progress,
+                       check_block=finite_checker(used), before_commit=hook)
+
+
+def _check_all_found(opened: list[Source], wanted: Optional[list]) -> None:
+    files = ", ".join(dict.fromkeys(s.path for s in opened))
+    have = sorted({str(v) for s in opened for v in s.ds.data_vars})
+    missing = [v for v in wanted or [] if not any(v in s.ds.data_vars for s in opened)]
+    if missing:
+        have = sorted({s.name(v) for s in opened for v in s.original if v not in s.ds.dims})
+        raise SourceError(f"{files}: no variable '{missing[0]}' (variables there: {', '.join(have)})")
+    if not have:
+        raise SourceError(f"{files}: no data variables selected")

@@ -1,0 +1,277 @@
+"""jigsaw-data prepare: real ERA5 files ingested exactly, other conventions, several files, bad input, bytes.
+
+The real files are in ../shared/data (see its README); every stored value is compared with a direct xarray
+read of the source. Small synthetic sources cover what the real files do not (ascending latitude, a
+longitude axis that wraps, transposed dims, monthly files, bad input).
+"""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+
+from jigsaw_ds.data import prepare as prep
+from jigsaw_ds.data.cli import main as cli_main
+from jigsaw_ds.data.counting import CountingStore
+from jigsaw_ds.data.prepare import SourceError, prepare
+from jigsaw_ds.data.store import STATS_ATTR, StoreError, WeatherStore
+from jigsaw_ds.data.synth import synth_dataset
+
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
+UK = os.path.join(DATA, "era5-2mt-2019-03-uk.grib")
+MEMBERS_NC = os.path.join(DATA, "era5-levels-members.nc")
+MEMBERS_GRIB = os.path.join(DATA, "era5-levels-members.grib")
+GRIB = {"engine": "cfgrib", "backend_kwargs": {"indexpath": ""}}
+needs_data = pytest.mark.skipif(not os.path.exists(UK), reason="../shared/data is not there")
+
+
+def small_source(n_lat=9, n_lon=16, n_times=4, **kw) -> xr.Dataset:
+    """A synthetic dataset with ECMWF short names, as a CDS netCDF would have them."""
+    ds = synth_dataset(n_lat, n_lon, n_times, seed=2, **kw)[["temperature", "geopotential", "2m_temperature"]]
+    return ds.rename({"temperature": "t", "geopotential": "z", "2m_temperature": "t2m", "level": "isobaricInhPa"})
+
+
+def netcdf(ds: xr.Dataset, path) -> str:
+    ds.to_netcdf(str(path))
+    return str(path)
+
+
+# ---- the real files ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def uk(tmp_path_factory):
+    """The UK t2m GRIB ingested (one latitude chunk: its 33 rows fit in 36 = 9 patch rows): path, store, source."""
+    out = prepare([UK], str(tmp_path_factory.mktemp("uk") / "uk.zarr"), lat_chunk=36)
+    return out, xr.open_zarr(out, chunks=None), xr.open_dataset(UK, **GRIB)
+
+
+@needs_data
+def test_uk_grib_is_stored_exactly(uk):
+    _, store, src = uk
+    np.testing.assert_array_equal(store["latitude"].values, src["latitude"].values)  # 58 -> 50, descending
+    np.testing.assert_array_equal(store["longitude"].values, src["longitude"].values)  # -10 -> 2, across 0 deg E
+    np.testing.assert_array_equal(store["time"].values, src["valid_time"].values)
+    assert store["2m_temperature"].dims == ("time", "latitude", "longitude")
+    assert store["2m_temperature"].dtype == src["t2m"].dtype
+    np.testing.assert_array_equal(store["2m_temperature"].values, src["t2m"].values)
+    stats = store.attrs[STATS_ATTR]["2m_temperature"]
+    assert stats["mean"] == pytest.approx(float(src["t2m"].values.astype(np.float64).mean()), rel=1e-12)
+    assert stats["tendency_std"] == pytest.approx(float(np.diff(src["t2m"].values.astype(np.float64), axis=0).std()))
+    assert store.attrs["ensemble_member"] == "none"
+
+
+@needs_data
+def test_uk_store_has_an_hour_of_day_climatology(uk):
+    path, _, src = uk
+    # one month: too short for a day-of-year climatology, long enough for hour of day (31 samples per hour)
+    clim = xr.open_zarr(path, group="climatology", chunks=None)
+    assert clim.attrs["grouping"] == "time.hour" and clim.sizes["hour"] == 24
+    expected = src["t2m"].groupby("time.hour").mean("time")
+    np.testing.assert_allclose(clim["2m_temperature"].values, expected.values, rtol=1e-6)
+
+
+def test_two_years_give_a_day_of_year_climatology(tmp_path):
+    times = pd.date_range("2019-01-01", "2020-12-31", freq="1D")  # 2020 is a leap year: day 366 once
+    rng = np.random.default_rng(0)
+    src = xr.Dataset({"t2m": (("time", "latitude", "longitude"), rng.random((len(times), 4, 8), np.float32))},
+                     coords={"time": times, "latitude": [60.0, 20.0, -20.0, -60.0], "longitude": np.arange(8) * 45.0})
+    out = prepare([netcdf(src, tmp_path / "two_years.nc")], str(tmp_path / "s.zarr"), lat_chunk=4)
+    clim = xr.open_zarr(out, group="climatology", chunks=None)
+    assert dict(clim.sizes) == {"dayofyear": 366, "hour": 1, "latitude": 4, "longitude": 8}
+    expected = src["t2m"].groupby(["time.dayofyear", "time.hour"]).mean("time").transpose("dayofyear", "hour", ...)
+    np.testing.assert_allclose(clim["2m_temperature"].values, expected.values, rtol=1e-6)
+
+
+@needs_data
+@pytest.mark.parametrize("path", [MEMBERS_NC, MEMBERS_GRIB], ids=["netcdf", "grib"])
+def test_members_files_keep_one_member_and_the_chosen_levels(tmp_path, path):
+    src = xr.open_dataset(path, **(GRIB if path.endswith(".grib") else {}))
+    out = prepare([path], str(tmp_path / "m.zarr"), variables=["z", "temperature"], levels=[500], member=3,
+                  lat_chunk=16, climatology=False)
+    store = xr.open_zarr(out, chunks=None)
+    assert store.attrs["ensemble_member"] == 3 and list(store["level"].values) == [500]
+    assert store["geopotential"].dims == ("time", "level", "latitude", "longitude")
+    np.testing.assert_array_equal(store["time"].values, src["valid_time"].values)
+    np.testing.assert_array_equal(store["latitude"].values, src["latitude"].values)  # 90 -> -90, poles included
+    np.testing.assert_array_equal(store["longitude"].values, src["longitude"].values)  # 0 -> 357
+    for wb2, short in (("geopotential", "z"), ("temperature", "t")):
+        direct = src[short].sel(number=3, isobaricInhPa=[500])
+        assert store[wb2].dtype == direct.dtype  # float64 in the netCDF, float32 in the GRIB: kept
+        np.testing.assert_array_equal(store[wb2].values, direct.values)
+    assert "climatology" not in zarr.open_group(out, mode="r")
+
+
+@needs_data
+def test_grib_and_netcdf_of_the_same_data_give_the_same_store(tmp_path):
+    a = xr.open_zarr(prepare([MEMBERS_NC], str(tmp_path / "a.zarr"), lat_chunk=64, climatology=False))
+    b = xr.open_zarr(prepare([MEMBERS_GRIB], str(tmp_path / "b.zarr"), lat_chunk=64, climatology=False))
+    assert a.attrs["ensemble_member"] == 0
+    for var in ("geopotential", "temperature"):  # the netCDF was decoded from GRIB by another ecCodes, in
+        # double precision: the two agree to float32 rounding, not bit for bit (each store equals its source)
+        np.testing.assert_allclose(a[var].values, b[var].values, rtol=1e-7, atol=0)
+
+
+# ---- other conventions and several files ---------------------------------------------------------------
+def test_wb2_zarr_with_ascending_latitude_wrapped_longitude_and_transposed_dims(tmp_path):
+    ds = synth_dataset(9, 16, 4, seed=3)
+    ds = ds.isel(latitude=slice(None, None, -1))  # ascending
+    ds = ds.roll(longitude=4, roll_coords=True)  # 270 ... 337.5, 0 ... 247.5: wraps through 0 deg E
+    ds = ds.transpose("time", "level", "longitude", "latitude")
+    ds.to_zarr(str(tmp_path / "wb2.zarr"))
+    out = prepare([str(tmp_path / "wb2.zarr")], str(tmp_path / "s.zarr"), lat_chunk=8, climatology=False)
+    store = xr.open_zarr(out, chunks=None)
+    lon = ds["longitude"].values
+    np.testing.assert_array_equal(store["longitude"].values, np.where(lon >= 270, lon - 360, lon))  # same points
+    np.testing.assert_array_equal(store["latitude"].values, ds["latitude"].values)
+    for var in ds.data_vars:
+        assert store[var].dims[-2:] == ("latitude", "longitude")
+        np.testing.assert_array_equal(store[var].values, ds[var].transpose(*store[var].dims).values)
+    ws = WeatherStore(out, ["temperature"], ["2m_temperature"], [500], static_variables=["land_sea_mask"])
+    full = ws.read_raw([2], slice(0, 9), slice(0, 16))
+    np.testing.assert_array_equal(full[0, 0], ds["temperature"].isel(time=2, level=0).transpose().values)
+
+
+def test_monthly_files_surface_and_static_files_are_combined(tmp_path, capsys):
+    src = small_source(n_times=9)
+    src = src.isel(time=[0, 1, 2, 3, 5, 6, 7, 8])  # a gap between the two "months"
+    upper, surface = src[["t", "z"]], src[["t2m"]]
+    files = [netcdf(upper.isel(time=slice(4, 8)), tmp_path / "upper-2.nc"),  # order of arguments does not matter
+             netcdf(upper.isel(time=slice(0, 4)), tmp_path / "upper-1.nc"),
+             netcdf(surface.isel(time=slice(0, 4)), tmp_path / "sfc-1.nc"),
+             netcdf(surface.isel(time=slice(4, 8)), tmp_path / "sfc-2.nc"),
+             netcdf(synth_dataset(9, 16, 1, seed=2)[["land_sea_mask"]].rename(land_sea_mask="lsm")  # as ERA5's
+                    .expand_dims("time").assign_coords(time=src["time"].values[:1]), tmp_path / "c.nc")]
+    out = prepare(files, str(tmp_path / "s.zarr"), lat_chunk=4, time_block=2, progress=True)
+    assert "step" in capsys.readouterr().err  # the progress bar
+    store = xr.open_zarr(out, chunks=None)
+    assert set(store.data_vars) == {"temperature", "geopotential", "2m_temperature", "land_sea_mask"}
+    np.testing.assert_array_equal(store["time"].values, src["time"].values)
+    np.testing.assert_array_equal(store["temperature"].values, src["t"].values)
+    np.testing.assert_array_equal(store["2m_temperature"].values, src["t2m"].values)
+    assert store["land_sea_mask"].dims == ("latitude", "longitude")
+    # no (state, target) pair spans the gap
+    assert list(store["trajectory"].values) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert store["temperature"].encoding["chunks"] == (1, 2, 4, 16)  # one time, all levels, one patch row
+
+
+# ---- bad input -----------------------------------------------------------------------------------------
+@needs_data
+def test_missing_variable_or_level_names_file_variable_and_coordinate(tmp_path):
+    with pytest.raises(SourceError, match=r"era5-levels-members.nc: no variable 'specific_humidity' \(variables "
+                                          r"there: 'geopotential' \('z' in the file\)"):
+        prepare([MEMBERS_NC], str(tmp_path / "x.zarr"), variables=["q"])
+    with pytest.raises(SourceError, match=r"era5-levels-members.nc: variable 'geopotential' \('z' in the file\) has "
+                                          r"no level 700 hPa on coordinate 'level' \('isobaricInhPa' in the file\)"):
+        prepare([MEMBERS_NC], str(tmp_path / "x.zarr"), levels=[500, 700])
+    with pytest.raises(SourceError, match=r"ensemble member 12 is not on coordinate 'number'"):
+        prepare([MEMBERS_NC], str(tmp_path / "x.zarr"), member=12)
+    assert not os.listdir(tmp_path)
+
+
+def test_nan_names_file_variable_time_and_point(tmp_path):
+    src = small_source()
+    src["t"][2, 1, 3, 5] = np.nan
+    path = netcdf(src, tmp_path / "nan.nc")
+    with pytest.raises(SourceError, match=r"nan.nc: variable 'temperature' \('t' in the file\) has NaN/inf at "
+                                          r"'time'=2020-01-01T12.*'level' \('isobaricInhPa' in the file\)=850, "
+                                          r"'latitude'=22.5, 'longitude'=112.5"):
+        prepare([path], str(tmp_path / "x.zarr"), lat_chunk=4)
+    assert not os.path.exists(tmp_path / "x.zarr") and not os.path.exists(tmp_path / "x.zarr.partial")
+
+
+@pytest.mark.parametrize("dim, error", [("latitude", "duplicated"), ("longitude", "out of order"),
+                                        ("time", "duplicated")])
+def test_bad_coordinates_are_refused(tmp_path, dim, error):
+    src = small_source()
+    values = src[dim].values.copy()
+    if error == "duplicated":
+        values[2] = values[1]
+    else:
+        values[[1, 2]] = values[[2, 1]]
+    path = netcdf(src.assign_coords({dim: values}), tmp_path / "bad.nc")
+    with pytest.raises(SourceError, match=rf"bad.nc: coordinate '{dim}' is not strictly monotonic: .* is {error}"):
+        prepare([path], str(tmp_path / "x.zarr"))
+
+
+def test_overlapping_files_and_mismatched_grids_are_refused(tmp_path):
+    src = small_source(n_times=6)
+    a = netcdf(src.isel(time=slice(0, 4)), tmp_path / "a.nc")
+    b = netcdf(src.isel(time=slice(3, 6)), tmp_path / "b.nc")
+    with pytest.raises(SourceError, match=r"a.nc and .*b.nc: coordinate 'time' overlaps"):
+        prepare([a, b], str(tmp_path / "x.zarr"))
+    other = small_source(n_lat=7)[["t2m"]].rename(t2m="msl")
+    c = netcdf(other, tmp_path / "c.nc")
+    with pytest.raises(SourceError, match=r"a.nc, .*c.nc: coordinate 'latitude' differs"):
+        prepare([a, c], str(tmp_path / "x.zarr"))
+
+
+def test_grid_that_does_not_fit_the_model_config_is_refused(tmp_path):
+    path = netcdf(small_source(n_lon=18), tmp_path / "s.nc")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": {"patch": 4}, "data": {"store": "x", "surface_variables": ["t2m"]}}))
+    from jigsaw_ds.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'model.patch' = 4 does not divide the 18 longitudes"):
+        prepare([path], str(tmp_path / "x.zarr"), config=str(cfg))
+    with pytest.raises(ValueError, match=r"--lat-chunk 6 is not a multiple of the patch 4"):
+        prepare([path], str(tmp_path / "x.zarr"), lat_chunk=6)
+
+
+def test_unreadable_files_are_named(tmp_path):
+    for name in ("junk.grib", "junk.nc", "missing.nc"):
+        if name != "missing.nc":
+            (tmp_path / name).write_bytes(b"not a weather file" * 10)
+        with pytest.raises(SourceError, match=rf"{name}: (cannot be read as (grib|netcdf)|no such file)"):
+            prepare([str(tmp_path / name)], str(tmp_path / "x.zarr"))
+
+
+def test_store_with_other_statistics_is_refused(tmp_path):
+    out = prepare([netcdf(small_source(), tmp_path / "s.nc")], str(tmp_path / "s.zarr"), lat_chunk=4)
+    group = zarr.open_group(out, mode="r+")
+    stats = dict(group.attrs[STATS_ATTR])
+    del stats["temperature_850"]
+    group.attrs[STATS_ATTR] = stats
+    zarr.consolidate_metadata(out)
+    with pytest.raises(StoreError, match=r"statistics lack channels \['temperature_850'\]"):
+        WeatherStore(out, ["temperature"], [], [500, 850])
+
+
+def test_interrupted_ingest_keeps_the_old_store_and_leaves_no_new_one(tmp_path, monkeypatch):
+    path = netcdf(small_source(), tmp_path / "s.nc")
+    out = prepare([path], str(tmp_path / "s.zarr"), variables=["t2m"], lat_chunk=4)
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep, "write_climatology", interrupt)  # the last step before the rename
+    with pytest.raises(KeyboardInterrupt):
+        prepare([path], out, lat_chunk=4)
+    assert not os.path.exists(out + ".partial")
+    assert set(xr.open_zarr(out).data_vars) == {"2m_temperature"}  # the earlier, complete store
+
+
+# ---- the command and byte counting ---------------------------------------------------------------------
+def test_cli_prepare_and_its_errors(tmp_path, capsys):
+    path = netcdf(small_source(), tmp_path / "s.nc")
+    assert cli_main(["prepare", path, "--out", str(tmp_path / "s.zarr"), "--levels", "850", "--lat-chunk", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "grid: 9 x 16" in out and "channels: 2m_temperature, geopotential_850, temperature_850" in out
+    assert cli_main(["prepare", path, "--out", str(tmp_path / "t.zarr"), "--levels", "700"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jigsaw-data prepare: error: ") and "no level 700 hPa" in err and "\n" not in err
+
+
+def test_counted_bytes_are_the_chunks_of_the_tile(tmp_path):
+    out = prepare([netcdf(small_source(n_lat=12), tmp_path / "s.nc")], str(tmp_path / "s.zarr"), lat_chunk=4,
+                  lon_chunk=8, climatology=False)
+    store = WeatherStore(out, ["temperature"], ["2m_temperature"], [500, 850])
+    counter = CountingStore.local(out)
+    store.read_through(counter)
+    counter.reset()
+    store.read_raw([1, 3], slice(4, 12), slice(8, 16))  # latitude chunks 1-2, longitude chunk 1
+    expected = [f"temperature/c/{t}/0/{i}/1" for t in (1, 3) for i in (1, 2)] + \
+               [f"2m_temperature/c/{t}/{i}/1" for t in (1, 3) for i in (1, 2)]
+    assert counter.chunk_reads == len(expected)
+    assert counter.chunk_bytes == sum(os.path.getsize(os.path.join(out, k)) for k in expected)

@@ -4,6 +4,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from conftest import BIN, ROOT, run
 from jigsaw_ds.train.checkpoint import CheckpointManager, verify
@@ -97,3 +98,16 @@ def test_rollout_training_runs_and_learns(tmp_path, synth_store):
     losses = [m["loss"] for m in read_metrics(tmp_path / "run")]
     assert len(losses) == 8 and all(l == l for l in losses)
     assert sum(losses[-2:]) < sum(losses[:2])
+
+
+def test_deepspeeds_zero_to_fp32_reads_our_checkpoints(serial_run):
+    """DeepSpeed's own tool stays usable: at M = 1 it rebuilds the weights that the engine saved."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    root = str(serial_run / "checkpoints")
+    full = get_fp32_state_dict_from_zero_checkpoint(root, tag="step_00000012")
+    saved = torch.load(os.path.join(root, "step_00000012", "mp_rank_00_model_states.pt"),
+                       map_location="cpu", weights_only=False)["module"]
+    assert set(full) == {k for k in saved if k != "tendency_scale"}
+    for name, tensor in full.items():
+        assert torch.equal(tensor, saved[name]), name

@@ -34,7 +34,7 @@ def cfg(**sections):
 def test_bad_values_name_the_key(raw, message):
     full = json.loads(json.dumps(BASE))
     for sec, values in raw.items():
-        full.setdefault(sec, {}).update(values) if isinstance(full.get(sec), dict) else full.update({sec: values})
+        full[sec] = {**full.get(sec, {}), **values}
     with pytest.raises(ConfigError) as e:
         jc.from_dict(full)
     assert message in str(e.value)

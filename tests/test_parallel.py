@@ -2,6 +2,7 @@
 
 One spawned job per world size runs all layouts of that size; these tests read its results.
 """
+import ast
 import json
 import os
 
@@ -62,7 +63,8 @@ def test_params_per_rank_are_total_over_m_plus_replicated(results):
     print("\nlayout      held/rank  sharded  total_sharded/M  replicated  total")
     for layout, r in results.items():
         p = r["rank0_params"]
-        m = eval(layout)[1] * eval(layout)[2]
+        _, domain, tensor = ast.literal_eval(layout)
+        m = domain * tensor
         print(f"{layout:10s} {p['held']:9d} {p['sharded']:8d} {p['total_sharded'] / m:16.1f} {p['replicated']:11d} {p['total']:6d}")
         assert r["param_count"] == 0
         # sharded part is 1/M of the total up to the uneven token split and flat-shard padding

@@ -44,7 +44,7 @@ sys.path.insert(0, ROOT)
 from jigsaw_ds.config import ModelConfig  # noqa: E402
 from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches  # noqa: E402
 from jigsaw_ds.data.store import WeatherStore  # noqa: E402
-from jigsaw_ds.eval.evaluate import _climatology_at, hourly_climatology, rollout, score  # noqa: E402
+from jigsaw_ds.eval.evaluate import reference_forecasts, rollout, score  # noqa: E402
 from jigsaw_ds.model import WeatherMixer  # noqa: E402
 from jigsaw_ds.train.loop import split_train_val  # noqa: E402
 from jigsaw_ds.train.loss import AreaWeightedMSE, lat_cell_weights  # noqa: E402
@@ -366,17 +366,13 @@ def main(argv=None) -> int:
         eval_val[np.linspace(0, len(eval_val) - 1, min(args.inits, len(eval_val))).astype(int)]
     dataset = PairDataset(store, inits, 1, FULL, FULL, True)
     mean, std = store.mean[:, None, None], store.std[:, None, None]
-    valid = inits[:, None] + np.arange(1, k + 1)[None, :]
-    truth = np.stack([store.read_raw(list(v), FULL, FULL) for v in valid])
+    truth, persistence, clim, leads = reference_forecasts(store, inits, eval_train, 1, k)
     forecasts, eval_s = {}, {}
     for name, model in models.items():
         t0 = time.perf_counter()
         forecasts[name] = rollout(model, dataset, k) * std + mean
         eval_s[name] = time.perf_counter() - t0
-    forecasts["persistence"] = np.repeat(store.read_raw(list(inits), FULL, FULL)[:, None], k, axis=1)
-    clim = _climatology_at(hourly_climatology(store, eval_train), store.times[valid])
-    forecasts["climatology"] = clim
-    leads = np.array([(i + 1) * (store.times[1] - store.times[0]) for i in range(k)]).astype("timedelta64[ns]")
+    forecasts["persistence"], forecasts["climatology"] = persistence, clim
     names = list(forecasts)
     rows = score(forecasts, truth, clim, store, leads)
     table = summary_table(rows, names)

@@ -51,7 +51,8 @@ def load_model(path: str):
 
 @torch.no_grad()
 def rollout(model, dataset: PairDataset, k_steps: int, batch: int = 8) -> np.ndarray:
-    """[n_init, K, C, H, W] normalised forecasts: x_{k+1} = model([x_k, static])."""
+    """[n_init, K, C, H, W] normalised forecasts: x_{k+1} = model([x_k, static]). Any model works that maps
+    [B, C_in, H, W] to the next state [B, C, H, W] and says C as `model.out_channels`."""
     n_state = model.out_channels
     out = []
     for lo in range(0, len(dataset), batch):
@@ -74,10 +75,24 @@ def hourly_climatology(store: WeatherStore, times: np.ndarray, max_times: int = 
             for h in np.unique(hours)}
 
 
-def _climatology_at(clim: dict, valid_times: np.ndarray) -> np.ndarray:
+def climatology_at(clim: dict, valid_times: np.ndarray) -> np.ndarray:
     hours = valid_times.astype("datetime64[h]").astype(int) % 24
     fallback = np.mean(list(clim.values()), axis=0)
     return np.stack([clim.get(int(h), fallback) for h in hours.ravel()]).reshape(hours.shape + fallback.shape)
+
+
+def reference_forecasts(store: WeatherStore, inits: np.ndarray, train_starts: np.ndarray, lead: int,
+                        lead_steps: int):
+    """What every forecast is scored against, in physical units, [n_init, K, C, H, W] each:
+    (truth, persistence, climatology at the valid time, lead times as timedelta64)."""
+    full = slice(0, None)
+    valid = inits[:, None] + lead * np.arange(1, lead_steps + 1)[None, :]
+    truth = np.stack([store.read_raw(list(v), full, full) for v in valid])
+    persistence = np.repeat(store.read_raw(list(inits), full, full)[:, None], lead_steps, axis=1)
+    clim = climatology_at(hourly_climatology(store, train_starts), store.times[valid])
+    step = store.times[1] - store.times[0]
+    leads = np.array([(k + 1) * lead * step for k in range(lead_steps)]).astype("timedelta64[ns]")
+    return truth, persistence, clim, leads
 
 
 def to_dataset(values: np.ndarray, store: WeatherStore, init_times, leads) -> xr.Dataset:
@@ -166,13 +181,8 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
     dataset = PairDataset(store, inits, lead, full, full, cfg.model.coord_features)
     mean, std = store.mean[:, None, None], store.std[:, None, None]
     model_fc = rollout(model, dataset, lead_steps) * std + mean
-    valid = inits[:, None] + lead * np.arange(1, lead_steps + 1)[None, :]
-    truth = np.stack([store.read_raw(list(v), full, full) for v in valid])
-    persistence = np.repeat(store.read_raw(list(inits), full, full)[:, None], lead_steps, axis=1)
-    clim = _climatology_at(hourly_climatology(store, train_starts), store.times[valid])
+    truth, persistence, clim, leads = reference_forecasts(store, inits, train_starts, lead, lead_steps)
     forecasts = {"model": model_fc, "persistence": persistence, "climatology": clim}
-    step = store.times[1] - store.times[0]
-    leads = np.array([(k + 1) * lead * step for k in range(lead_steps)]).astype("timedelta64[ns]")
 
     os.makedirs(out, exist_ok=True)
     to_dataset(model_fc, store, store.times[inits], leads).to_zarr(os.path.join(out, "forecast.zarr"), mode="w")

@@ -21,8 +21,8 @@ setup(
         "test": ["pytest"],
         "readers": ["h5netcdf", "netCDF4", "cfgrib"],
         "plots": ["matplotlib"],
-        # torch-harmonics pins a newer torch in its metadata: install it with --no-deps (scripts/install.sh does).
-        "swe": [],
+        # `jigsaw-data swe` needs torch-harmonics, whose metadata pins a newer torch: it is installed with
+        # --no-deps (scripts/install.sh does; by hand: pip install --no-deps torch-harmonics==0.9.3).
     },
     entry_points={"console_scripts": [
         "jigsaw-train=jigsaw_ds.train.trainer:main",

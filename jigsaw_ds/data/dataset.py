@@ -57,11 +57,14 @@ class ReplicaBatches(torch.utils.data.Sampler):
             raise ValueError(f"train.global_batch = {global_batch} is not divisible by the data-parallel size {dp_size}")
         self.n, self.g, self.rank, self.micro = n_items, global_batch, dp_rank, global_batch // dp_size
         self.seed, self.start, self.steps, self.shuffle = seed, start_step, steps, shuffle
+        self._cached_epoch: tuple[int, np.ndarray] = (-1, np.empty(0, int))
 
     def _epoch(self, e: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.n)
-        return np.random.default_rng([self.seed, e]).permutation(self.n)
+        """The order of epoch e, made once per epoch (a step asks for it once per index)."""
+        if self._cached_epoch[0] != e:
+            order = np.random.default_rng([self.seed, e]).permutation(self.n) if self.shuffle else np.arange(self.n)
+            self._cached_epoch = (e, order)
+        return self._cached_epoch[1]
 
     def indices_for_step(self, step: int) -> list[int]:
         lo = step * self.g + self.rank * self.micro

@@ -77,23 +77,37 @@ def test_cli_fails_before_creating_anything(tmp_path, synth_store):
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_refuses_a_store_with_nans(tmp_path):
+def nan_store_run(tmp_path, lat, lon, nproc, parallel):
+    """jigsaw-train on a 9 x 16 store with one NaN in 2m_temperature at time index 7, (lat, lon)."""
     import numpy as np
 
     from jigsaw_ds.data.synth import synth_dataset
     from jigsaw_ds.data.writer import write_store
 
     ds = synth_dataset(9, 16, 20, seed=0)
-    ds["2m_temperature"][7, 3, 3] = np.nan
+    ds["2m_temperature"][7, lat, lon] = np.nan
     write_store(ds, str(tmp_path / "nan.zarr"))
     conf = {"model": {"patch": 4}, "data": {"store": str(tmp_path / "nan.zarr"), "variables": [],
                                              "surface_variables": ["2m_temperature"]},
-            "train": {"out_dir": str(tmp_path / "run")}}
+            "parallel": parallel, "train": {"out_dir": str(tmp_path / "run")}}
     (tmp_path / "c.json").write_text(json.dumps(conf))
-    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "jigsaw-train"), "--config",
-                           str(tmp_path / "c.json"), "--deepspeed_config",
-                           os.path.join(ROOT, "configs", "ds_zero1_fp32.json")],
-                          env=spawn_env(), capture_output=True, text=True, timeout=120)
+    bin_dir = os.path.dirname(sys.executable)
+    launcher = [os.path.join(bin_dir, "torchrun"), "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
+    return subprocess.run(launcher + [os.path.join(bin_dir, "jigsaw-train"), "--config", str(tmp_path / "c.json"),
+                                      "--deepspeed_config", os.path.join(ROOT, "configs", "ds_zero1_fp32.json")],
+                          env=spawn_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_cli_refuses_a_store_with_nans(tmp_path):
+    proc = nan_store_run(tmp_path, 3, 3, 1, {"domain": 1, "tensor": 1})
     assert proc.returncode == 2
+    assert "variable '2m_temperature' has NaN/inf at time 2020-01-02T18" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_nan_in_one_ranks_tile_is_found_by_that_rank(tmp_path):
+    """Ranks scan only their own tile: a NaN in the south-east tile, rank 3 of (1,2,2), still stops the job."""
+    proc = nan_store_run(tmp_path, 8, 12, 4, {"domain": 2, "tensor": 2})
+    assert proc.returncode != 0
     assert "variable '2m_temperature' has NaN/inf at time 2020-01-02T18" in proc.stderr
     assert not (tmp_path / "run").exists()

@@ -141,14 +141,17 @@ class WeatherStore:
             channels.append(Channel(var, var, None))
         return channels
 
-    def check_finite(self) -> None:
-        """Refuse NaN/inf in the selected channels, naming variable and time (reads the whole selection)."""
+    def check_finite(self, times: slice = slice(None), lat: slice = slice(None), lon: slice = slice(None)) -> None:
+        """Refuse NaN/inf in the selected channels, naming variable and time. Reads the given piece only
+        (by default the whole selection), so that ranks can split the scan between them."""
         ds = self.ds
+        times_checked = self.times[times]
         for ch in self.channels:
             da = ds[ch.var] if ch.level_index is None else ds[ch.var].isel(level=ch.level_index)
-            bad = ~np.isfinite(da.transpose("time", ...).values).reshape(len(self.times), -1).all(axis=1)
+            values = da.isel(time=times, latitude=lat, longitude=lon).transpose("time", ...).values
+            bad = ~np.isfinite(values).reshape(len(times_checked), -1).all(axis=1)
             if bad.any():
-                t = self.times[np.argmax(bad)]
+                t = times_checked[np.argmax(bad)]
                 raise StoreError(f"data store '{self.path}': variable '{ch.name}' has NaN/inf at time {t}")
 
     # ---- reading ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from .. import config as jconfig
 from ..data.store import StoreError, WeatherStore
 from ..parallel.allocation import allocation_from_env, check_allocation_from_env, env_rank
+from ..parallel.partition import TokenPartition
 from ..parallel.topology import Layout, init_distributed
 
 
@@ -63,20 +64,32 @@ def load_deepspeed_config(path: str, cfg: jconfig.JigsawConfig, data_parallel: i
     return ds
 
 
-def _fail(message: str) -> "NoReturn":  # noqa: F821
-    if env_rank() == 0:  # under srun RANK is unset: the SLURM rank decides who prints
+def _fail(message: str, every_rank: bool = False) -> "NoReturn":  # noqa: F821
+    """Exit 2 with one message: printed by rank 0 for errors every rank sees alike, by the rank itself for
+    errors only it can see (its own piece of the store)."""
+    if every_rank or env_rank() == 0:  # under srun RANK is unset: the SLURM rank decides who prints
         print(f"jigsaw-train: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def open_checked_store(cfg: jconfig.JigsawConfig) -> WeatherStore:
+def open_checked_store(cfg: jconfig.JigsawConfig, layout: Layout, rank: int) -> WeatherStore:
+    """Open the store, check the config against its grid, and scan this rank's share of it for NaN/inf:
+    its own tile (as it will read it in training) and, within its replica, 1/data of the times, so that
+    the ranks together read the selection once."""
     store = WeatherStore(cfg.data.store, cfg.data.variables, cfg.data.surface_variables, cfg.data.levels,
                          cfg.model.static_variables)
     traj_lengths = np.bincount(np.unique(store.trajectory, return_inverse=True)[1])
     jconfig.check_against_grid(cfg, store.n_lat, store.n_lon, int(traj_lengths.min()))
     selected_bytes = 4 * len(store.channels) * len(store.times) * store.n_lat * store.n_lon
     if selected_bytes <= NAN_SCAN_LIMIT_BYTES:  # larger stores: `jigsaw-data prepare` checks them once
-        store.check_finite()
+        data_rank, domain_rank, tensor_rank = layout.coords(rank)
+        part = TokenPartition(store.n_lat, store.n_lon, cfg.model.patch, layout.domain, layout.tensor)
+        n = len(store.times)
+        times = slice(data_rank * n // layout.data, (data_rank + 1) * n // layout.data)
+        try:
+            store.check_finite(times, part.lat_slice(domain_rank), part.lon_slice(tensor_rank))
+        except StoreError as e:
+            _fail(str(e), every_rank=True)
     return store
 
 
@@ -92,9 +105,10 @@ def main(argv=None) -> int:
         cfg = jconfig.load(args.config, args.set)
         for warning in check_allocation_from_env(cfg.parallel.domain, cfg.parallel.tensor, cfg.train.global_batch):
             print(f"jigsaw-train: warning: {warning}", file=sys.stderr)
-        store = None if (cfg.data.generate and not os.path.exists(cfg.data.store)) else open_checked_store(cfg)
-        world = allocation_from_env().world
-        layout = Layout.for_world(world, cfg.parallel.domain, cfg.parallel.tensor)
+        allocation = allocation_from_env()
+        layout = Layout.for_world(allocation.world, cfg.parallel.domain, cfg.parallel.tensor)
+        store = None if (cfg.data.generate and not os.path.exists(cfg.data.store)) else \
+            open_checked_store(cfg, layout, allocation.rank)
         ds_config = load_deepspeed_config(args.deepspeed_config, cfg, layout.data)
     except (jconfig.ConfigError, StoreError, ValueError) as e:
         _fail(str(e))
@@ -106,7 +120,7 @@ def main(argv=None) -> int:
             generate_store(cfg)
         dist.barrier()
         try:
-            store = open_checked_store(cfg)
+            store = open_checked_store(cfg, layout, rank)
         except (jconfig.ConfigError, StoreError) as e:
             _fail(str(e))
     if args.init_from and not os.path.exists(args.init_from):

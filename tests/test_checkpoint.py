@@ -12,7 +12,7 @@ from jigsaw_ds.model import WeatherMixer
 import subprocess
 
 
-def configs(tmp, store, out_dir, stage=1):
+def configs(tmp, store, out_dir, stage=1, bf16=False):
     conf = {"model": {"patch": 4, "embed_dim": 32, "token_hidden": 32, "channel_hidden": 64, "depth": 2},
             "data": {"store": store, "variables": ["temperature"], "surface_variables": ["2m_temperature"],
                      "levels": [500, 850]},
@@ -21,10 +21,12 @@ def configs(tmp, store, out_dir, stage=1):
                       "val_batches": 1, "ckpt_every": 3, "progress": False}}
     ds = {"zero_optimization": {"stage": stage}, "gradient_clipping": 1.0,
           "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "weight_decay": 0.01, "torch_adam": True}},
-          "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10, "warmup_max_lr": 3e-3}}}
+          "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10, "warmup_max_lr": 3e-3}},
+          "bf16": {"enabled": bf16}}
+    name = f"ds{stage}{'_bf16' if bf16 else ''}.json"
     (tmp / "j.json").write_text(json.dumps(conf))
-    (tmp / f"ds{stage}.json").write_text(json.dumps(ds))
-    return ["--config", str(tmp / "j.json"), "--deepspeed_config", str(tmp / f"ds{stage}.json")]
+    (tmp / name).write_text(json.dumps(ds))
+    return ["--config", str(tmp / "j.json"), "--deepspeed_config", str(tmp / name)]
 
 
 def train(args, nproc, extra=(), env=None):

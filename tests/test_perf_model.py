@@ -47,15 +47,16 @@ class FakeDist:
     def all_reduce(tensor, group=None):
         pass
 
-    @staticmethod
-    def all_gather_into_tensor(out, x, group=None):
-        out.copy_(x.repeat((group.size,) + (1,) * (x.dim() - 1)))
+
+def fake_all_gather(out, x, group=None):
+    out.copy_(x.repeat((group.size,) + (1,) * (x.dim() - 1)))
 
 
 @pytest.fixture
 def one_rank(monkeypatch):
     """make(layout, domain_rank) -> JigsawGroups of that rank (tensor rank 0, data rank 0), emulated."""
     monkeypatch.setattr(mappings, "dist", FakeDist)
+    monkeypatch.setattr(mappings, "_all_gather_single", fake_all_gather)
     monkeypatch.setattr(mappings, "_reduce_scatter_single", lambda out, x, group=None: out.copy_(x[:out.shape[0]]))
     keep = []
 

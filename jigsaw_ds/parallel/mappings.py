@@ -19,7 +19,9 @@ import torch.distributed as dist
 from . import comm_stats
 
 
-# torch 2.13 renamed reduce_scatter_tensor to reduce_scatter_single (the old name warns); 2.11 has only the old.
+# torch 2.13 renamed all_gather_into_tensor / reduce_scatter_tensor to *_single (the old names warn on every
+# call); 2.11, on the GPU machine, has only the old names.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
@@ -34,7 +36,7 @@ def _all_gather(x: torch.Tensor, group) -> torch.Tensor:
     x = x.contiguous()
     out = x.new_empty((dist.get_world_size(group) * x.shape[0],) + tuple(x.shape[1:]))
     comm_stats.record("all_gather", group, out.numel() * out.element_size())
-    dist.all_gather_into_tensor(out, x, group=group)
+    _all_gather_single(out, x, group=group)
     return out
 
 

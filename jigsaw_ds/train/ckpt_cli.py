@@ -66,8 +66,9 @@ def _export_worker(run_dir: str, tag: str, out: str) -> None:
     shape = run_config["model_shape"]
     model = WeatherMixer(cfg.model, shape["n_lat"], shape["n_lon"], shape["in_channels"], shape["out_channels"],
                          groups, seed=cfg.train.seed)
-    ds_config = dict(run_config["deepspeed"], bf16={"enabled": False})  # gather in fp32 on CPU
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config,
+    # The run's own DeepSpeed config: the optimizer wrapper (and so the checkpoint's file names) depends on
+    # precision and ZeRO stage. bf16 runs on CPU ranks too; the fp32 master weights are what is exported.
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=run_config["deepspeed"],
                                       mpu=JigsawMPU(groups))
     _, client = engine.load_checkpoint(os.path.join(run_dir, "checkpoints"), tag=tag)
     state = export_state(engine, model, groups, int(client["step"]), run_config)

@@ -92,11 +92,21 @@ def _adam_step(zero) -> int:
 
 
 def _zero_optimizer(engine):
+    """DeepSpeed's optimizer wrapper that keeps fp32 master partitions: ZeRO-1/2 (fp32 or bf16 with stage 2)
+    or, for bf16 with ZeRO-1, BF16_Optimizer. Both link per-parameter fragments for safe_get/set_full_*."""
     zero = engine.optimizer
-    if not hasattr(zero, "single_partition_of_fp32_groups"):
+    if _fp32_partitions(zero) is None:
         raise ValueError("layout-free export/import needs ZeRO stage 1 or 2 (zero_optimization.stage in the "
                          "DeepSpeed config)")
     return zero
+
+
+def _fp32_partitions(zero):
+    """The flat fp32 partitions Adam steps on (the names differ between the two wrappers)."""
+    for name in ("single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
+        if hasattr(zero, name):
+            return getattr(zero, name)
+    return None
 
 
 def _link_adam_state(zero) -> None:
@@ -109,7 +119,7 @@ def _link_adam_state(zero) -> None:
 def _init_zero_adam_state(engine, step: int) -> None:
     """Create Adam's state on ZeRO's flat fp32 partitions (torch creates it lazily at the first step)."""
     zero = _zero_optimizer(engine)
-    for flat in zero.single_partition_of_fp32_groups:
+    for flat in _fp32_partitions(zero):
         zero.optimizer.state[flat] = {"step": torch.tensor(float(step)), "exp_avg": torch.zeros_like(flat),
                                       "exp_avg_sq": torch.zeros_like(flat)}
     _link_adam_state(zero)

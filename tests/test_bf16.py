@@ -1,0 +1,67 @@
+"""bf16 (the GPU configs' precision) through the real stack on CPU ranks: DeepSpeed's BF16_Optimizer with
+ZeRO-1, bf16 weights and activations in the Jigsaw collectives, its checkpoints, and layout-free export
+and import. NCCL is the one part of the GPU path that stays untested on CPU."""
+import os
+
+import pytest
+import torch
+
+from conftest import BIN, run
+from test_checkpoint import configs, losses, train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, synth_store):
+    """Six steps each: serial fp32, serial bf16, and bf16 at (1,2,2) with checkpoints at 3 and 6."""
+    tmp = tmp_path_factory.mktemp("bf16")
+    out = {}
+    for name, bf16, nproc, layout in (("fp32_serial", False, 1, (1, 1)), ("bf16_serial", True, 1, (1, 1)),
+                                      ("bf16_1x2x2", True, 4, (2, 2))):
+        args = configs(tmp, synth_store, tmp / name, bf16=bf16)
+        proc = train(args, nproc, ["--set", f"parallel.domain={layout[0]}", "--set", f"parallel.tensor={layout[1]}"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[name] = tmp / name
+    return tmp, out
+
+
+def test_bf16_jigsaw_layout_matches_one_process_to_bf16_precision(runs):
+    _, dirs = runs
+    fp32, serial, jigsaw = (losses(dirs[k]) for k in ("fp32_serial", "bf16_serial", "bf16_1x2x2"))
+    # measured (2026-11-26): layouts differ by <= 1e-4 relative in bf16 (summation order); bf16 vs fp32 by ~1%
+    for s in fp32:
+        assert jigsaw[s] == pytest.approx(serial[s], rel=1e-3), (s, jigsaw[s], serial[s])
+        assert serial[s] == pytest.approx(fp32[s], rel=2e-2), (s, serial[s], fp32[s])
+    # what ran was bf16: module weights in bf16, DeepSpeed's BF16_Optimizer files beside them
+    ckpt = dirs["bf16_1x2x2"] / "checkpoints" / "step_00000003"
+    module = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    assert module["blocks.0.token_mixing.w1"].dtype == torch.bfloat16
+    assert any(f.name.startswith("bf16_zero_pp_rank_0_mp_rank_03") for f in ckpt.iterdir())
+
+
+@pytest.fixture(scope="module")
+def exported(runs):
+    tmp, dirs = runs
+    out = tmp / "bf16_step3.pt"
+    run([os.path.join(BIN, "jigsaw-ckpt"), "export", str(dirs["bf16_1x2x2"]), "--tag", "step_00000003", "--out", str(out)])
+    state = torch.load(out, map_location="cpu", weights_only=False)
+    assert state["model"]["blocks.0.token_mixing.w1"].dtype == torch.float32  # the fp32 master weights
+    assert state["optimizer"]["step"] == 3 and state["optimizer"]["exp_avg"]["embed.weight"] is not None
+    return out
+
+
+@pytest.mark.parametrize("layout, bf16", [((2, 2), True), ((1, 1), False)], ids=["1x2x2-bf16", "serial-fp32"])
+def test_bf16_export_continues_the_run(runs, exported, tmp_path, synth_store, layout, bf16):
+    """Same layout and precision: steps 4-6 bitwise; serial fp32 from the bf16 file: to bf16 precision."""
+    _, dirs = runs
+    reference = losses(dirs["bf16_1x2x2"])
+    args = configs(tmp_path, synth_store, tmp_path / "run", bf16=bf16)
+    proc = train(args, layout[0] * layout[1], ["--set", f"parallel.domain={layout[0]}", "--set",
+                                               f"parallel.tensor={layout[1]}", "--init-from", str(exported)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = losses(tmp_path / "run")
+    assert sorted(got) == [4, 5, 6]
+    for s in (4, 5, 6):
+        if bf16:
+            assert got[s] == reference[s], (s, got[s], reference[s])
+        else:
+            assert got[s] == pytest.approx(reference[s], rel=2e-2), (s, got[s], reference[s])

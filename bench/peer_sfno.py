@@ -4,7 +4,7 @@
                               [--out bench/results/peer_sfno.json] [--plot docs/peer_sfno.png]
 
 Data: a store from `jigsaw-data swe` (made under runs/peer_sfno/ if --store is not given or missing),
-split by trajectory with train.loop.split_train_val (the last val_fraction of trajectories held out),
+split by trajectory with data.dataset.split_train_val (the last val_fraction of trajectories held out),
 read through WeatherStore / PairDataset with the coordinate features, as the trainer reads it.
 
 Training (the same for both models, one plain-PyTorch single-process loop; no DeepSpeed here, so that
@@ -21,7 +21,7 @@ matches WeatherMixer's within --match-tolerance.
 
 Evaluation: autoregressive rollouts (eval.evaluate.rollout) from held-out initial times out to
 --lead-steps x 6 h, scored with eval.evaluate.score (WB2 RMSE, ACC, bias) against the truth, persistence
-and the hourly climatology of the training times, exactly as jigsaw-eval does. Prints a table, writes
+and the climatology of the training times, exactly as jigsaw-eval does. Prints a table, writes
 the JSON and the plot. Seeded: the same flags give the same numbers (on the same thread count).
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches  # noqa: E402
 from jigsaw_ds.data.store import WeatherStore  # noqa: E402
 from jigsaw_ds.eval.evaluate import reference_forecasts, rollout, score  # noqa: E402
 from jigsaw_ds.model import WeatherMixer  # noqa: E402
-from jigsaw_ds.train.loop import split_train_val  # noqa: E402
+from jigsaw_ds.data.dataset import split_train_val  # noqa: E402
 from jigsaw_ds.train.loss import AreaWeightedMSE, lat_cell_weights  # noqa: E402
 
 VARIABLES = ["geopotential", "u_component_of_wind", "v_component_of_wind"]

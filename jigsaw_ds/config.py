@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -79,7 +80,11 @@ class JigsawConfig:
 ALLOWED = {
     ("model", "activation"): ("gelu", "silu", "relu"),
 }
-GENERATE_KINDS = ("synth", "swe")
+# data.generate: each kind's keys with their defaults (data/generate.py reads them from here).
+GENERATE_DEFAULTS = {
+    "synth": {"grid": [33, 64], "times": 400, "seed": 0},
+    "swe": {"grid": [33, 64], "trajectories": 8, "steps": 40, "seed": 0},
+}
 
 
 def _type_ok(value, annotation: str) -> bool:
@@ -177,19 +182,53 @@ def validate(cfg: JigsawConfig) -> None:
         raise ConfigError("config key 'data.store' is empty: give the path of a zarr store")
     if not cfg.data.variables and not cfg.data.surface_variables:
         raise ConfigError("config keys 'data.variables' and 'data.surface_variables' are both empty")
+    for sec, key in (("data", "variables"), ("data", "surface_variables"), ("data", "levels"),
+                     ("model", "static_variables")):
+        _unique(cfg, sec, key)
+    if not all(_type_ok(level, "int") for level in cfg.data.levels):
+        raise ConfigError(f"config key 'data.levels' must be a list of integers (hPa), got {cfg.data.levels!r}")
     if cfg.data.generate:
-        kind = cfg.data.generate.get("kind")
-        if kind not in GENERATE_KINDS:
-            raise ConfigError(f"config key 'data.generate.kind' is {kind!r}; allowed: {', '.join(GENERATE_KINDS)}")
+        check_generate_spec(cfg.data.generate)
     for key in ("domain", "tensor"):
         _positive(cfg, "parallel", key)
     for key in ("steps", "global_batch", "log_every", "val_every", "val_batches", "ckpt_keep", "rollout_steps"):
         _positive(cfg, "train", key)
     _positive(cfg, "train", "ckpt_every", 0)
-    _positive(cfg, "train", "peak_tflops", 0)
+    _positive(cfg, "train", "seed", 0)
+    if not math.isfinite(cfg.train.peak_tflops) or cfg.train.peak_tflops < 0:
+        raise ConfigError(f"config key 'train.peak_tflops' must be a finite number >= 0, got {cfg.train.peak_tflops}")
+    if not cfg.train.out_dir:
+        raise ConfigError("config key 'train.out_dir' is empty: give a directory for the run's outputs")
 
 
-def check_against_grid(cfg: JigsawConfig, n_lat: int, n_lon: int, n_times_per_traj: int) -> None:
+def _unique(cfg, sec, key) -> None:
+    values = getattr(getattr(cfg, sec), key)
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ConfigError(f"config key '{sec}.{key}' lists {', '.join(repeated)} more than once")
+
+
+def check_generate_spec(spec: dict) -> None:
+    """data.generate (and jigsaw-data synth/swe): a known kind, its keys only, sane values."""
+    kind = spec.get("kind")
+    if kind not in GENERATE_DEFAULTS:
+        raise ConfigError(f"config key 'data.generate.kind' is {kind!r}; allowed: {', '.join(GENERATE_DEFAULTS)}")
+    allowed = GENERATE_DEFAULTS[kind]
+    for key, value in spec.items():
+        if key == "kind":
+            continue
+        if key not in allowed:
+            raise ConfigError(f"unknown config key 'data.generate.{key}' for kind '{kind}'{_suggest(key, allowed)}; "
+                              f"allowed: kind, {', '.join(allowed)}")
+        if key == "grid":
+            if not (isinstance(value, list) and len(value) == 2 and all(_type_ok(v, "int") and v > 1 for v in value)):
+                raise ConfigError(f"config key 'data.generate.grid' must be [n_lat, n_lon] (integers > 1), got {value!r}")
+        elif not _type_ok(value, "int") or value < (0 if key == "seed" else 1):
+            raise ConfigError(f"config key 'data.generate.{key}' must be an integer >= {0 if key == 'seed' else 1}, "
+                              f"got {value!r}")
+
+
+def check_against_grid(cfg: JigsawConfig, n_lat: int, n_lon: int, longest_traj: int) -> None:
     """Checks that need the store's grid: patch vs grid, the Jigsaw split, lead time vs trajectory."""
     p = cfg.model.patch
     if p > n_lat or p > n_lon:
@@ -208,9 +247,9 @@ def check_against_grid(cfg: JigsawConfig, n_lat: int, n_lon: int, n_times_per_tr
         raise ConfigError(f"config key 'model.channel_hidden' = {cfg.model.channel_hidden} must be divisible by "
                           f"'parallel.tensor' = {cfg.parallel.tensor}")
     span = cfg.data.lead_steps * cfg.train.rollout_steps
-    if span >= n_times_per_traj:
-        raise ConfigError(f"config keys 'data.lead_steps' x 'train.rollout_steps' = {span} is not shorter than a "
-                          f"trajectory ({n_times_per_traj} time steps)")
+    if span >= longest_traj:
+        raise ConfigError(f"config keys 'data.lead_steps' x 'train.rollout_steps' = {span} is not shorter than the "
+                          f"longest trajectory ({longest_traj} time steps)")
 
 
 # The type names that the dataclass annotations carry (from __future__ annotations keeps them strings).

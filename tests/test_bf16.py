@@ -1,6 +1,7 @@
-"""bf16 (the GPU configs' precision) through the real stack on CPU ranks: DeepSpeed's BF16_Optimizer with
-ZeRO-1, bf16 weights and activations in the Jigsaw collectives, its checkpoints, and layout-free export
-and import. NCCL is the one part of the GPU path that stays untested on CPU."""
+"""bf16 (the GPU configs' precision) through the real stack on CPU ranks: bf16 weights, activations and
+Jigsaw collectives; both of DeepSpeed's bf16 optimizer wrappers (ZeRO-1's DeepSpeedZeroOptimizer with bf16
+gradients, as configs/ds_zero1_bf16.json; BF16_Optimizer when data_types.grad_accum_dtype is fp32); their
+checkpoints; layout-free export and import. NCCL is the one part of the GPU path that stays untested."""
 import os
 
 import pytest
@@ -31,11 +32,17 @@ def test_bf16_jigsaw_layout_matches_one_process_to_bf16_precision(runs):
     for s in fp32:
         assert jigsaw[s] == pytest.approx(serial[s], rel=1e-3), (s, jigsaw[s], serial[s])
         assert serial[s] == pytest.approx(fp32[s], rel=2e-2), (s, serial[s], fp32[s])
-    # what ran was bf16: module weights in bf16, DeepSpeed's BF16_Optimizer files beside them
+    # what ran was bf16: module weights in bf16, bf16 optimizer files beside them
     ckpt = dirs["bf16_1x2x2"] / "checkpoints" / "step_00000003"
     module = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
     assert module["blocks.0.token_mixing.w1"].dtype == torch.bfloat16
-    assert any(f.name.startswith("bf16_zero_pp_rank_0_mp_rank_03") for f in ckpt.iterdir())
+    assert optimizer_wrapper(ckpt) == "DeepSpeedZeroOptimizer"
+
+
+def optimizer_wrapper(ckpt) -> str:
+    """Which of DeepSpeed's bf16 wrappers wrote a checkpoint (BF16_Optimizer's state has no zero_stage)."""
+    state = torch.load(ckpt / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", map_location="cpu", weights_only=False)
+    return "DeepSpeedZeroOptimizer" if "zero_stage" in state["optimizer_state_dict"] else "BF16_Optimizer"
 
 
 @pytest.fixture(scope="module")
@@ -49,19 +56,23 @@ def exported(runs):
     return out
 
 
-@pytest.mark.parametrize("layout, bf16", [((2, 2), True), ((1, 1), False)], ids=["1x2x2-bf16", "serial-fp32"])
-def test_bf16_export_continues_the_run(runs, exported, tmp_path, synth_store, layout, bf16):
-    """Same layout and precision: steps 4-6 bitwise; serial fp32 from the bf16 file: to bf16 precision."""
+@pytest.mark.parametrize("layout, same", [((2, 2), True), ((1, 1), False)], ids=["1x2x2-same", "serial-BF16_Optimizer"])
+def test_bf16_export_continues_the_run(runs, exported, tmp_path, synth_store, layout, same):
+    """Same layout and config: steps 4-6 bitwise. One process with fp32 gradient accumulation (DeepSpeed's
+    other wrapper, BF16_Optimizer): to bf16 precision."""
     _, dirs = runs
     reference = losses(dirs["bf16_1x2x2"])
-    args = configs(tmp_path, synth_store, tmp_path / "run", bf16=bf16)
+    extra = {} if same else {"data_types": {"grad_accum_dtype": "fp32"}}
+    args = configs(tmp_path, synth_store, tmp_path / "run", bf16=True, **extra)
     proc = train(args, layout[0] * layout[1], ["--set", f"parallel.domain={layout[0]}", "--set",
                                                f"parallel.tensor={layout[1]}", "--init-from", str(exported)])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert optimizer_wrapper(tmp_path / "run" / "checkpoints" / "step_00000006") == \
+        ("DeepSpeedZeroOptimizer" if same else "BF16_Optimizer")
     got = losses(tmp_path / "run")
     assert sorted(got) == [4, 5, 6]
     for s in (4, 5, 6):
-        if bf16:
+        if same:
             assert got[s] == reference[s], (s, got[s], reference[s])
         else:
             assert got[s] == pytest.approx(reference[s], rel=2e-2), (s, got[s], reference[s])

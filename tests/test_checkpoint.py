@@ -12,7 +12,7 @@ from jigsaw_ds.model import WeatherMixer
 import subprocess
 
 
-def configs(tmp, store, out_dir, stage=1, bf16=False):
+def configs(tmp, store, out_dir, stage=1, bf16=False, **ds_extra):
     conf = {"model": {"patch": 4, "embed_dim": 32, "token_hidden": 32, "channel_hidden": 64, "depth": 2},
             "data": {"store": store, "variables": ["temperature"], "surface_variables": ["2m_temperature"],
                      "levels": [500, 850]},
@@ -22,8 +22,8 @@ def configs(tmp, store, out_dir, stage=1, bf16=False):
     ds = {"zero_optimization": {"stage": stage}, "gradient_clipping": 1.0,
           "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "weight_decay": 0.01, "torch_adam": True}},
           "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10, "warmup_max_lr": 3e-3}},
-          "bf16": {"enabled": bf16}}
-    name = f"ds{stage}{'_bf16' if bf16 else ''}.json"
+          "bf16": {"enabled": bf16}, **ds_extra}
+    name = f"ds{stage}{'_bf16' if bf16 else ''}{'_' + '_'.join(ds_extra) if ds_extra else ''}.json"
     (tmp / "j.json").write_text(json.dumps(conf))
     (tmp / name).write_text(json.dumps(ds))
     return ["--config", str(tmp / "j.json"), "--deepspeed_config", str(tmp / name)]
@@ -37,11 +37,10 @@ def train(args, nproc, extra=(), env=None):
 
 
 def losses(run_dir):
-    out = {}
-    for line in open(os.path.join(run_dir, "metrics.jsonl")):
-        r = json.loads(line)
-        out[r["step"]] = r["loss"]  # a resumed run appends: the last record of a step wins
-    return out
+    records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    steps = [r["step"] for r in records]
+    assert steps == sorted(set(steps)), f"metrics.jsonl steps not once each, in order: {steps}"
+    return {r["step"]: r["loss"] for r in records}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +62,8 @@ def test_resume_after_crash_is_bitwise(crashed_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "refusing checkpoint step_00000006: no manifest" in proc.stdout
     assert "resumed from" in proc.stdout and "(step 3)" in proc.stdout
-    after = losses(tmp / "run")
+    after = losses(tmp / "run")  # steps 4-6 of the crashed run are replaced, not repeated
+    assert sorted(after) == [1, 2, 3, 4, 5, 6]
     assert [after[s] for s in (4, 5, 6)] == [before[s] for s in (4, 5, 6)]  # bitwise
 
 

@@ -30,6 +30,14 @@ def cfg(**sections):
     ({"train": {"global_batch": 2.5}}, "'train.global_batch' must be int"),
     ({"data": {"val_fraction": 1.5}}, "'data.val_fraction' must be in (0, 1)"),
     ({"data": {"generate": {"kind": "era6"}}}, "'data.generate.kind'"),
+    ({"data": {"generate": {"kind": "synth", "time": 9}}}, "'data.generate.time' for kind 'synth' (did you mean 'times'?)"),
+    ({"data": {"generate": {"kind": "synth", "grid": "17x32"}}}, "'data.generate.grid' must be [n_lat, n_lon]"),
+    ({"data": {"variables": ["temperature", "geopotential", "temperature"]}}, "'data.variables' lists temperature more than once"),
+    ({"data": {"levels": [500, 500]}}, "'data.levels' lists 500 more than once"),
+    ({"data": {"levels": ["abc"]}}, "'data.levels' must be a list of integers"),
+    ({"train": {"seed": -1}}, "'train.seed' must be >= 0"),
+    ({"train": {"out_dir": ""}}, "'train.out_dir' is empty"),
+    ({"train": {"peak_tflops": float("inf")}}, "'train.peak_tflops' must be a finite number"),
 ])
 def test_bad_values_name_the_key(raw, message):
     full = json.loads(json.dumps(BASE))
@@ -54,8 +62,8 @@ def test_overrides_parse_json_and_strings():
     ({"model": {"patch": 5}}, (33, 64, 100), "does not divide the 64 longitudes"),
     ({"parallel": {"tensor": 3}}, (33, 64, 100), "'parallel.tensor' = 3 must divide the 16 token columns"),
     ({"parallel": {"domain": 10}}, (33, 64, 100), "'parallel.domain' = 10 exceeds the 9 token rows"),
-    ({"data": {"lead_steps": 12}}, (33, 64, 12), "'data.lead_steps' x 'train.rollout_steps' = 12 is not shorter than a trajectory"),
-    ({"data": {"lead_steps": 4}, "train": {"rollout_steps": 3}}, (33, 64, 12), "= 12 is not shorter than a trajectory"),
+    ({"data": {"lead_steps": 12}}, (33, 64, 12), "'data.lead_steps' x 'train.rollout_steps' = 12 is not shorter than the longest trajectory"),
+    ({"data": {"lead_steps": 4}, "train": {"rollout_steps": 3}}, (33, 64, 12), "= 12 is not shorter than the longest trajectory"),
 ])
 def test_grid_checks(change, grid, message):
     with pytest.raises(ConfigError) as e:
@@ -111,3 +119,23 @@ def test_nan_in_one_ranks_tile_is_found_by_that_rank(tmp_path):
     assert proc.returncode != 0
     assert "variable '2m_temperature' has NaN/inf at time 2020-01-02T18" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_store_refuses_a_channel_constant_in_time_and_nan_static_fields(tmp_path):
+    """A constant channel has no one-step change to scale the loss by (it belongs in static_variables);
+    a NaN in a static field would make every input NaN."""
+    import numpy as np
+
+    from jigsaw_ds.data.store import StoreError, WeatherStore
+    from jigsaw_ds.data.synth import synth_dataset
+    from jigsaw_ds.data.writer import write_store
+
+    ds = synth_dataset(9, 16, 6, seed=0)
+    ds["2m_temperature"][:] = 280.0
+    ds["land_sea_mask"][2, 3] = np.nan
+    write_store(ds, str(tmp_path / "s.zarr"))
+    with pytest.raises(StoreError, match=r"channels \['2m_temperature'\] never change .* model.static_variables"):
+        WeatherStore(str(tmp_path / "s.zarr"), [], ["2m_temperature"], [])
+    store = WeatherStore(str(tmp_path / "s.zarr"), ["temperature"], [], [], ["land_sea_mask"])
+    with pytest.raises(StoreError, match="static field 'land_sea_mask' has NaN/inf"):
+        store.check_finite()

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches
+from jigsaw_ds.config import ConfigError
+from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches, split_train_val
 from jigsaw_ds.data.store import StoreError, WeatherStore
 from jigsaw_ds.data.synth import synth_dataset
 from jigsaw_ds.data.writer import write_store
@@ -78,6 +79,36 @@ def test_no_pair_crosses_a_trajectory(tmp_path):
         starts = store.pair_starts(lead)
         assert np.all(store.trajectory[starts] == store.trajectory[starts + lead])
         assert len(starts) == 3 * (10 - lead)
+
+
+class TimeAxis:
+    """Just what split_train_val looks at: times and trajectories (a gap in time starts a trajectory)."""
+    path = "t.zarr"
+    pair_starts = WeatherStore.pair_starts
+
+    def __init__(self, lengths):
+        self.trajectory = np.repeat(np.arange(len(lengths)), lengths)
+        self.times = np.arange(len(self.trajectory))
+
+
+@pytest.mark.parametrize("lengths, val_times, cut_inside", [([35, 5], 5, False), ([5, 35], 8, True),
+                                                            ([10] * 10, 20, False), ([50], 10, True)])
+def test_split_holds_out_about_val_fraction_of_the_times(lengths, val_times, cut_inside):
+    """val_fraction 0.2 of the times held out at the end: whole trajectories when they come to between half
+    and 1.5x that, else cut inside one; no pair (here lead 1) crosses the cut."""
+    store = TimeAxis(lengths)
+    train, val = split_train_val(store, 1, 0.2)
+    held_out = np.unique(np.r_[val, val + 1])
+    assert len(held_out) == val_times and held_out.max() == len(store.times) - 1
+    assert set(np.r_[train, train + 1]).isdisjoint(held_out)
+    assert len(train) + len(val) == len(store.pair_starts(1)) - cut_inside  # the pair across an inner cut
+
+
+def test_split_that_leaves_a_side_empty_names_the_keys():
+    with pytest.raises(ConfigError, match=r"0 validation pairs with 'data.val_fraction' = 0.01"):
+        split_train_val(TimeAxis([40]), 1, 0.01)
+    with pytest.raises(ConfigError, match=r"'data.lead_steps' x 'train.rollout_steps' = 6: both need one"):
+        split_train_val(TimeAxis([30, 5]), 6, 0.2)  # the held-out trajectory is too short for one pair
 
 
 def test_store_errors_name_the_problem(tmp_path, synth_store):

@@ -75,3 +75,23 @@ def test_shallow_water_model_beats_persistence(tmp_path):
     assert int(fc["prediction_timedelta"].values[-1] / np.timedelta64(1, "h")) == 72
     for name in ("scores.csv", "rmse.png", "acc.png", "maps_geopotential_500.png"):
         assert (out / name).stat().st_size > 0
+
+
+def test_climatology_groups_by_day_of_year_and_hour_when_covered():
+    """Two years 6-hourly: by (day of year, hour); a month: by hour; one sample per hour: one mean."""
+    from jigsaw_ds.data.climatology import Climatology, grouping
+
+    two_years = np.arange("2001-01-01", "2003-01-01", np.timedelta64(6, "h"), dtype="datetime64[h]")
+    assert grouping(two_years) == ("dayofyear", "hour")
+    month = two_years[:31 * 4]
+    assert grouping(month) == ("hour",)
+    assert grouping(month[:4]) is None
+    # the state is the hour of day + 100 x month: the hour climatology of a month is exact; the mean of
+    # its group, looked up at a later valid time, comes back
+    value = lambda t: np.full((1, 2, 2), t.astype("datetime64[h]").astype(int) % 24 + 100 * (t.astype("datetime64[M]").astype(int) % 12), float)
+    clim = Climatology(month, lambda i: value(month[i]))
+    valid = np.array([["2001-03-05T06", "2001-03-05T18"]], dtype="datetime64[h]")
+    np.testing.assert_allclose(clim.at(valid)[..., 0, 0, 0], [[6, 18]])
+    yearly = Climatology(two_years, lambda i: value(two_years[i]))
+    assert yearly.by == ("dayofyear", "hour")
+    np.testing.assert_allclose(yearly.at(valid)[..., 0, 0, 0], [[206, 218]])  # March: month index 2

@@ -89,6 +89,18 @@ def test_lat_weights_pole_less_grid_by_hand():
     np.testing.assert_allclose(lat_cell_weights(lat[::-1]), (area / area.mean())[::-1], rtol=1e-12)
 
 
+def test_lat_weights_regional_grid_are_cos_latitude_like():
+    # 57N..49N (a UK box): the edge rows get ordinary half-step cells, not the cap up to the pole
+    lat = np.linspace(57, 49, 33)
+    w = lat_cell_weights(lat)
+    np.testing.assert_allclose(w, np.cos(np.deg2rad(lat)) / np.cos(np.deg2rad(lat)).mean(), rtol=1e-4)
+    # a global offset grid (no pole rows, half a step from the poles) keeps WB2's pole bounds
+    offset = np.linspace(-87.1875, 87.1875, 32)
+    bounds = np.deg2rad(np.concatenate([[-90], (offset[:-1] + offset[1:]) / 2, [90]]))
+    area = np.diff(np.sin(bounds))
+    np.testing.assert_allclose(lat_cell_weights(offset), area / area.mean(), rtol=1e-12)
+
+
 def test_weighted_mse_is_weighted_mean():
     w = torch.tensor([0.5, 1.5])
     pred, target = torch.ones(1, 1, 2, 3), torch.zeros(1, 1, 2, 3)

@@ -2,11 +2,12 @@
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 import torch
 
-from conftest import BIN, ROOT, run
+from conftest import BIN, ROOT, run, spawn_env
 from jigsaw_ds.train.checkpoint import CheckpointManager, verify
 
 STEPS = 12
@@ -62,6 +63,14 @@ def test_resume_continues_exactly(serial_run, tmp_path, synth_store):
     full = {m["step"]: m["loss"] for m in read_metrics(serial_run)}
     assert sorted(resumed) == list(range(7, STEPS + 1))
     assert all(resumed[s] == full[s] for s in resumed), (resumed, full)
+
+
+def test_new_run_into_an_out_dir_with_checkpoints_is_refused(serial_run, tmp_path, synth_store):
+    cmd = write_configs(tmp_path, synth_store, serial_run)
+    proc = subprocess.run(cmd, cwd=ROOT, env=spawn_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "'train.out_dir'" in proc.stderr and "step_00000012" in proc.stderr and "--resume" in proc.stderr
+    assert len(read_metrics(serial_run)) == STEPS  # the earlier run's outputs are untouched
 
 
 def test_partial_checkpoint_is_refused(serial_run, tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import GENERATE_DEFAULTS, ConfigError, check_generate_spec
+
 
 def _grid(text: str) -> list[int]:
     try:
@@ -16,17 +18,13 @@ def _grid(text: str) -> list[int]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="jigsaw-data", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("synth", help="small synthetic WB2-schema store with smooth travelling waves")
-    s.add_argument("--out", required=True)
-    s.add_argument("--grid", type=_grid, default=[33, 64])
-    s.add_argument("--times", type=int, default=400)
-    s.add_argument("--seed", type=int, default=0)
-    w = sub.add_parser("swe", help="shallow-water trajectories from torch-harmonics' solver")
-    w.add_argument("--out", required=True)
-    w.add_argument("--grid", type=_grid, default=[33, 64])
-    w.add_argument("--trajectories", type=int, default=8)
-    w.add_argument("--steps", type=int, default=40)
-    w.add_argument("--seed", type=int, default=0)
+    helps = {"synth": "small synthetic WB2-schema store with smooth travelling waves",
+             "swe": "shallow-water trajectories from torch-harmonics' solver"}
+    for kind, defaults in GENERATE_DEFAULTS.items():
+        g = sub.add_parser(kind, help=helps[kind])
+        g.add_argument("--out", required=True)
+        for key, default in defaults.items():
+            g.add_argument(f"--{key}", type=_grid if key == "grid" else int, default=default)
     p = sub.add_parser("prepare", help="ingest WB2 zarr / netCDF / GRIB into the training layout + statistics",
                        description="Ingest WeatherBench2 zarr stores, CDS netCDF and GRIB files into a training "
                                    "store (WB2 names and dims, source values and grid kept exactly), with "
@@ -51,8 +49,13 @@ def main(argv=None) -> int:
 
     from .generate import from_spec
 
-    spec = {k: v for k, v in vars(args).items() if k not in ("cmd", "out")}
-    out = from_spec({"kind": args.cmd, **spec}, args.out)
+    spec = {"kind": args.cmd, **{k: v for k, v in vars(args).items() if k not in ("cmd", "out")}}
+    try:
+        check_generate_spec(spec)
+    except ConfigError as e:
+        print(f"jigsaw-data {args.cmd}: error: {e}".replace("config key 'data.generate.", "option '--"), file=sys.stderr)
+        return 2
+    out = from_spec(spec, args.out)
     print(f"jigsaw-data: wrote {out}")
     return 0
 

@@ -19,6 +19,32 @@ def coord_features(lat_deg: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:
     return np.stack([np.sin(phi) * ones, np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam)]).astype(np.float32)
 
 
+def split_train_val(store: WeatherStore, span: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Start times of training and validation pairs (a pair spans `span` time steps: lead x rollout).
+
+    The last `val_fraction` of the times are held out, cut at a trajectory boundary (independent runs, or
+    stretches between gaps in time) when one holds out between half and 1.5 times that fraction, else at
+    the time 1 - val_fraction. No pair spans the cut. Raises ConfigError if either side is empty.
+    """
+    from ..config import ConfigError
+
+    starts = store.pair_starts(span)
+    n = len(store.times)
+    target = val_fraction * n
+    cut = int(n * (1 - val_fraction))
+    boundaries = np.flatnonzero(np.diff(store.trajectory)) + 1  # where a new trajectory begins
+    if len(boundaries):
+        nearest = boundaries[np.argmin(np.abs((n - boundaries) - target))]
+        if 0.5 * target <= n - nearest <= 1.5 * target:
+            cut = int(nearest)
+    train, val = starts[starts + span < cut], starts[starts >= cut]
+    if len(train) == 0 or len(val) == 0:
+        raise ConfigError(f"store '{store.path}' ({n} times, {len(boundaries) + 1} trajectories) gives "
+                          f"{len(train)} training and {len(val)} validation pairs with 'data.val_fraction' = "
+                          f"{val_fraction} and 'data.lead_steps' x 'train.rollout_steps' = {span}: both need one")
+    return train, val
+
+
 class PairDataset(torch.utils.data.Dataset):
     """Item i: (inputs [C + S (+ 3), h, w], targets [K, C, h, w]) starting at starts[i]: the state, its
     static/coordinate channels, and the states `lead`, 2 `lead`, ..., K `lead` steps later (K = rollout)."""

@@ -5,17 +5,20 @@ from .writer import write_store
 
 
 def from_spec(spec: dict, out: str) -> str:
+    """spec: {"kind": "synth" | "swe", other keys as config.GENERATE_DEFAULTS (missing ones take its defaults)}."""
+    from ..config import GENERATE_DEFAULTS
+
     kind = spec.get("kind")
-    grid = spec.get("grid", [33, 64])
+    if kind not in GENERATE_DEFAULTS:
+        raise ValueError(f"data.generate.kind {kind!r}: allowed {', '.join(GENERATE_DEFAULTS)}")
+    spec = {**GENERATE_DEFAULTS[kind], **spec}
+    n_lat, n_lon = spec["grid"]
     if kind == "synth":
         from .synth import synth_dataset
 
-        ds = synth_dataset(grid[0], grid[1], int(spec.get("times", 400)), seed=int(spec.get("seed", 0)))
-    elif kind == "swe":
+        ds = synth_dataset(n_lat, n_lon, int(spec["times"]), seed=int(spec["seed"]))
+    else:
         from .swe import swe_dataset
 
-        ds = swe_dataset(grid[0], grid[1], int(spec.get("trajectories", 8)), int(spec.get("steps", 40)),
-                         seed=int(spec.get("seed", 0)))
-    else:
-        raise ValueError(f"data.generate.kind {kind!r}: allowed synth, swe")
+        ds = swe_dataset(n_lat, n_lon, int(spec["trajectories"]), int(spec["steps"]), seed=int(spec["seed"]))
     return write_store(ds, out)

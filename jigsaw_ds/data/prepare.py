@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
+from .climatology import grouping
 from .store import StoreError
 from .writer import chunk_encoding, write_store
 
@@ -320,26 +320,13 @@ def mark_gaps(parts: list[xr.Dataset]) -> list[xr.Dataset]:
 
 
 # ---- climatology -----------------------------------------------------------------------------------------
-def climatology_grouping(times: np.ndarray):
-    """Mean by (day of year, hour) when every day of the year (day 366 aside: leap years only) has at least
-    two samples per hour present, else by hour of day when every hour has at least two; None when the span
-    allows neither (a mean of one sample is no climatology)."""
-    t = pd.DatetimeIndex(times)
-    common = t.dayofyear <= 365
-    per_doy_hour = pd.Series(1, index=[t.dayofyear[common], t.hour[common]]).groupby(level=[0, 1]).size()
-    if t.dayofyear[common].nunique() == 365 and per_doy_hour.min() >= 2:
-        return ["time.dayofyear", "time.hour"]
-    if pd.Series(t.hour).value_counts().min() >= 2:
-        return "time.hour"
-    return None
-
-
 def write_climatology(path: str, lat_chunk: int, lon_chunk: int, level_chunk: int) -> None:
-    """Group `climatology` of the store: per variable mean by (dayofyear, hour) or hour (see above)."""
+    """Group `climatology` of the store: per variable mean by (dayofyear, hour) or hour (climatology.grouping)."""
     ds = xr.open_zarr(path, chunks=None, consolidated=False)
-    by = climatology_grouping(ds["time"].values)
+    by = grouping(ds["time"].values)
     if by is None:
         return
+    by = [f"time.{g}" for g in by] if len(by) > 1 else f"time.{by[0]}"
     timed = [v for v, da in ds.data_vars.items() if "time" in da.dims]
     clim = xr.Dataset({v: ds[v].groupby(by).mean("time") for v in timed})  # one variable in memory at a time
     clim = clim.drop_vars("trajectory", errors="ignore")

@@ -105,6 +105,10 @@ class WeatherStore:
         self.mean = np.array([stats[c.name]["mean"] for c in self.channels], np.float32)
         self.std = np.array([stats[c.name]["std"] for c in self.channels], np.float32)
         self.tendency_std = np.array([stats[c.name]["tendency_std"] for c in self.channels], np.float32)
+        constant = [c.name for c, t in zip(self.channels, self.tendency_std) if t == 0]  # NaN: check_finite says why
+        if constant:  # the loss is in units of each channel's one-step change: a constant one has none
+            raise StoreError(f"data store '{path}': channels {constant} never change from one time step to the "
+                             f"next (tendency std 0); a field constant in time belongs in model.static_variables")
         self._ds = None  # opened lazily in each process (DataLoader workers included)
 
     # ---- checks ----------------------------------------------------------------------------------------
@@ -142,8 +146,8 @@ class WeatherStore:
         return channels
 
     def check_finite(self, times: slice = slice(None), lat: slice = slice(None), lon: slice = slice(None)) -> None:
-        """Refuse NaN/inf in the selected channels, naming variable and time. Reads the given piece only
-        (by default the whole selection), so that ranks can split the scan between them."""
+        """Refuse NaN/inf in the selected channels (naming variable and time) and static fields. Reads the
+        given piece only (by default the whole selection), so that ranks can split the scan between them."""
         ds = self.ds
         times_checked = self.times[times]
         for ch in self.channels:
@@ -153,6 +157,9 @@ class WeatherStore:
             if bad.any():
                 t = times_checked[np.argmax(bad)]
                 raise StoreError(f"data store '{self.path}': variable '{ch.name}' has NaN/inf at time {t}")
+        for var in self.static_variables:  # 2-D and small: every rank checks its own tile
+            if not np.isfinite(ds[var].isel(latitude=lat, longitude=lon).values).all():
+                raise StoreError(f"data store '{self.path}': static field '{var}' has NaN/inf")
 
     # ---- reading ---------------------------------------------------------------------------------------
     @property

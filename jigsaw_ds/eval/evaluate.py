@@ -10,8 +10,11 @@ Writes to DIR:
                  [level,] latitude, longitude; WB2 names and physical units
   scores.json, scores.csv   RMSE, ACC and bias per channel and lead for model, persistence, climatology
   rmse.png, acc.png, maps_<channel>.png   scores vs lead; truth / forecast / error maps at a few leads
-Climatology: per grid point mean of the training times by hour of day (all training times if the store
-has one hour), at the valid time.
+Climatology: per grid point mean of training times (never the held-out ones) by day of year and hour when
+they cover every day of the year twice per hour, else by hour of day, else one mean (data/climatology.py,
+the rule `prepare` uses for the store's climatology group), taken at the valid time. At most 400 training
+times are averaged, so on a short store it is an hour-of-day climatology; WB2's official climatology
+(1990-2019, smoothed by day of year) is the reference for real ERA5 scores.
 """
 from __future__ import annotations
 
@@ -26,11 +29,11 @@ import torch
 import xarray as xr
 
 from ..config import from_dict
-from ..data.dataset import PairDataset
+from ..data.climatology import Climatology
+from ..data.dataset import PairDataset, split_train_val
 from ..data.store import WeatherStore
 from ..model import WeatherMixer
 from ..train.layout_free import FORMAT
-from ..train.loop import split_train_val
 from .metrics import METRICS
 
 BASELINES = ("persistence", "climatology")
@@ -66,19 +69,12 @@ def rollout(model, dataset: PairDataset, k_steps: int, batch: int = 8) -> np.nda
     return np.concatenate(out)
 
 
-def hourly_climatology(store: WeatherStore, times: np.ndarray, max_times: int = 400) -> dict:
-    """{hour: [C, H, W]} mean physical state of the given (training) times by hour of day."""
-    times = times[np.linspace(0, len(times) - 1, min(max_times, len(times))).astype(int)]
-    hours = (store.times[times].astype("datetime64[h]").astype(int) % 24)
+def training_climatology(store: WeatherStore, train_starts: np.ndarray, max_times: int = 400) -> Climatology:
+    """The climatology baseline: mean physical state of (up to max_times evenly spaced) training times,
+    grouped by day of year and hour or by hour (data.climatology.grouping decides from those times)."""
+    times = train_starts[np.linspace(0, len(train_starts) - 1, min(max_times, len(train_starts))).astype(int)]
     full = slice(0, None)
-    return {int(h): np.mean([store.read_raw([int(t)], full, full)[0] for t in times[hours == h]], axis=0)
-            for h in np.unique(hours)}
-
-
-def climatology_at(clim: dict, valid_times: np.ndarray) -> np.ndarray:
-    hours = valid_times.astype("datetime64[h]").astype(int) % 24
-    fallback = np.mean(list(clim.values()), axis=0)
-    return np.stack([clim.get(int(h), fallback) for h in hours.ravel()]).reshape(hours.shape + fallback.shape)
+    return Climatology(store.times[times], lambda i: store.read_raw([int(times[i])], full, full)[0])
 
 
 def reference_forecasts(store: WeatherStore, inits: np.ndarray, train_starts: np.ndarray, lead: int,
@@ -89,8 +85,9 @@ def reference_forecasts(store: WeatherStore, inits: np.ndarray, train_starts: np
     valid = inits[:, None] + lead * np.arange(1, lead_steps + 1)[None, :]
     truth = np.stack([store.read_raw(list(v), full, full) for v in valid])
     persistence = np.repeat(store.read_raw(list(inits), full, full)[:, None], lead_steps, axis=1)
-    clim = climatology_at(hourly_climatology(store, train_starts), store.times[valid])
-    step = store.times[1] - store.times[0]
+    clim = training_climatology(store, train_starts).at(store.times[valid])
+    steps = np.diff(store.times)
+    step = steps[steps > np.timedelta64(0)].min()  # the store's time step (a gap is longer)
     leads = np.array([(k + 1) * lead * step for k in range(lead_steps)]).astype("timedelta64[ns]")
     return truth, persistence, clim, leads
 

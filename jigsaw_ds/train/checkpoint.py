@@ -77,7 +77,9 @@ class CheckpointManager:
                      for n in _files(folder)}
             _write_atomic(os.path.join(folder, MANIFEST), json.dumps({"step": step, "files": files}, indent=1))
             _write_atomic(os.path.join(self.root, "latest"), tag)
-            complete = [t for t in self.tags() if os.path.exists(os.path.join(self.root, t, MANIFEST))]
+            # retention counts back from the checkpoint just written: a newer tag left by a refused or
+            # abandoned timeline is neither counted nor removed here (the next save of its step replaces it)
+            complete = [t for t in self.tags() if t <= tag and os.path.exists(os.path.join(self.root, t, MANIFEST))]
             for old in complete[:-self.keep]:
                 shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
         dist.barrier()

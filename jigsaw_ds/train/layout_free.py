@@ -18,7 +18,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from ..parallel.layers import FlatSharded, Replicated, TokenSharded, local_shard, tensor_shard_shape
+from ..parallel.layers import Replicated, TokenSharded, local_shard, tensor_shard_shape
 from ..parallel.topology import JigsawGroups, Layout
 
 FORMAT = "jigsaw_ds.layout_free.v1"
@@ -92,8 +92,9 @@ def _adam_step(zero) -> int:
 
 
 def _zero_optimizer(engine):
-    """DeepSpeed's optimizer wrapper that keeps fp32 master partitions: ZeRO-1/2 (fp32 or bf16 with stage 2)
-    or, for bf16 with ZeRO-1, BF16_Optimizer. Both link per-parameter fragments for safe_get/set_full_*."""
+    """DeepSpeed's optimizer wrapper that keeps fp32 master partitions: DeepSpeedZeroOptimizer (ZeRO-1/2, fp32
+    or bf16) or BF16_Optimizer (bf16, ZeRO-1, data_types.grad_accum_dtype fp32). Both link per-parameter
+    fragments for safe_get/set_full_*."""
     zero = engine.optimizer
     if _fp32_partitions(zero) is None:
         raise ValueError("layout-free export/import needs ZeRO stage 1 or 2 (zero_optimization.stage in the "

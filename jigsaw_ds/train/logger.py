@@ -6,16 +6,28 @@ import os
 
 
 class MetricsLogger:
-    def __init__(self, out_dir: str, enabled: bool, append: bool = False):
+    """`resume_step` > 0 continues a run: records after that step (logged before a crash, then lost with
+    the checkpoint that was not written) are dropped from metrics.jsonl and TensorBoard, so that every
+    step appears once, as the resumed run computed it."""
+
+    def __init__(self, out_dir: str, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
         self.out_dir = out_dir
         if not enabled:
             return
         os.makedirs(out_dir, exist_ok=True)
-        self.jsonl = open(os.path.join(out_dir, "metrics.jsonl"), "a" if append else "w")
+        path = os.path.join(out_dir, "metrics.jsonl")
+        kept = []
+        if resume_step and os.path.exists(path):
+            with open(path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+        self.jsonl = open(path, "w")
+        self.jsonl.writelines(kept)
+        self.jsonl.flush()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+        self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"),
+                                purge_step=resume_step + 1 if resume_step else None)
 
     def write_config(self, resolved: dict) -> None:
         with open(os.path.join(self.out_dir, "config.json"), "w") as f:

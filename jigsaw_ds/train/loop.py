@@ -1,16 +1,14 @@
 """The training loop: one DeepSpeed engine over the Jigsaw model, with logging, validation and checkpoints."""
 from __future__ import annotations
 
-import json
 import os
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from ..config import JigsawConfig
-from ..data.dataset import PairDataset, ReplicaBatches, make_loader
+from ..data.dataset import PairDataset, ReplicaBatches, make_loader, split_train_val
 from ..data.store import WeatherStore
 from ..model import WeatherMixer, train_flops_per_sample
 from ..parallel import comm_stats
@@ -19,18 +17,6 @@ from .checkpoint import CheckpointManager
 from .layout_free import import_state
 from .logger import MetricsLogger
 from .loss import AreaWeightedMSE, lat_cell_weights
-
-
-def split_train_val(store: WeatherStore, lead: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out the last trajectories (or, with one trajectory, the last times); no pair spans the cut."""
-    starts = store.pair_starts(lead)
-    trajs = np.unique(store.trajectory)
-    if len(trajs) > 1:
-        n_val = max(1, int(round(len(trajs) * val_fraction)))
-        is_val = np.isin(store.trajectory[starts], trajs[-n_val:])
-        return starts[~is_val], starts[is_val]
-    cut = int(len(store.times) * (1 - val_fraction))
-    return starts[starts + lead < cut], starts[starts >= cut]
 
 
 class Trainer:
@@ -63,9 +49,6 @@ class Trainer:
 
         span = cfg.data.lead_steps * cfg.train.rollout_steps
         train_starts, val_starts = split_train_val(store, span, cfg.data.val_fraction)
-        if len(train_starts) == 0 or len(val_starts) == 0:
-            raise ValueError(f"store '{store.path}' has too few times for a train/validation split "
-                             f"(train {len(train_starts)}, validation {len(val_starts)} pairs)")
         mk = lambda s: PairDataset(store, s, cfg.data.lead_steps, self.lat, self.lon, cfg.model.coord_features,
                                    cfg.train.rollout_steps)
         self.train_set, self.val_set = mk(train_starts), mk(val_starts)
@@ -76,9 +59,10 @@ class Trainer:
         if init_from and not self.start_step:
             self.start_step = import_state(self.engine, self.model, groups,
                                            torch.load(init_from, map_location="cpu", weights_only=False))
+        # a K-step rollout runs the model K times per sample, forward and backward
         self.flops_per_step = train_flops_per_sample(cfg.model, store.n_lat, store.n_lon, n_in, n_state) \
-            * cfg.train.global_batch
-        self.logger = MetricsLogger(cfg.train.out_dir, enabled=self.rank0, append=resume and self.start_step > 0)
+            * cfg.train.global_batch * cfg.train.rollout_steps
+        self.logger = MetricsLogger(cfg.train.out_dir, enabled=self.rank0, resume_step=self.start_step)
         if self.rank0:
             self.logger.write_config({"jigsaw": cfg.to_dict(), "deepspeed": ds_config, "layout": vars(layout),
                                       "model_shape": self.model_shape,
@@ -145,11 +129,12 @@ class Trainer:
             t0 = time.perf_counter()
             batch = next(loader)
             t_data = time.perf_counter() - t0
+            lr = self.engine.get_lr()[0]  # the rate this step uses (engine.step advances the schedule)
             loss = self.train_step(batch)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
-            record = {"step": step, "loss": loss, "lr": self.engine.get_lr()[0],
+            record = {"step": step, "loss": loss, "lr": lr,
                       "grad_norm": _float(self.engine.get_global_grad_norm()),
                       "step_time_s": dt, "samples_per_s": cfg.global_batch / dt,
                       "tflops_per_gpu": self.flops_per_step / dt / world / 1e12,

@@ -13,11 +13,13 @@ import argparse
 import json
 import os
 import sys
+from typing import NoReturn
 
 import numpy as np
 import torch.distributed as dist
 
 from .. import config as jconfig
+from ..data.dataset import split_train_val
 from ..data.store import StoreError, WeatherStore
 from ..parallel.allocation import allocation_from_env, check_allocation_from_env, env_rank
 from ..parallel.partition import TokenPartition
@@ -64,7 +66,7 @@ def load_deepspeed_config(path: str, cfg: jconfig.JigsawConfig, data_parallel: i
     return ds
 
 
-def _fail(message: str, every_rank: bool = False) -> "NoReturn":  # noqa: F821
+def _fail(message: str, every_rank: bool = False) -> NoReturn:
     """Exit 2 with one message: printed by rank 0 for errors every rank sees alike, by the rank itself for
     errors only it can see (its own piece of the store)."""
     if every_rank or env_rank() == 0:  # under srun RANK is unset: the SLURM rank decides who prints
@@ -79,7 +81,8 @@ def open_checked_store(cfg: jconfig.JigsawConfig, layout: Layout, rank: int) -> 
     store = WeatherStore(cfg.data.store, cfg.data.variables, cfg.data.surface_variables, cfg.data.levels,
                          cfg.model.static_variables)
     traj_lengths = np.bincount(np.unique(store.trajectory, return_inverse=True)[1])
-    jconfig.check_against_grid(cfg, store.n_lat, store.n_lon, int(traj_lengths.min()))
+    jconfig.check_against_grid(cfg, store.n_lat, store.n_lon, int(traj_lengths.max()))
+    split_train_val(store, cfg.data.lead_steps * cfg.train.rollout_steps, cfg.data.val_fraction)  # both sides non-empty
     selected_bytes = 4 * len(store.channels) * len(store.times) * store.n_lat * store.n_lon
     if selected_bytes <= NAN_SCAN_LIMIT_BYTES:  # larger stores: `jigsaw-data prepare` checks them once
         data_rank, domain_rank, tensor_rank = layout.coords(rank)
@@ -91,6 +94,18 @@ def open_checked_store(cfg: jconfig.JigsawConfig, layout: Layout, rank: int) -> 
         except StoreError as e:
             _fail(str(e), every_rank=True)
     return store
+
+
+def check_out_dir(cfg: jconfig.JigsawConfig, resume: bool) -> None:
+    """A new run must not share train.out_dir with an earlier one: its checkpoints would be mixed with the
+    earlier run's (retention and --resume go by step number, not by run)."""
+    from .checkpoint import CheckpointManager
+
+    earlier = CheckpointManager(os.path.join(cfg.train.out_dir, "checkpoints"), 1).tags()
+    if earlier and not resume:
+        raise jconfig.ConfigError(f"config key 'train.out_dir' = '{cfg.train.out_dir}' holds checkpoints of an "
+                                  f"earlier run (newest {earlier[-1]}): pass --resume to continue that run, or "
+                                  f"set a new train.out_dir (--set train.out_dir=...)")
 
 
 def generate_store(cfg: jconfig.JigsawConfig) -> None:
@@ -110,6 +125,7 @@ def main(argv=None) -> int:
         store = None if (cfg.data.generate and not os.path.exists(cfg.data.store)) else \
             open_checked_store(cfg, layout, allocation.rank)
         ds_config = load_deepspeed_config(args.deepspeed_config, cfg, layout.data)
+        check_out_dir(cfg, args.resume)
     except (jconfig.ConfigError, StoreError, ValueError) as e:
         _fail(str(e))
     from .loop import Trainer

@@ -13,7 +13,6 @@ Rank 0 writes one JSON with the largest error of each check over all ranks.
 """
 import argparse
 import json
-import os
 import sys
 
 import torch

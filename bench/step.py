@@ -155,9 +155,11 @@ def engine_state_bytes(engine) -> dict:
     module = engine.module
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     weights = sum(p.numel() * p.element_size() for p in module.parameters())
+    from jigsaw_ds.train.layout_free import fp32_partitions
+
     opt = engine.optimizer
     seen = {}
-    for t in getattr(opt, "single_partition_of_fp32_groups", []) or []:   # ZeRO 1/2 fp32 master partition
+    for t in fp32_partitions(opt) or []:   # ZeRO 1/2 fp32 master partitions
         seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     inner = getattr(opt, "optimizer", opt)
     for state in inner.state.values():
@@ -170,7 +172,7 @@ def engine_state_bytes(engine) -> dict:
 def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
     import deepspeed
 
-    from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches, make_loader
+    from jigsaw_ds.data.dataset import DeviceBatches, PairDataset, ReplicaBatches, make_loader
     from jigsaw_ds.data.store import WeatherStore
     from jigsaw_ds.model import WeatherMixer
     from jigsaw_ds.train.loss import AreaWeightedMSE, lat_cell_weights
@@ -189,13 +191,13 @@ def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
     if args.compile:
         engine.compile()
-    dtype = next(engine.module.parameters()).dtype
 
     full = slice(0, store.n_lat), slice(0, store.n_lon)
     dataset = PairDataset(store, store.pair_starts(1), 1, *full, jcfg.model.coord_features)
     n_steps = args.warmup + args.steps
     sampler = ReplicaBatches(len(dataset), args.batch, 0, 1, seed=0, steps=n_steps)
-    loader = iter(make_loader(dataset, sampler, args.workers, 2))
+    # as the trainer: fp32 batches copied to the device one step ahead on a side stream
+    loader = DeviceBatches(make_loader(dataset, sampler, args.workers, 2), device)
     loss_fn = AreaWeightedMSE(torch.from_numpy(lat_cell_weights(store.lat)).float(), store.n_lat, store.n_lon)
 
     records = []
@@ -205,8 +207,7 @@ def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
         t0 = time.perf_counter()
         x, y = next(loader)
         t1 = time.perf_counter()
-        x, y = x.to(device, dtype, non_blocking=True), y.to(device, torch.float32, non_blocking=True)
-        loss = loss_fn(engine(x).float(), y)
+        loss = loss_fn(engine(x).float(), y[:, 0])
         engine.backward(loss)
         engine.step()
         sync(device)
@@ -243,12 +244,13 @@ def main(argv=None):
     ap.add_argument("--grid", default="", help="HxW (default: 721x1440, or 32x64 with --small)")
     ap.add_argument("--depth", type=int, default=0, help="mixer blocks (default: the config's)")
     ap.add_argument("--batch", type=int, default=0, help="samples per step (default 2 on CUDA, 4 on CPU)")
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="torch.compile the bare stack and engine.compile() the step")
     ap.add_argument("--checkpointing", action="store_true", help="torch.utils.checkpoint around each MixerBlock")
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="", help="default: bf16 on CUDA, fp32 on CPU")
-    ap.add_argument("--workers", type=int, default=-1, help="DataLoader workers (default 8 on CUDA, 0 on CPU)")
+    ap.add_argument("--workers", type=int, default=-1,
+                    help="DataLoader workers (default 4 on CUDA, 0 on CPU; each holds batches in /dev/shm)")
     ap.add_argument("--times", type=int, default=6, help="time steps in the generated store")
     ap.add_argument("--store", default="", help="store to read (created there if missing)")
     ap.add_argument("--ds-config", default="", help="DeepSpeed JSON (default configs/ds_zero1_{bf16,fp32}.json)")
@@ -267,7 +269,7 @@ def main(argv=None):
     dtype_name = args.dtype or ("bf16" if cuda else "fp32")
     dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
     args.batch = args.batch or (2 if cuda else 4)
-    args.workers = args.workers if args.workers >= 0 else (8 if cuda else 0)
+    args.workers = args.workers if args.workers >= 0 else (4 if cuda else 0)
     args.ds_config = args.ds_config or os.path.join(ROOT, "configs", f"ds_zero1_{dtype_name}.json")
     if not cuda:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -285,44 +287,56 @@ def main(argv=None):
           f"{shape.c_in}->{shape.c_out} channels, batch {args.batch}"
           f"{', compile' if args.compile else ''}{', checkpointing' if args.checkpointing else ''}", flush=True)
 
-    size, reps = (8192, 20) if cuda else (1024, 5)
-    gemm = gemm_rate(device, dtype, size, reps)
-    copy = copy_bandwidth(device, (2 << 30) if cuda else (64 << 20), 10 if cuda else 3)
-    bare = None if args.skip_bare else bare_stack_rate(jcfg.model, shape.n_tokens, args.batch, device, dtype,
-                                                       5 if cuda else 3, args.compile)
-    if cuda:
-        torch.cuda.empty_cache()
-
-    t0 = time.perf_counter()
-    bench_store(args.store, jcfg.data.variables, jcfg.data.levels, jcfg.data.surface_variables,
-                jcfg.model.static_variables, grid[0], grid[1], args.times)
-    store_s = time.perf_counter() - t0
-    step = run_step_bench(args, device, dtype_name, jcfg, shape, args.store)
-
-    # the analytic model with this run's measured rates
-    base = pm.Machine.load(args.machine)
-    machine = dataclasses.replace(base, gemm_tflops={dtype_name: gemm / 1e12}, hbm_gbps=copy / 1e9,
-                                  **({} if cuda else {"gemm_efficiency": 1.0, "hbm_efficiency": 1.0,
-                                                      "kernel_launch_us": 0.0}))
-    setup = pm.TrainSetup(global_batch=args.batch, precision=dtype_name, zero_stage=1, checkpointing=args.checkpointing)
-    pred = pm.predict_step(shape, Layout(), machine, setup)
-    flops = pred.flops_per_step
     res = {
         "date": datetime.date.today().isoformat(), "command": " ".join(["python bench/step.py"] + (argv or sys.argv[1:])),
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "torch": torch.__version__, "dtype": dtype_name, "grid": grid, "tokens": shape.n_tokens,
         "model": dataclasses.asdict(jcfg.model), "c_in": shape.c_in, "c_out": shape.c_out, "batch": args.batch,
         "compile": args.compile, "checkpointing": args.checkpointing, "workers": args.workers,
-        "gemm_tflops": gemm / 1e12, "gemm_size": size, "copy_gbps": copy / 1e9, "bare_stack": bare,
-        "model_flops_per_step": flops, "store_build_s": store_s, **step,
-        "tflops_step": flops / step["step_s"] / 1e12, "tflops_device": flops / step["device_s"] / 1e12,
-        "predicted": {"t_compute_s": pred.t_compute, "t_optimizer_s": pred.t_optimizer, "t_io_s": pred.t_io,
-                      "memory_bytes": pred.memory, "machine": machine.name},
     }
+
+    def save(**part):
+        """Each measurement is printed and saved as soon as it is done: a crash or a time limit later
+        still leaves the earlier ones (the JSON is rewritten whole each time)."""
+        res.update(part)
+        print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in part.items()
+                               if not isinstance(v, (dict, list))), flush=True)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out + ".tmp", "w") as f:
+            json.dump(res, f, indent=1, default=str)
+        os.replace(args.out + ".tmp", args.out)
+
+    size, reps = (8192, 20) if cuda else (1024, 5)
+    save(gemm_tflops=gemm_rate(device, dtype, size, reps) / 1e12, gemm_size=size)
+    save(copy_gbps=copy_bandwidth(device, (2 << 30) if cuda else (64 << 20), 10 if cuda else 3) / 1e9)
+    bare = None if args.skip_bare else bare_stack_rate(jcfg.model, shape.n_tokens, args.batch, device, dtype,
+                                                       5 if cuda else 3, args.compile)
+    save(bare_stack=bare, **({"bare_stack_tflops": bare["tflops"]} if bare else {}))
+    if cuda:
+        torch.cuda.empty_cache()
+
+    t0 = time.perf_counter()
+    bench_store(args.store, jcfg.data.variables, jcfg.data.levels, jcfg.data.surface_variables,
+                jcfg.model.static_variables, grid[0], grid[1], args.times)
+    save(store_build_s=time.perf_counter() - t0)
+    step = run_step_bench(args, device, dtype_name, jcfg, shape, args.store)
+
+    # the analytic model with this run's measured GEMM rate; on CUDA the machine file's HBM bandwidth and
+    # efficiencies (fitted together against the datasheet bandwidth), on the CPU the measured copy rate
+    base = pm.Machine.load(args.machine)
+    machine = dataclasses.replace(base, gemm_tflops={dtype_name: res["gemm_tflops"]},
+                                  **({} if cuda else {"hbm_gbps": res["copy_gbps"], "gemm_efficiency": 1.0,
+                                                      "hbm_efficiency": 1.0, "kernel_launch_us": 0.0}))
+    zero_stage = json.load(open(args.ds_config)).get("zero_optimization", {}).get("stage", 0)
+    setup = pm.TrainSetup(global_batch=args.batch, precision=dtype_name, zero_stage=zero_stage,
+                          checkpointing=args.checkpointing)
+    pred = pm.predict_step(shape, Layout(), machine, setup)
+    flops = pred.flops_per_step
+    save(model_flops_per_step=flops, **step,
+         tflops_step=flops / step["step_s"] / 1e12, tflops_device=flops / step["device_s"] / 1e12,
+         predicted={"t_compute_s": pred.t_compute, "t_optimizer_s": pred.t_optimizer, "t_io_s": pred.t_io,
+                    "memory_bytes": pred.memory, "machine": machine.name, "zero_stage": zero_stage})
     report(res)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=1, default=str)
     print(f"wrote {args.out}")
 
 

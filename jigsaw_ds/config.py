@@ -64,6 +64,7 @@ class TrainConfig:
     rollout_steps: int = 1              # K > 1: K-step autoregressive loss, gradient through the rollout
     peak_tflops: float = 0.0            # per-GPU peak TFLOP/s for MFU in metrics (0: not logged), e.g. 989 H100 bf16
     progress: bool = True
+    tf32: bool = True                   # on NVIDIA GPUs, fp32 matmuls on TF32 tensor cores (the rate machine files assume)
 
 
 @dataclass

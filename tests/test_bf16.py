@@ -11,14 +11,18 @@ from conftest import BIN, run
 from test_checkpoint import configs, losses, train
 
 
+FUSED_ADAMW = {"type": "AdamW", "params": {"lr": 3e-3, "weight_decay": 0.01, "torch_adam": True, "fused": True}}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, synth_store):
-    """Six steps each: serial fp32, serial bf16, and bf16 at (1,2,2) with checkpoints at 3 and 6."""
+    """Six steps each: serial fp32, serial bf16, and bf16 at (1,2,2) with checkpoints at 3 and 6. All use
+    torch's fused AdamW, as configs/ds_zero1_bf16.json does."""
     tmp = tmp_path_factory.mktemp("bf16")
     out = {}
     for name, bf16, nproc, layout in (("fp32_serial", False, 1, (1, 1)), ("bf16_serial", True, 1, (1, 1)),
                                       ("bf16_1x2x2", True, 4, (2, 2))):
-        args = configs(tmp, synth_store, tmp / name, bf16=bf16)
+        args = configs(tmp, synth_store, tmp / name, bf16=bf16, optimizer=FUSED_ADAMW)
         proc = train(args, nproc, ["--set", f"parallel.domain={layout[0]}", "--set", f"parallel.tensor={layout[1]}"])
         assert proc.returncode == 0, proc.stderr[-3000:]
         out[name] = tmp / name
@@ -28,10 +32,11 @@ def runs(tmp_path_factory, synth_store):
 def test_bf16_jigsaw_layout_matches_one_process_to_bf16_precision(runs):
     _, dirs = runs
     fp32, serial, jigsaw = (losses(dirs[k]) for k in ("fp32_serial", "bf16_serial", "bf16_1x2x2"))
-    # measured (2026-11-26): layouts differ by <= 1e-4 relative in bf16 (summation order); bf16 vs fp32 by ~1%
+    # measured (2026-11-26): layouts differ by <= 1e-4 relative in bf16 (summation order); bf16 vs fp32 by
+    # <= 0.15% (0.6-1% while the state itself was rounded to bf16 on its way through the model)
     for s in fp32:
         assert jigsaw[s] == pytest.approx(serial[s], rel=1e-3), (s, jigsaw[s], serial[s])
-        assert serial[s] == pytest.approx(fp32[s], rel=2e-2), (s, serial[s], fp32[s])
+        assert serial[s] == pytest.approx(fp32[s], rel=5e-3), (s, serial[s], fp32[s])
     # what ran was bf16: module weights in bf16, bf16 optimizer files beside them
     ckpt = dirs["bf16_1x2x2"] / "checkpoints" / "step_00000003"
     module = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
@@ -62,7 +67,7 @@ def test_bf16_export_continues_the_run(runs, exported, tmp_path, synth_store, la
     other wrapper, BF16_Optimizer): to bf16 precision."""
     _, dirs = runs
     reference = losses(dirs["bf16_1x2x2"])
-    extra = {} if same else {"data_types": {"grad_accum_dtype": "fp32"}}
+    extra = {"optimizer": FUSED_ADAMW, **({} if same else {"data_types": {"grad_accum_dtype": "fp32"}})}
     args = configs(tmp_path, synth_store, tmp_path / "run", bf16=True, **extra)
     proc = train(args, layout[0] * layout[1], ["--set", f"parallel.domain={layout[0]}", "--set",
                                                f"parallel.tensor={layout[1]}", "--init-from", str(exported)])

@@ -100,3 +100,18 @@ def test_mistaken_allocation_fails_before_training(tmp_path, synth_store):
     assert NOT_DIVISIBLE in proc.stderr, proc.stderr[-6000:]
     assert "exitcode  : 2" in proc.stderr  # the ranks exit 2 (a usage error); torchrun reports it
     assert not os.path.exists(tmp_path / "run")  # nothing was created
+
+
+def test_each_rank_gets_its_own_gpu_or_a_clear_refusal(monkeypatch):
+    """Local rank r -> cuda:r; a task that sees one GPU (SLURM GPU binding) -> cuda:0; more ranks than GPUs
+    on a node -> refused before NCCL starts."""
+    import torch
+
+    from jigsaw_ds.parallel.topology import _gpu_for
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [_gpu_for(r) for r in range(4)] == [0, 1, 2, 3]
+    with pytest.raises(RuntimeError, match="local rank 5 has no GPU: 4 are visible on this node"):
+        _gpu_for(5)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _gpu_for(3) == 0

@@ -113,3 +113,39 @@ def make_loader(dataset: PairDataset, sampler: ReplicaBatches, num_workers: int,
     if num_workers:
         kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False)
     return torch.utils.data.DataLoader(dataset, **kwargs)
+
+
+class DeviceBatches:
+    """A loader's (x, y) batches on `device` as fp32, one batch ahead: on CUDA the next batch's copy from
+    pinned host memory runs on a side stream while the current step computes, so the step does not wait
+    for the copy (about 1 GB per sample-pair at 0.25 deg). On the CPU it only converts the dtype."""
+
+    def __init__(self, loader, device: torch.device):
+        self.batches, self.device = iter(loader), device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.ahead = self._fetch()
+
+    def _fetch(self):
+        try:
+            batch = next(self.batches)
+        except StopIteration:
+            return None
+        if self.stream is None:
+            return tuple(t.to(self.device, torch.float32) for t in batch)
+        with torch.cuda.stream(self.stream):
+            return tuple(t.to(self.device, torch.float32, non_blocking=True) for t in batch)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.ahead is None:
+            raise StopIteration
+        batch = self.ahead
+        if self.stream is not None:
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_stream(self.stream)  # the copy is done before the step reads it
+            for t in batch:
+                t.record_stream(compute)  # and its memory is not reused while the step still reads it
+        self.ahead = self._fetch()
+        return batch

@@ -124,11 +124,14 @@ class WeatherMixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.in_channels:
             raise ValueError(f"WeatherMixer expects {self.in_channels} input channels, got {x.shape[1]}")
-        h = self.embed(self.patchify(x))
+        # Weights may be bf16; the state stays in the caller's precision (fp32): the residual
+        # x + scale * tendency would otherwise round the state to 8 bits of mantissa, an error of the
+        # order of a one-step change, and the output would carry it into the loss and the next rollout step.
+        h = self.embed(self.patchify(x.to(self.head_norm.weight.dtype)))
         for block in self.blocks:
             if self.cfg.activation_checkpointing and torch.is_grad_enabled():
                 h = checkpoint(block, h, use_reentrant=False)  # keep only block inputs; recompute in backward
             else:
                 h = block(h)
         tendency = self.unpatchify(self.head(self.head_norm(h)), x.shape[2], x.shape[3])
-        return x[:, :self.out_channels] + self.tendency_scale.view(1, -1, 1, 1) * tendency
+        return x[:, :self.out_channels] + self.tendency_scale.view(1, -1, 1, 1) * tendency.to(x.dtype)

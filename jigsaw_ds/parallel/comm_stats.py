@@ -1,12 +1,14 @@
 """Counts what moves: bytes per collective type and group, per step.
 
-Every collective in mappings.py calls `record`. The byte count of a collective is its payload: the tensor
+Every collective in mappings.py calls `record` (not counted inside a torch.compile'd region). The byte count of a collective is its payload: the tensor
 for an all-reduce, the gathered output for an all-gather, the input for a reduce-scatter (the full-size
 side, independent of the algorithm the backend picks). perf/comm_model.py predicts the same numbers.
 """
 from __future__ import annotations
 
 from collections import defaultdict
+
+import torch
 
 _names: dict[int, str] = {}
 _bytes: dict[tuple[str, str], int] = defaultdict(int)
@@ -18,6 +20,8 @@ def name_group(group, name: str) -> None:
 
 
 def record(op: str, group, nbytes: int) -> None:
+    if torch.compiler.is_compiling():  # a python side effect would break the graph at every collective
+        return
     key = (op, _names.get(id(group), "unnamed"))
     _bytes[key] += nbytes
     _calls[key] += 1

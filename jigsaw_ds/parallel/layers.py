@@ -192,8 +192,10 @@ class RowParallelLinear(JigsawModule):
         self.bias = self.new_param((d_out,), Replicated(), ParamInit("zeros"))
 
     def forward(self, x):
-        partial = F.linear(x, self.use(self.weight))
-        return reduce_scatter_to_group(partial, self.groups.comm("tensor")) + self.use(self.bias)
+        tensor = self.groups.comm("tensor")
+        if tensor is None:  # nothing to reduce: the bias goes into the GEMM's epilogue
+            return F.linear(x, self.use(self.weight), self.use(self.bias))
+        return reduce_scatter_to_group(F.linear(x, self.use(self.weight)), tensor) + self.use(self.bias)
 
 
 class TokenMixing(JigsawModule):
@@ -203,7 +205,8 @@ class TokenMixing(JigsawModule):
     later LayerNorm removes, so its gradient is exactly zero (and Adam would turn rounding noise in it into
     layout-dependent updates).
 
-    X is [n_own, B, D]; rank r holds the columns W1[:, own tokens] and rows W2[own tokens, :]. W1[:, own] X_own is a partial sum; one all-reduce of [Dt, B, D] over the jigsaw group
+    X is [n_own, B, D]; rank r holds the columns W1[:, own tokens] and rows W2[own tokens, :].
+    W1[:, own] X_own is a partial sum; one all-reduce of [Dt, B, D] over the jigsaw group
     completes it (its size does not grow with N). Every rank then uses the full result differently (for
     its own tokens), so its gradient is all-reduced too: reduce_from_group then copy_to_group.
     """

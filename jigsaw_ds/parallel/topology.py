@@ -173,9 +173,23 @@ def init_distributed(backend: Optional[str] = None) -> tuple[int, int, int]:
         if backend is None:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
+            local_rank = _gpu_for(local_rank)
+            env["LOCAL_RANK"] = str(local_rank)  # DeepSpeed places its engine on cuda:LOCAL_RANK
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
     return rank, world, local_rank
+
+
+def _gpu_for(local_rank: int) -> int:
+    """This rank's GPU: its local rank, or GPU 0 when the launcher shows each task only its own GPU (SLURM
+    GPU binding). More ranks than GPUs on a node is refused here rather than by NCCL later."""
+    n = torch.cuda.device_count()
+    if local_rank < n:
+        return local_rank
+    if n == 1:
+        return 0
+    raise RuntimeError(f"local rank {local_rank} has no GPU: {n} are visible on this node; start at most {n} "
+                       f"ranks per node (one GPU per rank)")
 
 
 def _free_port() -> int:

@@ -96,13 +96,13 @@ def _zero_optimizer(engine):
     or bf16) or BF16_Optimizer (bf16, ZeRO-1, data_types.grad_accum_dtype fp32). Both link per-parameter
     fragments for safe_get/set_full_*."""
     zero = engine.optimizer
-    if _fp32_partitions(zero) is None:
+    if fp32_partitions(zero) is None:
         raise ValueError("layout-free export/import needs ZeRO stage 1 or 2 (zero_optimization.stage in the "
                          "DeepSpeed config)")
     return zero
 
 
-def _fp32_partitions(zero):
+def fp32_partitions(zero):
     """The flat fp32 partitions Adam steps on (the names differ between the two wrappers)."""
     for name in ("single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
         if hasattr(zero, name):
@@ -120,8 +120,12 @@ def _link_adam_state(zero) -> None:
 def _init_zero_adam_state(engine, step: int) -> None:
     """Create Adam's state on ZeRO's flat fp32 partitions (torch creates it lazily at the first step)."""
     zero = _zero_optimizer(engine)
-    for flat in _fp32_partitions(zero):
-        zero.optimizer.state[flat] = {"step": torch.tensor(float(step)), "exp_avg": torch.zeros_like(flat),
+    for flat, group in zip(fp32_partitions(zero), zero.optimizer.param_groups):
+        # as torch.optim.AdamW keeps it: the step count on the parameter's device for fused/capturable
+        # kernels, else on the CPU
+        on_device = group.get("fused") or group.get("capturable")
+        count = torch.tensor(float(step), dtype=torch.float32, device=flat.device if on_device else "cpu")
+        zero.optimizer.state[flat] = {"step": count, "exp_avg": torch.zeros_like(flat),
                                       "exp_avg_sq": torch.zeros_like(flat)}
     _link_adam_state(zero)
 

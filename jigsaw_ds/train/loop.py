@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import JigsawConfig
-from ..data.dataset import PairDataset, ReplicaBatches, make_loader, split_train_val
+from ..data.dataset import DeviceBatches, PairDataset, ReplicaBatches, make_loader, split_train_val
 from ..data.store import WeatherStore
 from ..model import WeatherMixer, train_flops_per_sample
 from ..parallel import comm_stats
@@ -29,6 +29,8 @@ class Trainer:
         self.groups = groups = initialize(layout)
         self.rank0 = dist.get_rank() == 0
         torch.manual_seed(cfg.train.seed)
+        if torch.cuda.is_available():  # fp32 runs only; bf16 matmuls are unaffected
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
 
         n_state = len(store.channels)
         n_in = n_state + len(store.static_variables) + (3 if cfg.model.coord_features else 0)
@@ -45,7 +47,6 @@ class Trainer:
         self.engine, *_ = deepspeed.initialize(model=self.model, model_parameters=self.model.parameters(),
                                                config=ds_config, mpu=JigsawMPU(groups))
         self.device = self.engine.device
-        self.dtype = next(self.engine.module.parameters()).dtype
 
         span = cfg.data.lead_steps * cfg.train.rollout_steps
         train_starts, val_starts = split_train_val(store, span, cfg.data.val_fraction)
@@ -80,21 +81,17 @@ class Trainer:
             value /= self.groups.size("data")
         return value.item()
 
-    def batch_to_device(self, batch):
-        x, y = batch
-        return x.to(self.device, self.dtype, non_blocking=True), y.to(self.device, torch.float32, non_blocking=True)
-
     # ---- one optimizer step ----------------------------------------------------------------------------
     def train_step(self, batch) -> float:
         """One optimizer step; with train.rollout_steps = K the loss is the mean over a K-step rollout,
         each prediction fed back with the static channels, gradient through all K steps."""
-        x, y = self.batch_to_device(batch)
+        x, y = batch  # fp32 on the device: the model casts to its weights' precision (WeatherMixer.forward)
         n_state, k_steps = y.shape[2], y.shape[1]
         loss = 0.0
         for k in range(k_steps):
             pred = self.engine(x)
             loss = loss + self.loss_fn(pred.float(), y[:, k]) / k_steps
-            x = torch.cat([pred.to(x.dtype), x[:, n_state:]], dim=1)
+            x = torch.cat([pred, x[:, n_state:]], dim=1)
         self.engine.backward(loss)
         self.engine.step()
         return self.global_mean(loss)
@@ -106,8 +103,8 @@ class Trainer:
         sampler = ReplicaBatches(len(self.val_set), self.cfg.train.global_batch, self.groups.data_rank,
                                  self.groups.size("data"), seed=0, steps=self.cfg.train.val_batches, shuffle=False)
         model_loss = persistence = 0.0
-        for batch in make_loader(self.val_set, sampler, 0, 2):
-            x, y = self.batch_to_device(batch)  # one-step validation loss (first target of each item)
+        for x, y in DeviceBatches(make_loader(self.val_set, sampler, 0, 2), self.device):
+            # one-step validation loss (first target of each item)
             model_loss += self.global_mean(self.loss_fn(self.engine(x).float(), y[:, 0]))
             persistence += self.global_mean(self.loss_fn(x[:, :n_state].float(), y[:, 0]))
         n = self.cfg.train.val_batches
@@ -118,7 +115,8 @@ class Trainer:
         sampler = ReplicaBatches(len(self.train_set), cfg.global_batch, self.groups.data_rank,
                                  self.groups.size("data"), cfg.seed, start_step=self.start_step,
                                  steps=cfg.steps - self.start_step)
-        loader = iter(make_loader(self.train_set, sampler, self.cfg.data.num_workers, self.cfg.data.prefetch_factor))
+        loader = DeviceBatches(make_loader(self.train_set, sampler, self.cfg.data.num_workers,
+                                           self.cfg.data.prefetch_factor), self.device)
         progress = None
         if self.rank0 and cfg.progress:
             from tqdm import tqdm

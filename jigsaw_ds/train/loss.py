@@ -44,7 +44,11 @@ class AreaWeightedMSE:
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         b, c = pred.shape[:2]
-        err = (pred - target).square() * self.row_weights.to(pred).view(1, 1, -1, 1)
+        if self.row_weights.device != pred.device:  # once: a copy from host memory would sync every step
+            self.row_weights = self.row_weights.to(pred.device)
+            if self.channel_weights is not None:
+                self.channel_weights = self.channel_weights.to(pred.device)
+        err = (pred - target).square() * self.row_weights.to(pred.dtype).view(1, 1, -1, 1)
         if self.channel_weights is not None:
-            err = err * self.channel_weights.to(pred).view(1, -1, 1, 1)
+            err = err * self.channel_weights.to(pred.dtype).view(1, -1, 1, 1)
         return err.sum() / (b * c * self.grid_points)

@@ -11,6 +11,11 @@ import pytest
 from conftest import ROOT, torchrun
 
 TOL = 1e-5
+# After AdamW steps: Adam divides each gradient element by its own running RMS, so an element whose gradient
+# is at rounding level moves by up to lr either way, and how many such elements there are depends on the
+# CPU's kernels (2026-11-26: 3.8e-6 norm-wise on one machine, 1.25e-5 on another, for the same code).
+# A missing reduction or a wrong norm gives errors of order 1e-2 to 1.
+TOL_ADAMW = 1e-4
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["world2", "world4"])
@@ -50,8 +55,8 @@ def test_deepspeed_clipped_norm_and_adamw_steps(results, stage):
         assert r[f"zero{stage}_clip_norm"] <= TOL, f"{layout}: clipped grad norm off by {r[f'zero{stage}_clip_norm']:.2e}"
         # Norm-wise over the model; the steps must really move it (so the check cannot pass idly).
         assert r[f"zero{stage}_adamw_update_size"] > 1e-2
-        assert r[f"zero{stage}_adamw_params"] <= TOL, f"{layout}: params after AdamW off by {r[f'zero{stage}_adamw_params']:.2e}"
-        assert r[f"zero{stage}_adamw_vs_update"] <= 1e-4
+        assert r[f"zero{stage}_adamw_params"] <= TOL_ADAMW, f"{layout}: params after AdamW off by {r[f'zero{stage}_adamw_params']:.2e}"
+        assert r[f"zero{stage}_adamw_vs_update"] <= 10 * TOL_ADAMW, f"{layout}: {r[f'zero{stage}_adamw_vs_update']:.2e} of the update"
 
 
 def test_comm_bytes_match_formula(results):

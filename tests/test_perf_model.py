@@ -187,6 +187,40 @@ def test_checkpointing_keeps_one_block_input_per_block():
     assert on["total"] < off["total"]
 
 
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
+def test_step_memory_matches_the_allocators_timeline(tmp_path, checkpointing):
+    """Predicted activations + gradients against the peak of live tensor bytes in one forward + backward
+    (loss included), read from torch.profiler's memory timeline on the CPU: the single-rank check that
+    torch.cuda.max_memory_allocated makes on a GPU. Measured 2026-11-26: 62.6 MiB vs 62.3 predicted
+    (plain); 23.7 vs 26.7 (checkpointed: the model keeps every block input to the end, backward frees them)."""
+    import numpy as np
+    from torch.profiler import ProfilerActivity, profile
+
+    from jigsaw_ds.train.loss import AreaWeightedMSE, lat_cell_weights
+
+    cfg = ModelConfig(patch=4, embed_dim=128, token_hidden=128, channel_hidden=512, depth=4,
+                      activation_checkpointing=checkpointing)
+    h, w, c_in, c_out, b = 65, 128, 12, 9, 4
+    model = WeatherMixer(cfg, h, w, c_in, c_out)
+    x, y = torch.randn(b, c_in, h, w), torch.randn(b, c_out, h, w)
+    loss_fn = AreaWeightedMSE(torch.from_numpy(lat_cell_weights(np.linspace(90, -90, h))).float(), h, w)
+    loss_fn(model(x), y).backward()  # warm-up
+    model.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        loss_fn(model(x), y).backward()
+    prof.export_memory_timeline(str(tmp_path / "memory.json"), device="cpu")
+    _, sizes = json.load(open(tmp_path / "memory.json"))
+    live = np.asarray(sizes).sum(axis=1)
+    peak = live.max() - live[0]
+    mem = pm.memory_bytes(pm.ModelShape(cfg, h, w, c_in, c_out), Layout(),
+                          pm.TrainSetup(global_batch=b, precision="fp32", zero_stage=0, checkpointing=checkpointing))
+    predicted = mem["activations"] + mem["grads"]
+    if checkpointing:
+        assert peak <= predicted <= 1.2 * peak, (peak, predicted)
+    else:
+        assert predicted == pytest.approx(peak, rel=0.03), (peak, predicted)
+
+
 # ---- collectives -------------------------------------------------------------------------------------------
 MixerBlockForward = weather_mixer.MixerBlock.forward
 

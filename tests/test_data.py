@@ -1,6 +1,7 @@
 """Synthetic store schema, per-rank tiles, sampler, trajectories."""
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from jigsaw_ds.config import ConfigError
@@ -167,3 +168,16 @@ def test_rollout_items_hold_k_consecutive_targets(synth_store):
     for k in range(3):
         np.testing.assert_array_equal(y[k].numpy(), store.read([10 + 2 * (k + 1)], full, full)[0])
     np.testing.assert_array_equal(x.numpy(), store.read([10], full, full)[0])
+
+
+def test_a_batch_read_at_once_equals_its_items_read_one_by_one(synth_store):
+    """__getitems__ (what the DataLoader calls) reads the union of a batch's times once; overlapping
+    pairs (7 -> 9 -> 11 and 9 -> 11 -> 13) and any order must give exactly the items of __getitem__."""
+    store = open_store(synth_store)
+    ds = PairDataset(store, [7, 30, 9, 2], 2, slice(3, 20), slice(16, 48), True, rollout=2)
+    batch = ds.__getitems__([2, 0, 3, 1])
+    for (x, y), i in zip(batch, [2, 0, 3, 1]):
+        t = ds.starts[i]
+        np.testing.assert_array_equal(x[:10].numpy(), store.read([t], slice(3, 20), slice(16, 48))[0])
+        np.testing.assert_array_equal(y.numpy(), store.read([t + 2, t + 4], slice(3, 20), slice(16, 48)))
+        assert torch.equal(x, ds[i][0]) and torch.equal(y, ds[i][1])

@@ -100,3 +100,18 @@ def test_incompatible_model_is_refused_naming_tensor_and_shapes(exported):
     other_grid = WeatherMixer(ModelConfig(patch=4, embed_dim=32, token_hidden=32, channel_hidden=64, depth=2), 65, 64, 6, 3)
     with pytest.raises(ValueError, match=r"'blocks.0.token_mixing.w1': checkpoint shape \(32, 144\) != model shape \(32, 272\)"):
         other_grid.load_full_state_dict(state["model"])
+
+
+def test_resume_drops_later_metrics_and_a_line_cut_short_by_a_crash(tmp_path):
+    from jigsaw_ds.train.logger import MetricsLogger
+
+    logger = MetricsLogger(str(tmp_path), True)
+    for step in range(1, 7):
+        logger.log({"step": step, "loss": 1.0})
+    logger.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')  # the process died mid-write
+    logger = MetricsLogger(str(tmp_path), True, resume_step=3)
+    logger.log({"step": 4, "loss": 2.0})
+    logger.close()
+    assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]

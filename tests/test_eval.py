@@ -95,3 +95,5 @@ def test_climatology_groups_by_day_of_year_and_hour_when_covered():
     yearly = Climatology(two_years, lambda i: value(two_years[i]))
     assert yearly.by == ("dayofyear", "hour")
     np.testing.assert_allclose(yearly.at(valid)[..., 0, 0, 0], [[206, 218]])  # March: month index 2
+    leap_day_366 = np.array(["2004-12-31T06"], dtype="datetime64[h]")  # grouped with day 365
+    np.testing.assert_allclose(yearly.at(leap_day_366)[..., 0, 0, 0], [1106])

@@ -103,15 +103,21 @@ def test_mistaken_allocation_fails_before_training(tmp_path, synth_store):
 
 
 def test_each_rank_gets_its_own_gpu_or_a_clear_refusal(monkeypatch):
-    """Local rank r -> cuda:r; a task that sees one GPU (SLURM GPU binding) -> cuda:0; more ranks than GPUs
-    on a node -> refused before NCCL starts."""
+    """Local rank r -> cuda:r; an srun task bound to one GPU -> cuda:0; more ranks than GPUs on a node
+    (4 ranks on the one-GPU machine, say) -> refused before NCCL starts."""
     import torch
 
     from jigsaw_ds.parallel.topology import _gpu_for
 
+    monkeypatch.delenv("SLURM_LOCALID", raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert [_gpu_for(r) for r in range(4)] == [0, 1, 2, 3]
-    with pytest.raises(RuntimeError, match="local rank 5 has no GPU: 4 are visible on this node"):
+    with pytest.raises(RuntimeError, match=r"local rank 5 has no GPU: this node shows 4 GPU\(s\)"):
         _gpu_for(5)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # as the deepspeed launcher sets it
+    with pytest.raises(RuntimeError, match=r"local rank 3 has no GPU: this node shows 1 GPU\(s\)"):
+        _gpu_for(3)
+    monkeypatch.setenv("SLURM_LOCALID", "3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # srun --gpus-per-task=1: only its own GPU
     assert _gpu_for(3) == 0

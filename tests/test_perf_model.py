@@ -198,6 +198,9 @@ def test_step_memory_matches_the_allocators_timeline(tmp_path, checkpointing):
 
     from jigsaw_ds.train.loss import AreaWeightedMSE, lat_cell_weights
 
+    if not hasattr(profile, "export_memory_timeline"):  # deprecated in torch 2.13: a later torch may drop it
+        pytest.skip("this torch has no profiler memory timeline")
+
     cfg = ModelConfig(patch=4, embed_dim=128, token_hidden=128, channel_hidden=512, depth=4,
                       activation_checkpointing=checkpointing)
     h, w, c_in, c_out, b = 65, 128, 12, 9, 4

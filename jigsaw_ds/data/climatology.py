@@ -26,8 +26,8 @@ def grouping(times: np.ndarray) -> Optional[tuple[str, ...]]:
 def group_keys(times: np.ndarray, by: Optional[tuple[str, ...]]) -> np.ndarray:
     """One integer per time naming its group (all 0 when by is None: a single mean)."""
     t = pd.DatetimeIndex(np.asarray(times).ravel())
-    if by == ("dayofyear", "hour"):
-        keys = np.asarray(t.dayofyear) * 24 + np.asarray(t.hour)
+    if by == ("dayofyear", "hour"):  # day 366 (31 December of a leap year) joins day 365
+        keys = np.minimum(np.asarray(t.dayofyear), 365) * 24 + np.asarray(t.hour)
     elif by == ("hour",):
         keys = np.asarray(t.hour)
     else:
@@ -36,16 +36,19 @@ def group_keys(times: np.ndarray, by: Optional[tuple[str, ...]]) -> np.ndarray:
 
 
 class Climatology:
-    """Mean physical state per group of the given times, read through `read(time_index) -> [C, H, W]`.
+    """Mean physical state per group of the given times, read one at a time through
+    `read(i) -> [C, H, W]` (i indexes `times`) and summed per group: one pass, one array per group in memory.
 
-    `at(valid_times)` looks up each time's group; a group the times did not cover (a day of year or hour
-    absent from them) gets the mean over all of them."""
+    `at(valid_times)` looks up each time's group; a group the times did not cover gets the mean of all times."""
 
     def __init__(self, times: np.ndarray, read):
-        self.by = grouping(times) or None
-        keys = group_keys(times, self.by)
-        self.means = {int(k): np.mean([read(i) for i in np.flatnonzero(keys == k)], axis=0) for k in np.unique(keys)}
-        self.overall = np.mean(list(self.means.values()), axis=0)
+        self.by = grouping(times)
+        sums, counts = {}, {}
+        for i, key in enumerate(group_keys(times, self.by).ravel().tolist()):
+            sums[key] = sums.get(key, 0.0) + np.asarray(read(i), np.float64)
+            counts[key] = counts.get(key, 0) + 1
+        self.means = {key: sums[key] / counts[key] for key in sums}
+        self.overall = sum(sums.values()) / sum(counts.values())
 
     def at(self, valid_times: np.ndarray) -> np.ndarray:
         keys = group_keys(valid_times, self.by)

@@ -12,9 +12,9 @@ Writes to DIR:
   rmse.png, acc.png, maps_<channel>.png   scores vs lead; truth / forecast / error maps at a few leads
 Climatology: per grid point mean of training times (never the held-out ones) by day of year and hour when
 they cover every day of the year twice per hour, else by hour of day, else one mean (data/climatology.py,
-the rule `prepare` uses for the store's climatology group), taken at the valid time. At most 400 training
-times are averaged, so on a short store it is an hour-of-day climatology; WB2's official climatology
-(1990-2019, smoothed by day of year) is the reference for real ERA5 scores.
+the rule `prepare` uses for the store's climatology group), taken at the valid time. Every training time
+is read once for it; WB2's official climatology (1990-2019, smoothed over days of year) remains the
+reference for scores on real ERA5.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..config import from_dict
+from ..config import ConfigError, from_dict
 from ..data.climatology import Climatology
 from ..data.dataset import PairDataset, split_train_val
 from ..data.store import WeatherStore
@@ -69,12 +69,11 @@ def rollout(model, dataset: PairDataset, k_steps: int, batch: int = 8) -> np.nda
     return np.concatenate(out)
 
 
-def training_climatology(store: WeatherStore, train_starts: np.ndarray, max_times: int = 400) -> Climatology:
-    """The climatology baseline: mean physical state of (up to max_times evenly spaced) training times,
-    grouped by day of year and hour or by hour (data.climatology.grouping decides from those times)."""
-    times = train_starts[np.linspace(0, len(train_starts) - 1, min(max_times, len(train_starts))).astype(int)]
+def training_climatology(store: WeatherStore, train_times: np.ndarray) -> Climatology:
+    """The climatology baseline: mean physical state of the training times, by day of year and hour or by
+    hour (data.climatology.grouping decides from those times); one pass reading each of them once."""
     full = slice(0, None)
-    return Climatology(store.times[times], lambda i: store.read_raw([int(times[i])], full, full)[0])
+    return Climatology(store.times[train_times], lambda i: store.read_raw([int(train_times[i])], full, full)[0])
 
 
 def reference_forecasts(store: WeatherStore, inits: np.ndarray, train_starts: np.ndarray, lead: int,
@@ -170,9 +169,13 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
                          cfg.model.static_variables)
     lead = cfg.data.lead_steps
     span = lead * lead_steps
-    train_starts, val_starts = split_train_val(store, span, cfg.data.val_fraction)
-    if len(val_starts) == 0:
-        raise SystemExit(f"jigsaw-eval: error: no held-out initial time in '{data}' allows a {lead_steps}-step rollout")
+    try:  # the trainer's cut (it does not depend on the span): held-out initial times, training times
+        train_starts, _ = split_train_val(store, lead, cfg.data.val_fraction)
+        _, val_starts = split_train_val(store, span, cfg.data.val_fraction)
+    except ConfigError:
+        raise SystemExit(f"jigsaw-eval: error: the split of '{data}' (data.val_fraction = {cfg.data.val_fraction}) "
+                         f"leaves no held-out initial time that allows a {lead_steps}-step rollout "
+                         f"(--lead-steps)") from None
     inits = val_starts[np.linspace(0, len(val_starts) - 1, min(n_inits, len(val_starts))).astype(int)]
     full = slice(0, None)
     dataset = PairDataset(store, inits, lead, full, full, cfg.model.coord_features)

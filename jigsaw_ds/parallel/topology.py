@@ -181,14 +181,16 @@ def init_distributed(backend: Optional[str] = None) -> tuple[int, int, int]:
 
 
 def _gpu_for(local_rank: int) -> int:
-    """This rank's GPU: its local rank, or GPU 0 when the launcher shows each task only its own GPU (SLURM
-    GPU binding). More ranks than GPUs on a node is refused here rather than by NCCL later."""
+    """This rank's GPU: its local rank, or GPU 0 when srun shows each task only its own GPU (SLURM GPU
+    binding: one device in CUDA_VISIBLE_DEVICES). More ranks than GPUs on a node is refused here rather
+    than by NCCL later ("Duplicate GPU detected")."""
     n = torch.cuda.device_count()
     if local_rank < n:
         return local_rank
-    if n == 1:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if n == 1 and "SLURM_LOCALID" in os.environ and visible and "," not in visible:
         return 0
-    raise RuntimeError(f"local rank {local_rank} has no GPU: {n} are visible on this node; start at most {n} "
+    raise RuntimeError(f"local rank {local_rank} has no GPU: this node shows {n} GPU(s); start at most {n} "
                        f"ranks per node (one GPU per rank)")
 
 

@@ -5,6 +5,14 @@ import json
 import os
 
 
+def _step(line: str) -> float:
+    """The step of a metrics.jsonl line; a line a crash cut short counts as after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class MetricsLogger:
     """`resume_step` > 0 continues a run: records after that step (logged before a crash, then lost with
     the checkpoint that was not written) are dropped from metrics.jsonl and TensorBoard, so that every
@@ -20,14 +28,15 @@ class MetricsLogger:
         kept = []
         if resume_step and os.path.exists(path):
             with open(path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
-        self.jsonl = open(path, "w")
-        self.jsonl.writelines(kept)
-        self.jsonl.flush()
+                kept = [line for line in f if _step(line) <= resume_step]
+        with open(path + ".tmp", "w") as f:  # replaced whole: a crash here keeps the old file
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
+        self.jsonl = open(path, "a")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"),
-                                purge_step=resume_step + 1 if resume_step else None)
+        # events of steps after resume_step (all of them when starting at 0) are from a run that is gone
+        self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=resume_step + 1)
 
     def write_config(self, resolved: dict) -> None:
         with open(os.path.join(self.out_dir, "config.json"), "w") as f:

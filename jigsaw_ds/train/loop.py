@@ -60,6 +60,9 @@ class Trainer:
         if init_from and not self.start_step:
             self.start_step = import_state(self.engine, self.model, groups,
                                            torch.load(init_from, map_location="cpu", weights_only=False))
+        elif init_from and self.rank0:  # a requeued job: its own checkpoint is newer than the file
+            print(f"jigsaw-train: --init-from {init_from} not used: resumed the run's own checkpoint "
+                  f"(step {self.start_step})")
         # a K-step rollout runs the model K times per sample, forward and backward
         self.flops_per_step = train_flops_per_sample(cfg.model, store.n_lat, store.n_lon, n_in, n_state) \
             * cfg.train.global_batch * cfg.train.rollout_steps

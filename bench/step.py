@@ -262,6 +262,7 @@ def main(argv=None):
 
     from jigsaw_ds.parallel.topology import Layout, init_distributed
     from jigsaw_ds.perf import model as pm
+    from jigsaw_ds.train.checkpoint import write_atomic
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -302,9 +303,7 @@ def main(argv=None):
         print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in part.items()
                                if not isinstance(v, (dict, list))), flush=True)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(res, f, indent=1, default=str)
-        os.replace(args.out + ".tmp", args.out)
+        write_atomic(args.out, json.dumps(res, indent=1, default=str))
 
     size, reps = (8192, 20) if cuda else (1024, 5)
     save(gemm_tflops=gemm_rate(device, dtype, size, reps) / 1e12, gemm_size=size)

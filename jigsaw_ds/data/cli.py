@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import GENERATE_DEFAULTS, ConfigError, check_generate_spec
+from ..config import GENERATE_DEFAULTS, ConfigError
 
 
 def _grid(text: str) -> list[int]:
@@ -51,11 +51,10 @@ def main(argv=None) -> int:
 
     spec = {"kind": args.cmd, **{k: v for k, v in vars(args).items() if k not in ("cmd", "out")}}
     try:
-        check_generate_spec(spec)
+        out = from_spec(spec, args.out)
     except ConfigError as e:
         print(f"jigsaw-data {args.cmd}: error: {e}".replace("config key 'data.generate.", "option '--"), file=sys.stderr)
         return 2
-    out = from_spec(spec, args.out)
     print(f"jigsaw-data: wrote {out}")
     return 0
 

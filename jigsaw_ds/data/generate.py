@@ -5,12 +5,12 @@ from .writer import write_store
 
 
 def from_spec(spec: dict, out: str) -> str:
-    """spec: {"kind": "synth" | "swe", other keys as config.GENERATE_DEFAULTS (missing ones take its defaults)}."""
-    from ..config import GENERATE_DEFAULTS
+    """spec: {"kind": "synth" | "swe", other keys as config.GENERATE_DEFAULTS (missing ones take its defaults)};
+    a bad spec raises ConfigError before anything is generated."""
+    from ..config import GENERATE_DEFAULTS, check_generate_spec
 
-    kind = spec.get("kind")
-    if kind not in GENERATE_DEFAULTS:
-        raise ValueError(f"data.generate.kind {kind!r}: allowed {', '.join(GENERATE_DEFAULTS)}")
+    check_generate_spec(spec)
+    kind = spec["kind"]
     spec = {**GENERATE_DEFAULTS[kind], **spec}
     n_lat, n_lon = spec["grid"]
     if kind == "synth":

@@ -1,8 +1,9 @@
 """Counts what moves: bytes per collective type and group, per step.
 
-Every collective in mappings.py calls `record` (not counted inside a torch.compile'd region). The byte count of a collective is its payload: the tensor
-for an all-reduce, the gathered output for an all-gather, the input for a reduce-scatter (the full-size
-side, independent of the algorithm the backend picks). perf/comm_model.py predicts the same numbers.
+Every collective in mappings.py calls `record` (not counted inside a torch.compile'd region). The byte
+count of a collective is its payload: the tensor for an all-reduce, the gathered output for an all-gather,
+the input for a reduce-scatter (the full-size side, independent of the algorithm the backend picks).
+perf/comm_model.py predicts the same numbers.
 """
 from __future__ import annotations
 

@@ -75,8 +75,8 @@ class CheckpointManager:
         if dist.get_rank() == 0:
             files = {n: {"bytes": os.path.getsize(os.path.join(folder, n)), "sha256": _sha256(os.path.join(folder, n))}
                      for n in _files(folder)}
-            _write_atomic(os.path.join(folder, MANIFEST), json.dumps({"step": step, "files": files}, indent=1))
-            _write_atomic(os.path.join(self.root, "latest"), tag)
+            write_atomic(os.path.join(folder, MANIFEST), json.dumps({"step": step, "files": files}, indent=1))
+            write_atomic(os.path.join(self.root, "latest"), tag)
             # retention counts back from the checkpoint just written: a newer tag left by a refused or
             # abandoned timeline is neither counted nor removed here (the next save of its step replaces it)
             complete = [t for t in self.tags() if t <= tag and os.path.exists(os.path.join(self.root, t, MANIFEST))]
@@ -111,7 +111,8 @@ class CheckpointManager:
         return int(client["step"])
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
+    """Write text to path so that a crash leaves either the old file or the whole new one."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 
+from .checkpoint import write_atomic
+
 
 def _step(line: str) -> float:
     """The step of a metrics.jsonl line; a line a crash cut short counts as after every step."""
@@ -29,9 +31,7 @@ class MetricsLogger:
         if resume_step and os.path.exists(path):
             with open(path) as f:
                 kept = [line for line in f if _step(line) <= resume_step]
-        with open(path + ".tmp", "w") as f:  # replaced whole: a crash here keeps the old file
-            f.writelines(kept)
-        os.replace(path + ".tmp", path)
+        write_atomic(path, "".join(kept))
         self.jsonl = open(path, "a")
         from torch.utils.tensorboard import SummaryWriter
 

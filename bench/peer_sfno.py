@@ -47,7 +47,8 @@ from jigsaw_ds.data.store import WeatherStore  # noqa: E402
 from jigsaw_ds.eval.evaluate import reference_forecasts, rollout, score  # noqa: E402
 from jigsaw_ds.model import WeatherMixer  # noqa: E402
 from jigsaw_ds.data.dataset import split_train_val  # noqa: E402
-from jigsaw_ds.train.loss import AreaWeightedMSE, lat_cell_weights  # noqa: E402
+from jigsaw_ds.grid import lat_cell_weights  # noqa: E402
+from jigsaw_ds.train.loss import AreaWeightedMSE  # noqa: E402
 
 VARIABLES = ["geopotential", "u_component_of_wind", "v_component_of_wind"]
 TABLE_LEADS = (6, 24, 48, 72)

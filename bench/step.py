@@ -175,7 +175,8 @@ def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
     from jigsaw_ds.data.dataset import DeviceBatches, PairDataset, ReplicaBatches, make_loader
     from jigsaw_ds.data.store import WeatherStore
     from jigsaw_ds.model import WeatherMixer
-    from jigsaw_ds.train.loss import AreaWeightedMSE, lat_cell_weights
+    from jigsaw_ds.grid import lat_cell_weights
+    from jigsaw_ds.train.loss import AreaWeightedMSE
 
     store = WeatherStore(store_path, jcfg.data.variables, jcfg.data.surface_variables, jcfg.data.levels,
                          jcfg.model.static_variables)

@@ -8,7 +8,7 @@ import xarray as xr
 
 from conftest import BIN, ROOT, run
 from jigsaw_ds.eval.metrics import ACC, RMSE, Bias, spatial_mean
-from jigsaw_ds.train.loss import lat_cell_weights
+from jigsaw_ds.grid import lat_cell_weights
 
 
 def field(values, lat, lon=(0.0, 90.0, 180.0, 270.0)):

@@ -7,7 +7,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from jigsaw_ds.config import ModelConfig
 from jigsaw_ds.model import WeatherMixer, forward_flops_per_sample
 from jigsaw_ds.parallel.partition import TokenPartition
-from jigsaw_ds.train.loss import AreaWeightedMSE, lat_cell_weights
+from jigsaw_ds.grid import lat_cell_weights
+from jigsaw_ds.train.loss import AreaWeightedMSE
 
 CFG = ModelConfig(patch=4, embed_dim=16, token_hidden=12, channel_hidden=24, depth=2)
 

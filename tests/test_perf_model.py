@@ -196,7 +196,8 @@ def test_step_memory_matches_the_allocators_timeline(tmp_path, checkpointing):
     import numpy as np
     from torch.profiler import ProfilerActivity, profile
 
-    from jigsaw_ds.train.loss import AreaWeightedMSE, lat_cell_weights
+    from jigsaw_ds.grid import lat_cell_weights
+    from jigsaw_ds.train.loss import AreaWeightedMSE
 
     if not hasattr(profile, "export_memory_timeline"):  # deprecated in torch 2.13: a later torch may drop it
         pytest.skip("this torch has no profiler memory timeline")

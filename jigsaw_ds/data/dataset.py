@@ -9,14 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..grid import coord_features
 from .store import WeatherStore
-
-
-def coord_features(lat_deg: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:
-    """[3, h, w]: sin(lat), cos(lat) cos(lon), cos(lat) sin(lon) (smooth on the sphere, poles included)."""
-    phi, lam = np.deg2rad(lat_deg)[:, None], np.deg2rad(lon_deg)[None, :]
-    ones = np.ones((len(lat_deg), len(lon_deg)))
-    return np.stack([np.sin(phi) * ones, np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam)]).astype(np.float32)
 
 
 def split_train_val(store: WeatherStore, span: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:

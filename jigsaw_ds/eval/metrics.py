@@ -2,7 +2,7 @@
 
 Arrays are xarray DataArrays with dims (time, ..., latitude, longitude), `time` being the initialisation
 time; any other dims (prediction_timedelta, level, ...) are kept. w_i are WeatherBench2's latitude
-weights (cell area from latitude edges, mean 1: train.loss.lat_cell_weights); <.> is the area-weighted
+weights (cell area from latitude edges, mean 1: grid.lat_cell_weights); <.> is the area-weighted
 spatial mean  <x> = sum_ij w_i x_ij / sum_ij w_i.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from ..train.loss import lat_cell_weights
+from ..grid import lat_cell_weights
 
 
 def spatial_mean(x: xr.DataArray) -> xr.DataArray:

@@ -1,32 +1,8 @@
 """Latitude-area-weighted MSE, WeatherBench2's weighting, summed correctly across a model replica."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-
-def lat_cell_weights(lat_deg) -> np.ndarray:
-    """WeatherBench2's latitude weights: the area of each latitude cell, normalised to mean 1.
-
-    Cell bounds are the midpoints between neighbouring latitudes: w_i = sin(upper_i) - sin(lower_i), then
-    w / mean(w). The outermost bound is the pole when the pole is less than one grid step beyond the last
-    row (every global grid: a pole-including grid gets half-width pole cells, as in WB2), else half a step
-    beyond the last row (a regional grid: its edge rows get ordinary cells, not the cap up to the pole).
-    Works for ascending or descending latitude (the order of the input is kept).
-    """
-    lat = np.asarray(lat_deg, dtype=np.float64)
-    if lat.size == 1:
-        return np.ones(1)
-    order = np.argsort(lat)
-    rad = np.deg2rad(lat[order])
-    step_south, step_north = rad[1] - rad[0], rad[-1] - rad[-2]
-    south = -np.pi / 2 if rad[0] - step_south <= -np.pi / 2 + 1e-9 else rad[0] - step_south / 2
-    north = np.pi / 2 if rad[-1] + step_north >= np.pi / 2 - 1e-9 else rad[-1] + step_north / 2
-    bounds = np.concatenate([[south], (rad[:-1] + rad[1:]) / 2, [north]])
-    area = np.sin(bounds[1:]) - np.sin(bounds[:-1])
-    weights = np.empty_like(area)
-    weights[order] = area / area.mean()
-    return weights
 
 
 class AreaWeightedMSE:

@@ -24,7 +24,8 @@ from jigsaw_ds.parallel import comm_stats, layers
 from jigsaw_ds.parallel.layers import local_shard
 from jigsaw_ds.parallel.topology import JigsawMPU, Layout, init_distributed, initialize
 from jigsaw_ds.perf.comm_model import params_per_rank, step_comm_bytes
-from jigsaw_ds.train.loss import AreaWeightedMSE, lat_cell_weights
+from jigsaw_ds.grid import lat_cell_weights
+from jigsaw_ds.train.loss import AreaWeightedMSE
 
 # 33 latitudes with patch 4: 9 token rows (padded to 36 pixel rows), split unevenly over 2 and 4 domain ranks.
 H, W, C_IN, C_OUT, MICRO = 33, 32, 5, 3, 2

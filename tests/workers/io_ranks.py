@@ -27,7 +27,7 @@ from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches, make_loader
 from jigsaw_ds.data.store import WeatherStore
 from jigsaw_ds.parallel.partition import TokenPartition
 from jigsaw_ds.parallel.topology import JigsawGroups, Layout, init_distributed
-from jigsaw_ds.train.loss import lat_cell_weights
+from jigsaw_ds.grid import lat_cell_weights
 
 LAYOUTS = [(2, 1), (4, 1), (2, 2)]  # (domain, tensor)
 PATCH, LEAD, GLOBAL_BATCH, STEPS, SEED = 4, 1, 4, 3, 11

@@ -16,6 +16,7 @@ setup(
         "numpy",
         "pandas",
         "tqdm",
+        "dask[distributed]",  # jigsaw-data prepare's parallel, resumable job
     ],
     extras_require={
         "test": ["pytest"],

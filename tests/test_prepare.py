@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from jigsaw_ds.data import prepare as prep
+from jigsaw_ds.data import parallel_prepare
 from jigsaw_ds.data.cli import main as cli_main
 from jigsaw_ds.data.counting import CountingStore
 from jigsaw_ds.data.prepare import SourceError, prepare
@@ -37,6 +37,18 @@ def small_source(n_lat=9, n_lon=16, n_times=4, **kw) -> xr.Dataset:
 def netcdf(ds: xr.Dataset, path) -> str:
     ds.to_netcdf(str(path))
     return str(path)
+
+
+def chunk_mtimes(store: str, times: list) -> dict:
+    """Modification times of the chunk files of the given time steps of every time-dependent variable."""
+    out = {}
+    for var in ("temperature", "geopotential", "2m_temperature"):
+        for t in times:
+            for root, _, files in os.walk(os.path.join(store, var, "c", str(t))):
+                for f in files:
+                    out[os.path.relpath(os.path.join(root, f), store)] = os.stat(os.path.join(root, f)).st_mtime_ns
+    assert out
+    return out
 
 
 # ---- the real files ------------------------------------------------------------------------------------
@@ -144,7 +156,8 @@ def test_monthly_files_surface_and_static_files_are_combined(tmp_path, capsys):
              netcdf(synth_dataset(9, 16, 1, seed=2)[["land_sea_mask"]].rename(land_sea_mask="lsm")  # as ERA5's
                     .expand_dims("time").assign_coords(time=src["time"].values[:1]), tmp_path / "c.nc")]
     out = prepare(files, str(tmp_path / "s.zarr"), lat_chunk=4, time_block=2, progress=True)
-    assert "step" in capsys.readouterr().err  # the progress bar
+    err = capsys.readouterr().err
+    assert "4/4" in err and "MB/s" in err  # the progress bar: blocks done / total
     store = xr.open_zarr(out, chunks=None)
     assert set(store.data_vars) == {"temperature", "geopotential", "2m_temperature", "land_sea_mask"}
     np.testing.assert_array_equal(store["time"].values, src["time"].values)
@@ -170,15 +183,27 @@ def test_missing_variable_or_level_names_file_variable_and_coordinate(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def test_nan_names_file_variable_time_and_point(tmp_path):
+def test_nan_in_block_k_stops_the_job_and_a_run_after_the_fix_resumes(tmp_path):
     src = small_source()
+    good = netcdf(src, tmp_path / "good.nc")
+    reference = xr.open_zarr(prepare([good], str(tmp_path / "ref.zarr"), lat_chunk=4, time_block=1), chunks=None)
     src["t"][2, 1, 3, 5] = np.nan
     path = netcdf(src, tmp_path / "nan.nc")
+    out = str(tmp_path / "x.zarr")
     with pytest.raises(SourceError, match=r"nan.nc: variable 'temperature' \('t' in the file\) has NaN/inf at "
                                           r"'time'=2020-01-01T12.*'level' \('isobaricInhPa' in the file\)=850, "
                                           r"'latitude'=22.5, 'longitude'=112.5"):
-        prepare([path], str(tmp_path / "x.zarr"), lat_chunk=4)
-    assert not os.path.exists(tmp_path / "x.zarr") and not os.path.exists(tmp_path / "x.zarr.partial")
+        prepare([path], out, lat_chunk=4, time_block=1)
+    # nothing that looks complete, but block 0 is kept for a resume (block 1 failed too: it reads time 2 for
+    # the tendency pair across its end)
+    assert not os.path.exists(out)
+    assert os.listdir(tmp_path / "x.zarr.partial" / ".jigsaw-prepare" / "blocks") == ["00000000.json"]
+    kept = chunk_mtimes(out + ".partial", [0])
+    os.replace(good, path)  # the fix: same layout, finite values
+    store = xr.open_zarr(prepare([path], out, lat_chunk=4, time_block=1), chunks=None)
+    assert chunk_mtimes(out, [0]) == kept  # the regions written before the error were not written again
+    xr.testing.assert_identical(store.drop_attrs(deep=False), reference.drop_attrs(deep=False))
+    assert store.attrs[STATS_ATTR] == reference.attrs[STATS_ATTR]
 
 
 @pytest.mark.parametrize("dim, error", [("latitude", "duplicated"), ("longitude", "out of order"),
@@ -238,18 +263,26 @@ def test_store_with_other_statistics_is_refused(tmp_path):
         WeatherStore(out, ["temperature"], [], [500, 850])
 
 
-def test_interrupted_ingest_keeps_the_old_store_and_leaves_no_new_one(tmp_path, monkeypatch):
+def test_interrupted_ingest_keeps_the_old_store_until_the_new_one_is_complete(tmp_path, monkeypatch, capsys):
     path = netcdf(small_source(), tmp_path / "s.nc")
     out = prepare([path], str(tmp_path / "s.zarr"), variables=["t2m"], lat_chunk=4)
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prep, "write_climatology", interrupt)  # the last step before the rename
-    with pytest.raises(KeyboardInterrupt):
-        prepare([path], out, lat_chunk=4)
-    assert not os.path.exists(out + ".partial")
+    with monkeypatch.context() as m:
+        m.setattr(parallel_prepare, "statistics", interrupt)  # after the blocks, before the rename
+        with pytest.raises(KeyboardInterrupt):
+            prepare([path], out, lat_chunk=4)
+    assert os.path.exists(out + ".partial")  # kept for a resume
     assert set(xr.open_zarr(out).data_vars) == {"2m_temperature"}  # the earlier, complete store
+    capsys.readouterr()
+    prepare([path], out, lat_chunk=4)
+    assert "resuming" in capsys.readouterr().err and not os.path.exists(out + ".partial")
+    assert set(xr.open_zarr(out).data_vars) == {"2m_temperature", "temperature", "geopotential"}
+    mtime = os.stat(os.path.join(out, "zarr.json")).st_mtime_ns
+    prepare([path], out, lat_chunk=4)  # the same again: nothing to do
+    assert "is complete" in capsys.readouterr().err and os.stat(os.path.join(out, "zarr.json")).st_mtime_ns == mtime
 
 
 # ---- the command and byte counting ---------------------------------------------------------------------
@@ -275,3 +308,95 @@ def test_counted_bytes_are_the_chunks_of_the_tile(tmp_path):
                [f"2m_temperature/c/{t}/{i}/1" for t in (1, 3) for i in (1, 2)]
     assert counter.chunk_reads == len(expected)
     assert counter.chunk_bytes == sum(os.path.getsize(os.path.join(out, k)) for k in expected)
+
+
+# ---- sources that used to pass with wrong results ------------------------------------------------------
+@needs_data
+def test_truncated_grib_is_refused_naming_the_last_good_message(tmp_path, capsys):
+    cut = tmp_path / "uk-cut.grib"
+    with open(UK, "rb") as f:
+        cut.write_bytes(f.read(1_250_000))  # 372 whole messages of 3360 bytes, then part of the 373rd
+    with pytest.raises(SourceError, match=r"uk-cut.grib: cannot be read whole: GRIB message 373 is cut short or "
+                                          r"corrupt .* the last good message is 372 \('2t' .* valid 20190316 1100\)"):
+        prepare([str(cut)], str(tmp_path / "x.zarr"))
+    assert cli_main(["prepare", str(cut), "--out", str(tmp_path / "x.zarr"), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("jigsaw-data prepare: error: ") and "last good message is 372" in err[-1]
+    assert sorted(os.listdir(tmp_path)) == ["uk-cut.grib"]  # nothing written
+
+
+@pytest.mark.parametrize("change, dim, what", [
+    (lambda ds: ds.assign_coords(longitude=ds["longitude"] + 0.5), "'longitude'", r"value 0.0 vs 0.5 at index 0"),
+    (lambda ds: ds.assign_coords(isobaricInhPa=[600, 850]), r"'level' \('isobaricInhPa' in the file\)",
+     r"value 500 vs 600 at index 0"),
+    (lambda ds: ds.assign_coords(latitude=ds["latitude"] * 0.5), "'latitude'", r"value 90.0 vs 45.0 at index 0"),
+    (lambda ds: small_source(n_lat=7, n_times=8).isel(time=slice(4, 8)), "'latitude'", r"9 values vs 7"),
+], ids=["lon-shifted", "levels-relabelled", "lat-scaled", "lat-size"])
+def test_files_joined_along_time_must_share_their_grid_exactly(tmp_path, capsys, change, dim, what):
+    src = small_source(n_times=8)
+    a = netcdf(src.isel(time=slice(0, 4)), tmp_path / "a.nc")
+    b = netcdf(change(src.isel(time=slice(4, 8))), tmp_path / "b.nc")
+    message = rf".*a.nc and .*b.nc: coordinate {dim} differs \({what}\); files joined along time must share"
+    with pytest.raises(SourceError, match=message):
+        prepare([b, a], str(tmp_path / "x.zarr"))
+    assert cli_main(["prepare", a, b, "--out", str(tmp_path / "x.zarr"), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("jigsaw-data prepare: error: ") and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "x.zarr.partial")
+
+
+def test_variables_with_unknown_names_are_kept_and_listed(tmp_path, capsys):
+    src = small_source()
+    src = src.assign(tcc=src["t2m"] * 0 + 0.5, my_index=src["t2m"] * 2)
+    out = prepare([netcdf(src, tmp_path / "s.nc")], str(tmp_path / "s.zarr"), lat_chunk=4, climatology=False)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "does not know" in line]
+    assert len(notes) == 1 and "'my_index' (" in notes[0] and "'tcc' (" in notes[0] and "s.nc" in notes[0]
+    assert "2m_temperature" not in notes[0]
+    np.testing.assert_array_equal(xr.open_zarr(out)["my_index"].values, src["my_index"].values)
+
+
+def test_synth_varies_in_time_at_every_level_including_1000_hpa(tmp_path):
+    from jigsaw_ds.data.writer import write_store
+
+    levels = (50, 500, 850, 925, 1000)
+    path = write_store(synth_dataset(9, 16, 6, levels=levels), str(tmp_path / "s.zarr"))
+    store = WeatherStore(path, ["geopotential", "temperature", "u_component_of_wind"], [], list(levels))
+    assert (store.tendency_std > 0).all()
+
+
+def grib_with_gap(path) -> str:
+    """The UK GRIB without hours 48-59: the real messages, one gap."""
+    import cfgrib
+
+    offsets = [o for o, _ in cfgrib.FileStream(UK).items()]
+    raw = open(UK, "rb").read()
+    ends = offsets[1:] + [len(raw)]
+    keep = list(range(48)) + list(range(60, 100))
+    path.write_bytes(b"".join(raw[offsets[i]:ends[i]] for i in keep))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["zarr", "netcdf", "grib"])
+def test_a_gap_starts_a_trajectory_whatever_the_source(tmp_path, kind):
+    if kind == "grib":
+        if not os.path.exists(UK):
+            pytest.skip("../shared/data is not there")
+        path, n, gap = grib_with_gap(tmp_path / "gap.grib"), 88, 48
+    else:
+        src = synth_dataset(9, 16, 10, seed=4).isel(time=[0, 1, 2, 3, 6, 7, 8, 9])
+        path, n, gap = str(tmp_path / f"gap.{'zarr' if kind == 'zarr' else 'nc'}"), 8, 4
+        src.to_zarr(path) if kind == "zarr" else src.to_netcdf(path)
+    store = xr.open_zarr(prepare([path], str(tmp_path / "s.zarr"), lat_chunk=36, time_block=3, climatology=False))
+    np.testing.assert_array_equal(store["trajectory"].values, np.repeat([0, 1], [gap, n - gap]))
+
+
+def test_a_source_store_keeps_its_trajectories(tmp_path):
+    """A store made of several runs on a regular time axis (jigsaw-data swe) re-prepared: its runs stay apart."""
+    src = synth_dataset(9, 16, 8, seed=4).assign_coords(trajectory=("time", [0, 0, 0, 1, 1, 1, 2, 2]))
+    src.to_zarr(str(tmp_path / "runs.zarr"))
+    out = prepare([str(tmp_path / "runs.zarr")], str(tmp_path / "s.zarr"), lat_chunk=4, climatology=False)
+    store = xr.open_zarr(out)
+    np.testing.assert_array_equal(store["trajectory"].values, [0, 0, 0, 1, 1, 1, 2, 2])
+    x = src["2m_temperature"].values.astype(np.float64)
+    pairs = (x[1:] - x[:-1])[[0, 1, 3, 4, 6]]
+    assert store.attrs[STATS_ATTR]["2m_temperature"]["tendency_std"] == pytest.approx(pairs.std(), rel=1e-12)

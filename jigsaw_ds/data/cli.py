@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..config import GENERATE_DEFAULTS, ConfigError
@@ -41,8 +42,16 @@ def main(argv=None) -> int:
     p.add_argument("--lon-chunk", type=int, default=0,
                    help="longitude columns per chunk (default: all; set to the tile width for tensor > 1)")
     p.add_argument("--level-chunk", type=int, default=0, help="levels per chunk (default: all)")
-    p.add_argument("--time-block", type=int, default=0, help="time steps held in memory per write (default: ~256 MB)")
+    p.add_argument("--time-block", type=int, default=0,
+                   help="time steps per task, read and held in memory at once (default: ~256 MB)")
     p.add_argument("--no-climatology", dest="climatology", action="store_false")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="worker processes of the local Dask cluster (default: the number of cores; 0: no cluster, "
+                        "all in this process)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on an existing Dask cluster (tcp://HOST:8786 or a scheduler file) instead")
+    p.add_argument("--plan", action="store_true",
+                   help="print the layout, blocks, bytes and the estimated time (one block measured); write nothing")
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
         return _prepare(args)
@@ -60,13 +69,20 @@ def main(argv=None) -> int:
 
 
 def _prepare(args) -> int:
-    from .prepare import prepare
+    from .prepare import plan, prepare
 
+    common = dict(member=args.member, patch=args.patch, lat_chunk=args.lat_chunk, lon_chunk=args.lon_chunk,
+                  level_chunk=args.level_chunk, config=args.config, climatology=args.climatology,
+                  time_block=args.time_block)
     try:
-        out = prepare(args.sources, args.out, args.variables, args.levels, member=args.member, patch=args.patch,
-                      lat_chunk=args.lat_chunk, lon_chunk=args.lon_chunk, level_chunk=args.level_chunk,
-                      config=args.config, climatology=args.climatology, time_block=args.time_block)
-    except ValueError as e:  # SourceError, StoreError, ConfigError and bad options: one line, no traceback
+        if args.workers < 0:
+            raise ValueError(f"--workers {args.workers}: must be 0 (this process) or more")
+        if args.plan:
+            print(plan(args.sources, args.out, args.variables, args.levels, workers=max(args.workers, 1), **common))
+            return 0
+        out = prepare(args.sources, args.out, args.variables, args.levels, workers=args.workers,
+                      scheduler=args.scheduler, **common)
+    except ValueError as e:  # SourceError, StoreError, ConfigError, ClusterError, bad options: one line
         print(f"jigsaw-data prepare: error: {e}", file=sys.stderr)
         return 2
     print(f"jigsaw-data: wrote {out}")

@@ -54,3 +54,15 @@ class Climatology:
         keys = group_keys(valid_times, self.by)
         return np.stack([self.means.get(int(k), self.overall) for k in keys.ravel()]).reshape(
             keys.shape + self.overall.shape)
+
+
+def store_groups(times: np.ndarray, by: tuple[str, ...]) -> tuple[dict, list[tuple[tuple[int, ...], np.ndarray]]]:
+    """The layout of a store's `climatology` group: the coordinate values of each grouping axis (sorted values
+    present, day 366 kept apart as xarray's groupby keeps it) and, per non-empty cell, its index on those
+    axes and the time indices it averages. Combinations that never occur stay NaN, as in a groupby."""
+    t = pd.DatetimeIndex(times)
+    values = {g: np.asarray(getattr(t, g), np.int64) for g in by}
+    coords = {g: np.unique(v) for g, v in values.items()}
+    cell = np.stack([np.searchsorted(coords[g], values[g]) for g in by], axis=1)
+    cells, inverse = np.unique(cell, axis=0, return_inverse=True)
+    return coords, [(tuple(int(i) for i in c), np.flatnonzero(inverse.ravel() == k)) for k, c in enumerate(cells)]

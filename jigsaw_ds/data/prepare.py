@@ -14,10 +14,12 @@ What a source may look like, and what the store gets (see docs/data.md):
   - several files: files with the same variables are joined along time (monthly files); files with other
     variables over the same times are merged (a surface and a pressure-level file); files without a time
     axis give static fields. Grids, levels and times must match exactly, or it is an error.
-Bad input (missing variable or level, NaN/inf, non-monotonic or duplicated coordinates, a grid the model
-config cannot use, an unreadable file) raises one SourceError naming file, variable and coordinate. The
-store is written by writer.write_store: chunks in latitude bands of whole patch rows, statistics, an
-optional climatology group, and an atomic rename, so an interrupted ingest leaves no store that looks complete.
+Bad input (missing variable or level, NaN/inf, non-monotonic or duplicated coordinates, files joined along
+time on different grids, a grid the model config cannot use, an unreadable or truncated file) raises one
+SourceError naming file, variable and coordinate; all but NaN/inf and unreadable data are refused before
+anything is written. The store is written by the Dask job in parallel_prepare (chunks in latitude bands of
+whole patch rows, statistics, an optional climatology group), resumably, and appears under its final name
+only when complete.
 """
 from __future__ import annotations
 
@@ -29,9 +31,7 @@ from typing import Optional
 import numpy as np
 import xarray as xr
 
-from .climatology import grouping
 from .store import StoreError
-from .writer import chunk_encoding, write_store
 
 SHORT_NAMES = {  # ECMWF short name -> WeatherBench2 name
     "z": "geopotential", "t": "temperature", "u": "u_component_of_wind", "v": "v_component_of_wind",
@@ -83,6 +83,8 @@ def open_source(path: str) -> list[xr.Dataset]:
         if kind == "netcdf":
             return [xr.open_dataset(path, chunks=None)]
         return _open_grib(path)
+    except SourceError:
+        raise
     except Exception as e:  # engines raise many types for a file they cannot read
         raise SourceError(f"{path}: cannot be read as {kind}: {type(e).__name__}: {e}") from None
 
@@ -93,7 +95,35 @@ def _open_grib(path: str) -> list[xr.Dataset]:
     log message; open_datasets returns them all."""
     import cfgrib
 
-    return cfgrib.open_datasets(path, backend_kwargs={"indexpath": "", "squeeze": False})
+    try:  # errors="raise": by default cfgrib skips a broken message and only logs it (a truncated file
+        # would be ingested as its first part)
+        return cfgrib.open_datasets(path, backend_kwargs={"indexpath": "", "squeeze": False, "errors": "raise"})
+    except Exception as e:
+        good = _grib_last_good(path)
+        if good is None:
+            raise
+        count, desc = good
+        raise SourceError(f"{path}: cannot be read whole: GRIB message {count + 1} is cut short or corrupt "
+                          f"({type(e).__name__}: {e}); the last good message is {count} ({desc}); a truncated "
+                          f"download? fetch the file again") from None
+
+
+def _grib_last_good(path: str) -> Optional[tuple[int, str]]:
+    """(number of readable messages, what the last one holds) when a GRIB file has at least one readable
+    message before a broken one; None when nothing in it reads as GRIB."""
+    import cfgrib
+
+    count, last = 0, None
+    try:
+        for _, msg in cfgrib.FileStream(path, errors="ignore").items():
+            count, last = count + 1, msg
+    except Exception:  # what cfgrib cannot even skip: report what was read before it
+        pass
+    if not count:
+        return None
+    keys = {k: last.get(k) for k in ("shortName", "level", "validityDate", "validityTime")}
+    return count, (f"'{keys['shortName']}' at level {keys['level']}, valid {keys['validityDate']} "
+                   f"{int(keys['validityTime'] or 0):04d}")
 
 
 def to_wb2(ds: xr.Dataset, path: str, member: int) -> Source:
@@ -103,7 +133,8 @@ def to_wb2(ds: xr.Dataset, path: str, member: int) -> Source:
     had_members = "number" in ds.dims and ds.sizes["number"] > 1
     ds = _valid_time(_select_member(ds, path, member), path)
     ds = ds.expand_dims([n for n in level_names if n in ds.coords and ds[n].ndim == 0])  # one level, squeezed
-    ds = ds.drop_vars([n for n in ds.coords if n not in ds.dims])  # step, valid_time, surface, expver, ...
+    ds = ds.drop_vars([n for n in ds.coords if n not in ds.dims  # step, valid_time, surface, expver, ...
+                       and not (n == "trajectory" and ds[n].dims == ("time",))])  # a store's runs: kept
     ds = ds.isel({d: 0 for d in ds.dims if d not in DIMS and d not in level_names and ds.sizes[d] == 1}, drop=True)
     renames = {k: v for k, v in COORD_NAMES.items() if k in ds.dims}
     for var, da in ds.data_vars.items():
@@ -241,7 +272,8 @@ def select(src: Source, variables: Optional[list], levels: Optional[list]) -> So
 
 
 def finite_checker(sources: list[Source]):
-    """check_block for write_store: refuse NaN/inf, naming the file, variable, time and grid point."""
+    """The check of every block (and the static fields): refuse NaN/inf, naming the file, variable, time and
+    grid point."""
 
     def origin(var, time) -> Source:
         for src in sources:
@@ -265,7 +297,14 @@ def finite_checker(sources: list[Source]):
 
 
 # ---- combining files -------------------------------------------------------------------------------------
-def combine(sources: list[Source]) -> list[xr.Dataset]:
+@dataclass
+class Part:
+    """One consecutive piece of the store's time axis and the files it is read from."""
+    ds: xr.Dataset
+    files: list[str]
+
+
+def combine(sources: list[Source]) -> list[Part]:
     """Consecutive parts of one time axis: files with the same variables are parts in time order, files
     with other variables are merged part by part, files without time give static fields (to part 0)."""
     timed = [s for s in sources if "time" in s.ds.dims]
@@ -279,11 +318,35 @@ def combine(sources: list[Source]) -> list[xr.Dataset]:
     if len({len(c) for c in columns}) > 1:
         raise SourceError("files with different variables cover different time ranges: "
                           + "; ".join(f"{', '.join(s.path for s in c)}" for c in columns))
-    parts = [_merge(list(row)) for row in zip(*columns)]
+    for column in columns:
+        _check_part_order(column)
+        _check_same_grid(column)
+    parts = [Part(_merge(list(row)), list(dict.fromkeys(s.path for s in row))) for row in zip(*columns)]
     if static:
-        parts[0] = _merge([Source(",".join(s.path for s in columns[0]), parts[0])] + static)
-    _check_part_order(columns[0])
+        parts[0] = Part(_merge([Source(",".join(parts[0].files), parts[0].ds)] + static),
+                        parts[0].files + [s.path for s in static])
     return parts
+
+
+def _check_same_grid(column: list[Source]) -> None:
+    """Files joined along time must have the same grid and levels, value for value: the store has one
+    coordinate for all of them, so a shifted or relabelled file would be stored on the wrong points."""
+    first = column[0]
+    for src in column[1:]:
+        for dim in ("latitude", "longitude", "level"):
+            a = first.ds[dim].values if dim in first.ds.dims else None
+            b = src.ds[dim].values if dim in src.ds.dims else None
+            if a is None and b is None:
+                continue
+            if a is None or b is None or len(a) != len(b):
+                what = f"{0 if a is None else len(a)} values vs {0 if b is None else len(b)}"
+            elif not np.array_equal(a, b):
+                i = int(np.flatnonzero(a != b)[0])
+                what = f"value {a[i]} vs {b[i]} at index {i}"
+            else:
+                continue
+            raise SourceError(f"{first.path} and {src.path}: coordinate {src.name(dim)} differs ({what}); files "
+                              f"joined along time must share their grid exactly (no regridding is done)")
 
 
 def _merge(sources: list[Source]) -> xr.Dataset:
@@ -305,51 +368,47 @@ def _check_part_order(column: list[Source]) -> None:
                               f"{b.ds['time'].values[0]} is in both)")
 
 
-def mark_gaps(parts: list[xr.Dataset]) -> list[xr.Dataset]:
-    """Where the time step is irregular (a gap between files), start a new `trajectory`, so that no
-    (state, target) pair spans a gap. Regular series get no trajectory coordinate."""
-    times = np.concatenate([p["time"].values for p in parts])
-    if len(times) < 3:
-        return parts
-    step = np.diff(times)
-    if np.all(step == step.min()):
-        return parts
-    traj = np.concatenate([[0], np.cumsum(step != step.min())])
-    bounds = np.cumsum([0] + [p.sizes["time"] for p in parts])
-    return [p.assign_coords(trajectory=("time", traj[a:b])) for p, a, b in zip(parts, bounds, bounds[1:])]
+def mark_gaps(parts: list[Part]) -> list[Part]:
+    """A `trajectory` coordinate, so that no (state, target) pair spans a break in the series: a new one
+    starts where the time step is irregular (a gap, between files or inside one), where a source's own
+    `trajectory` changes, and at each file of a source that has one. A regular series from sources without
+    trajectories gets none."""
+    times = np.concatenate([p.ds["time"].values for p in parts])
+    starts = np.zeros(len(times), bool)
+    if len(times) >= 3:
+        step = np.diff(times)
+        starts[1:] = step != step.min()
+    offset = 0
+    for p in parts:
+        n = p.ds.sizes["time"]
+        if "trajectory" in p.ds.coords:
+            own = p.ds["trajectory"].values
+            starts[offset + 1:offset + n] |= own[1:] != own[:-1]
+            starts[offset] = offset > 0
+        offset += n
+    if not starts.any():
+        return [Part(p.ds.drop_vars("trajectory", errors="ignore"), p.files) for p in parts]
+    traj = np.cumsum(starts)
+    bounds = np.cumsum([0] + [p.ds.sizes["time"] for p in parts])
+    return [Part(p.ds.assign_coords(trajectory=("time", traj[a:b])), p.files)
+            for p, a, b in zip(parts, bounds, bounds[1:])]
 
 
-# ---- climatology -----------------------------------------------------------------------------------------
-def write_climatology(path: str, lat_chunk: int, lon_chunk: int, level_chunk: int) -> None:
-    """Group `climatology` of the store: per variable mean by (dayofyear, hour) or hour (climatology.grouping)."""
-    ds = xr.open_zarr(path, chunks=None, consolidated=False)
-    by = grouping(ds["time"].values)
-    if by is None:
-        return
-    by = [f"time.{g}" for g in by] if len(by) > 1 else f"time.{by[0]}"
-    timed = [v for v, da in ds.data_vars.items() if "time" in da.dims]
-    clim = xr.Dataset({v: ds[v].groupby(by).mean("time") for v in timed})  # one variable in memory at a time
-    clim = clim.drop_vars("trajectory", errors="ignore")
-    order = [d for d in ("dayofyear", "hour") + DIMS[1:] if d in clim.dims]
-    clim = clim.transpose(*order)
-    clim.attrs = {"grouping": str(by), "span": f"{ds['time'].values[0]} .. {ds['time'].values[-1]}"}
-    clim.to_zarr(path, group="climatology", mode="w", consolidated=False,
-                 encoding=chunk_encoding(clim, lat_chunk, lon_chunk, level_chunk))
+def _note_unknown_names(used: list[Source]) -> None:
+    """Variables whose names prepare does not know are kept as they are, and listed (one line), so that a
+    misspelt or unmapped short name is seen rather than trained on under a name nothing asks for."""
+    known = set(SHORT_NAMES.values()) | STATIC_NAMES
+    unknown = {f"'{v}' ({s.path})" for s in used for v in s.ds.data_vars if v not in known}
+    if unknown:
+        print(f"jigsaw-data prepare: note: variables with names prepare does not know, kept as they are: "
+              f"{', '.join(sorted(unknown))}", file=sys.stderr)
 
 
 # ---- the command -----------------------------------------------------------------------------------------
-def prepare(sources: list[str], out: str, variables: Optional[list] = None, levels: Optional[list] = None,
-            member: int = 0, patch: int = 4, lat_chunk: int = 0, lon_chunk: int = 0, level_chunk: int = 0,
-            config: Optional[str] = None, climatology: bool = True, time_block: int = 0,
-            progress: Optional[bool] = None) -> str:
-    """Ingest `sources` into a training store at `out`; return its path.
-
-    config: a jigsaw config whose data.variables/surface_variables/levels and model.static_variables are the
-    default selection, whose model.patch is the patch, and whose grid checks the sources must pass.
-    lat_chunk: latitude rows per chunk, a multiple of the patch (default: one patch row, so that any split
-    over domain ranks reads whole chunks); lon_chunk: longitude columns per chunk (default: all);
-    level_chunk: levels per chunk (default: all, as every rank reads every level).
-    """
+def open_layout(sources: list[str], variables: Optional[list] = None, levels: Optional[list] = None,
+                member: int = 0, patch: int = 4, lat_chunk: int = 0, config: Optional[str] = None):
+    """Open, rename, select and check every source, and combine them: (parts, checked sources, patch,
+    lat_chunk). Everything prepare refuses is refused here, before anything is written."""
     from .. import config as jconfig
 
     cfg = jconfig.load(config) if config else None
@@ -367,17 +426,64 @@ def prepare(sources: list[str], out: str, variables: Optional[list] = None, leve
     used = [check_coords(s) for s in opened if s.ds.data_vars]
     parts = mark_gaps(combine(used))
     if cfg:
-        n_times = sum(p.sizes["time"] for p in parts)
-        jconfig.check_against_grid(cfg, parts[0].sizes["latitude"], parts[0].sizes["longitude"], n_times)
+        n_times = sum(p.ds.sizes["time"] for p in parts)
+        jconfig.check_against_grid(cfg, parts[0].ds.sizes["latitude"], parts[0].ds.sizes["longitude"], n_times)
+    _note_unknown_names(used)
     members = sorted({s.member for s in used if s.member is not None})
     for part in parts:
-        part.attrs = {"source": "jigsaw-data prepare", "files": [os.path.abspath(p) for p in sources],
-                      "ensemble_member": members[0] if members else "none"}
-    hook = (lambda path: write_climatology(path, lat_chunk, lon_chunk, level_chunk)) if climatology else None
-    return write_store(parts, out, lat_chunk=lat_chunk, lon_chunk=lon_chunk, level_chunk=level_chunk,
-                       time_block=time_block,
-                       progress=sys.stderr.isatty() if progress is None else progress,
-                       check_block=finite_checker(used), before_commit=hook)
+        part.ds.attrs = {"source": "jigsaw-data prepare", "files": [os.path.abspath(p) for p in sources],
+                         "ensemble_member": members[0] if members else "none"}
+    return parts, used, patch, lat_chunk
+
+
+def _job(sources, out, variables, levels, member, patch, lat_chunk, lon_chunk, level_chunk, config, climatology,
+         time_block):
+    from .parallel_prepare import Job
+
+    parts, used, patch, lat_chunk = open_layout(sources, variables, levels, member, patch, lat_chunk, config)
+    args = {"sources": [os.path.abspath(p) for p in sources], "variables": variables, "levels": levels,
+            "member": member, "patch": patch, "lat_chunk": lat_chunk, "lon_chunk": lon_chunk,
+            "level_chunk": level_chunk, "config": os.path.abspath(config) if config else None,
+            "climatology": climatology, "time_block": time_block}
+    return Job.make(parts, out, check=finite_checker(used), args=args, lat_chunk=lat_chunk, lon_chunk=lon_chunk,
+                    level_chunk=level_chunk, time_block=time_block, climatology=climatology)
+
+
+def prepare(sources: list[str], out: str, variables: Optional[list] = None, levels: Optional[list] = None,
+            member: int = 0, patch: int = 4, lat_chunk: int = 0, lon_chunk: int = 0, level_chunk: int = 0,
+            config: Optional[str] = None, climatology: bool = True, time_block: int = 0,
+            progress: Optional[bool] = None, workers: int = 0, scheduler: Optional[str] = None,
+            client=None) -> str:
+    """Ingest `sources` into a training store at `out`; return its path.
+
+    config: a jigsaw config whose data.variables/surface_variables/levels and model.static_variables are the
+    default selection, whose model.patch is the patch, and whose grid checks the sources must pass.
+    lat_chunk: latitude rows per chunk, a multiple of the patch (default: one patch row, so that any split
+    over domain ranks reads whole chunks); lon_chunk: longitude columns per chunk (default: all);
+    level_chunk: levels per chunk (default: all, as every rank reads every level); time_block: time steps
+    per Dask task (default: about writer.BLOCK_BYTES).
+    Where the work runs (parallel_prepare.run): `client` (a dask.distributed Client), else a cluster at
+    `scheduler`, else a LocalCluster of `workers` processes, else (workers=0) this process. An interrupted
+    prepare run again with the same arguments resumes; one over a complete store does nothing.
+    """
+    from .parallel_prepare import run
+
+    job = _job(sources, out, variables, levels, member, patch, lat_chunk, lon_chunk, level_chunk, config,
+               climatology, time_block)
+    return run(job, client=client, workers=workers, scheduler=scheduler,
+               progress=sys.stderr.isatty() if progress is None else progress)
+
+
+def plan(sources: list[str], out: str, variables: Optional[list] = None, levels: Optional[list] = None,
+         member: int = 0, patch: int = 4, lat_chunk: int = 0, lon_chunk: int = 0, level_chunk: int = 0,
+         config: Optional[str] = None, climatology: bool = True, time_block: int = 0, workers: int = 1) -> str:
+    """What prepare would write (layout, blocks, bytes) and how long it would take on `workers` workers, from
+    one block converted here into a scratch store (parallel_prepare.describe_plan); nothing at `out`."""
+    from .parallel_prepare import describe_plan
+
+    job = _job(sources, out, variables, levels, member, patch, lat_chunk, lon_chunk, level_chunk, config,
+               climatology, time_block)
+    return describe_plan(job, workers)
 
 
 def _check_all_found(opened: list[Source], wanted: Optional[list]) -> None:

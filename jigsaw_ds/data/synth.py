@@ -47,8 +47,10 @@ def synth_dataset(n_lat: int, n_lon: int, n_times: int, seed: int = 0, levels=LE
 
     data = {}
     for name, (base, contrast, amp, scale) in UPPER.items():
-        stack = [field(base * (scale(lev) if name == "geopotential" else 1.0), contrast, amp * scale(lev))
-                 for lev in levels]
+        # waves at least a tenth of their 500 hPa size: geopotential's scale is 0 at 1000 hPa, and a channel
+        # constant in time is refused by the trainer (tendency std 0)
+        stack = [field(base * (scale(lev) if name == "geopotential" else 1.0), contrast,
+                       amp * max(scale(lev), 0.1)) for lev in levels]
         data[name] = (("time", "level", "latitude", "longitude"), np.stack(stack, axis=1))
     for name, (base, contrast, amp) in SURFACE.items():
         data[name] = (("time", "latitude", "longitude"), field(base, contrast, amp))

@@ -1,7 +1,9 @@
 """The sharded reader on 4 CPU ranks (one torchrun job; see tests/workers/io_ranks.py).
 
 The store comes from `prepare` on a WB2-style zarr with ascending latitude and -180..180 longitudes,
-33 x 64, chunked in bands of one patch row (4 latitudes) and longitude tiles of 16 columns.
+33 x 128, sharded per time step, inner chunks of one patch row (4 latitudes) and a tensor rank's longitude
+tile (64 columns). The chunks must be larger than the gaps that tensorstore's file driver reads across to
+merge two byte ranges (255 bytes; a 0.25 deg chunk is ~100 kB), or one rank's read would take in another's.
 """
 import json
 import os
@@ -12,7 +14,7 @@ from conftest import ROOT, torchrun
 from jigsaw_ds.data.prepare import prepare
 from jigsaw_ds.data.synth import synth_dataset
 
-LAT_CHUNK, LON_CHUNK, N_LAT, N_LON = 4, 16, 33, 64
+LAT_CHUNK, LON_CHUNK, N_LAT, N_LON = 4, 64, 33, 128
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def test_ranks_of_a_replica_read_the_same_time_steps(results, check):
 def test_bytes_per_rank_are_one_mth_of_the_sample_within_one_chunk_band(results):
     """A rank owns whole token rows; with an uneven split it owns at most one row (here: one chunk band of its
     longitude tile) more or less than 1/M. No chunk is read by two ranks of a replica: their bytes add up to
-    the full sample's exactly."""
+    the bytes of the sample's inner chunks (from the shard indexes) exactly."""
     n_bands = -(-N_LAT // LAT_CHUNK)
     print("\nlayout (data, domain, tensor): chunk bytes per rank for one (state, target) item")
     for layout, r in results.items():

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..grid import coord_features
+from ..parallel.topology import Layout
 from .store import WeatherStore
 
 
@@ -56,16 +57,45 @@ class PairDataset(torch.utils.data.Dataset):
         return len(self.starts)
 
     def __getitem__(self, i):
-        return self.__getitems__([i])[0]
+        x, y = self.read_batch([i])
+        return x[0], y[0]
 
     def __getitems__(self, indices):
-        """Items of a batch from one store read of all their time steps (the DataLoader calls this with a
-        batch's indices): the per-read cost of xarray and zarr is paid once per batch, not per item."""
+        """Items of a batch (views of one read_batch)."""
+        x, y = self.read_batch(indices)
+        return list(zip(x, y))
+
+    def read_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs [B, C + S (+ 3), h, w], targets [B, K, C, h, w]) of the items `indices`: the union of their
+        time steps in one store read (WeatherStore.read_into) into a preallocated buffer, pinned when CUDA
+        is present and this is the main process (a loader worker's tensors travel by shared memory and are
+        pinned by the loader)."""
         times = [[int(self.starts[i]) + k * self.lead for k in range(self.rollout + 1)] for i in indices]
         union = sorted({t for item in times for t in item})
-        states = torch.from_numpy(self.store.read(union, self.lat, self.lon))
+        pin = torch.cuda.is_available() and torch.utils.data.get_worker_info() is None
+        n_state, (h, w) = len(self.store.channels), self.extra.shape[1:]
+        states = torch.empty((len(union), n_state, h, w), pin_memory=pin)
+        self.store.read_into(states.numpy(), union, self.lat, self.lon)
         row = {t: j for j, t in enumerate(union)}
-        return [(torch.cat([states[row[item[0]]], self.extra]), states[[row[t] for t in item[1:]]]) for item in times]
+        x = torch.empty((len(indices), n_state + len(self.extra), h, w), pin_memory=pin)
+        y = torch.empty((len(indices), self.rollout, n_state, h, w), pin_memory=pin)
+        for b, item in enumerate(times):
+            x[b, :n_state] = states[row[item[0]]]
+            x[b, n_state:] = self.extra
+            for k, t in enumerate(item[1:]):
+                y[b, k] = states[row[t]]
+        return x, y
+
+
+class _Batches(torch.utils.data.Dataset):
+    """A PairDataset indexed by a batch's index list: the DataLoader (batch_size=None) then hands on
+    read_batch's tensors as they are, without stacking the items into a second copy."""
+
+    def __init__(self, dataset: PairDataset):
+        self.dataset = dataset
+
+    def __getitem__(self, indices):
+        return self.dataset.read_batch(indices)
 
 
 class ReplicaBatches(torch.utils.data.Sampler):
@@ -79,9 +109,8 @@ class ReplicaBatches(torch.utils.data.Sampler):
 
     def __init__(self, n_items: int, global_batch: int, dp_rank: int, dp_size: int, seed: int,
                  start_step: int = 0, steps: int = 10**9, shuffle: bool = True):
-        if global_batch % dp_size:
-            raise ValueError(f"train.global_batch = {global_batch} is not divisible by the data-parallel size {dp_size}")
-        self.n, self.g, self.rank, self.micro = n_items, global_batch, dp_rank, global_batch // dp_size
+        self.n, self.g, self.rank = n_items, global_batch, dp_rank
+        self.micro = Layout(data=dp_size).micro_batch(global_batch)  # ValueError unless the replicas' shares are whole
         self.seed, self.start, self.steps, self.shuffle = seed, start_step, steps, shuffle
         self._cached_epoch: tuple[int, np.ndarray] = (-1, np.empty(0, int))
 
@@ -109,10 +138,12 @@ class ReplicaBatches(torch.utils.data.Sampler):
 
 
 def make_loader(dataset: PairDataset, sampler: ReplicaBatches, num_workers: int, prefetch_factor: int):
-    kwargs = dict(batch_sampler=sampler, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    """(inputs, targets) batches of the sampler's index lists. Workers start by forkserver: tensorstore,
+    which the store reads with, cannot run in a process forked from one that has used it."""
+    kwargs = dict(sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
     if num_workers:
-        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False)
-    return torch.utils.data.DataLoader(dataset, **kwargs)
+        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False, multiprocessing_context="forkserver")
+    return torch.utils.data.DataLoader(_Batches(dataset), **kwargs)
 
 
 class DeviceBatches:

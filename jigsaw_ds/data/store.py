@@ -7,8 +7,11 @@ several independent runs; `attrs['jigsaw_stats']`: per channel mean, std and ten
 one-step differences within a trajectory).
 
 A channel is an upper-air variable at one level ('temperature_850') or a surface variable
-('2m_temperature'). The store is opened with chunks=None: no dask graph; indexing reads only the chunks
-that overlap the requested tile.
+('2m_temperature'). xarray (chunks=None: no dask graph) reads the metadata and the coordinates; every read of
+data (training, validation, evaluation, the NaN scan, benchmarks) goes through one fast path, read_into:
+tensorstore reads and decodes the chunks that overlap a tile, for all selected channels and a batch of
+time steps, straight into the caller's float32 buffer, on `read_threads` threads. A corrupt, truncated or
+missing chunk raises StoreError naming variable, time and chunk file, never fill values (docs/data.md).
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ import numpy as np
 import xarray as xr
 
 STATS_ATTR = "jigsaw_stats"
+CANONICAL_DIMS = ("time", "level", "latitude", "longitude")
+INDEX_CACHE_BYTES = 64 * 2**20  # shard indexes kept per process (2.9 kB per variable and time at 0.25 deg)
+_TS_PID: Optional[int] = None  # the process that first used tensorstore (a fork of it cannot: it aborts)
 
 
 class StoreError(ValueError):
@@ -35,6 +41,16 @@ class Channel:
     name: str
     var: str
     level_index: Optional[int]  # index into the store's level axis, None for surface variables
+
+
+def default_read_threads(num_workers: int = 0) -> int:
+    """Decode threads of one reading process: the cores this process may run on (its rank's binding),
+    shared by its `num_workers` loader workers (data.read_threads = 0)."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, num_workers))
+
+
+def conversion_hint(path: str) -> str:
+    return f"convert it with `jigsaw-data prepare {path} --out NEW.zarr`"
 
 
 def open_store(path: str) -> xr.Dataset:
@@ -82,8 +98,9 @@ class WeatherStore:
     """The channels a config selects from one store, with grid, time axis, trajectories and statistics."""
 
     def __init__(self, path: str, variables: list, surface_variables: list, levels: list,
-                 static_variables: list = ()):
+                 static_variables: list = (), read_threads: int = 0):
         self.path = path
+        self.read_threads = read_threads or default_read_threads()
         ds = open_store(path)
         self._check_dims(ds)
         self.lat = ds["latitude"].values.astype(np.float64)
@@ -105,11 +122,15 @@ class WeatherStore:
         self.mean = np.array([stats[c.name]["mean"] for c in self.channels], np.float32)
         self.std = np.array([stats[c.name]["std"] for c in self.channels], np.float32)
         self.tendency_std = np.array([stats[c.name]["tendency_std"] for c in self.channels], np.float32)
+        self._static_stats = {var: stats[var] for var in self.static_variables}
         constant = [c.name for c, t in zip(self.channels, self.tendency_std) if t == 0]  # NaN: check_finite says why
         if constant:  # the loss is in units of each channel's one-step change: a constant one has none
             raise StoreError(f"data store '{path}': channels {constant} never change from one time step to the "
                              f"next (tendency std 0); a field constant in time belongs in model.static_variables")
+        self._dims = {var: ds[var].dims for var in {c.var for c in self.channels} | set(self.static_variables)}
+        self._dtypes = {var: ds[var].dtype for var in self._dims}
         self._ds = None  # opened lazily in each process (DataLoader workers included)
+        self._arrays: Optional[dict] = None  # tensorstore handles, likewise
 
     # ---- checks ----------------------------------------------------------------------------------------
     def _check_dims(self, ds):
@@ -148,35 +169,31 @@ class WeatherStore:
     def check_finite(self, times: slice = slice(None), lat: slice = slice(None), lon: slice = slice(None)) -> None:
         """Refuse NaN/inf in the selected channels (naming variable and time) and static fields. Reads the
         given piece only (by default the whole selection), so that ranks can split the scan between them."""
-        ds = self.ds
-        times_checked = self.times[times]
-        for ch in self.channels:
-            da = ds[ch.var] if ch.level_index is None else ds[ch.var].isel(level=ch.level_index)
-            values = da.isel(time=times, latitude=lat, longitude=lon).transpose("time", ...).values
-            bad = ~np.isfinite(values).reshape(len(times_checked), -1).all(axis=1)
+        index = np.arange(len(self.times))[times]
+        h, w = len(range(*lat.indices(self.n_lat))), len(range(*lon.indices(self.n_lon)))
+        block = max(1, (256 * 2**20) // max(1, 4 * len(self.channels) * h * w))  # bounded memory
+        for lo in range(0, len(index), block):
+            values = self.read_raw(list(index[lo:lo + block]), lat, lon)
+            bad = ~np.isfinite(values).reshape(values.shape[0], len(self.channels), -1).all(axis=2)
             if bad.any():
-                t = times_checked[np.argmax(bad)]
-                raise StoreError(f"data store '{self.path}': variable '{ch.name}' has NaN/inf at time {t}")
+                t, c = np.argwhere(bad)[0]
+                raise StoreError(f"data store '{self.path}': variable '{self.channels[c].name}' has NaN/inf at "
+                                 f"time {self.times[index[lo + t]]}")
         for var in self.static_variables:  # 2-D and small: every rank checks its own tile
-            if not np.isfinite(ds[var].isel(latitude=lat, longitude=lon).values).all():
+            if not np.isfinite(self._read_static_raw(var, lat, lon)).all():
                 raise StoreError(f"data store '{self.path}': static field '{var}' has NaN/inf")
 
     # ---- reading ---------------------------------------------------------------------------------------
     @property
     def ds(self) -> xr.Dataset:
+        """The store as an xarray Dataset, for metadata and coordinates (data is read by read_into)."""
         if self._ds is None:
             self._ds = open_store(self.path)
         return self._ds
 
-    def read_through(self, zarr_store) -> None:
-        """Read from now on through `zarr_store`, a zarr Store over the same data (e.g. data.counting's
-        CountingStore, to measure the bytes this rank reads). What DataLoader worker processes read is
-        counted, if at all, in those processes."""
-        self._ds = xr.open_zarr(zarr_store, chunks=None)
-
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_ds"] = None  # each DataLoader worker opens its own handle
+        state["_ds"] = state["_arrays"] = None  # each DataLoader worker opens its own handles
         return state
 
     @property
@@ -187,33 +204,152 @@ class WeatherStore:
     def n_lon(self) -> int:
         return len(self.lon)
 
+    def _open_arrays(self) -> dict:
+        """tensorstore handles of the selected variables and static fields, dims in CANONICAL_DIMS order and
+        values as float32, one context per process: `read_threads` decode and file threads, no chunk cache
+        (each sample is read once per epoch), a small cache for shard indexes."""
+        import tensorstore as ts
+
+        global _TS_PID
+        if _TS_PID not in (None, os.getpid()):
+            raise StoreError(f"data store '{self.path}': this process was forked from one that had read with "
+                             f"tensorstore, which cannot work after fork(); start DataLoader workers with "
+                             f"multiprocessing_context='forkserver' or 'spawn' (data.dataset.make_loader does)")
+        _TS_PID = os.getpid()
+        context = ts.Context({"cache_pool": {"total_bytes_limit": 0},
+                              "cache_pool#index": {"total_bytes_limit": INDEX_CACHE_BYTES},
+                              "data_copy_concurrency": {"limit": self.read_threads},
+                              "file_io_concurrency": {"limit": self.read_threads}})
+        arrays = {}
+        for var, dims in self._dims.items():
+            folder = os.path.join(self.path, var)
+            driver = "zarr3" if os.path.exists(os.path.join(folder, "zarr.json")) else "zarr"
+            spec = {"driver": driver, "kvstore": {"driver": "file", "path": folder},
+                    "metadata_cache_pool": "cache_pool#index",
+                    "fill_missing_data_reads": False,  # a missing chunk is an error, not NaN to the model
+                    "recheck_cached_metadata": False, "recheck_cached_data": False}
+            try:
+                array = ts.open(spec, context=context, read=True).result()
+            except Exception as e:  # tensorstore raises ValueError for metadata and codecs it does not support
+                raise StoreError(f"data store '{self.path}': variable '{var}' is in a layout the reader cannot "
+                                 f"read ({str(e).splitlines()[0]}); {conversion_hint(self.path)}") from None
+            order = [dims.index(d) for d in CANONICAL_DIMS if d in dims]
+            array = array[ts.d[order].transpose[:]]
+            arrays[var] = array if self._dtypes[var] == np.float32 else ts.cast(array, ts.float32)
+        return arrays
+
+    def _tile(self, lat: slice, lon: slice) -> tuple[slice, slice]:
+        return slice(*lat.indices(self.n_lat)), slice(*lon.indices(self.n_lon))
+
+    def _variable_blocks(self):
+        """(variable, first channel, level indices or None): the channels of a variable are consecutive."""
+        blocks = []
+        for c, ch in enumerate(self.channels):
+            if blocks and blocks[-1][0] == ch.var and ch.level_index is not None:
+                blocks[-1][2].append(ch.level_index)
+            else:
+                blocks.append((ch.var, c, None if ch.level_index is None else [ch.level_index]))
+        return blocks
+
+    def read_into(self, out: np.ndarray, times, lat: slice, lon: slice, normalise: bool = True) -> np.ndarray:
+        """Read the tile (lat, lon) of every selected channel at the given time indices into `out`
+        ([T, C, h, w] float32, any memory: pinned, shared, a view), normalised in place ((x - mean) / std
+        per channel) unless normalise=False; return `out`. One tensorstore read per variable, all issued at
+        once; each variable is normalised as soon as it has arrived, while the others are still decoding."""
+        import tensorstore as ts
+
+        if self._arrays is None:
+            self._arrays = self._open_arrays()
+        times = np.asarray(times, dtype=np.int64)
+        lat, lon = self._tile(lat, lon)
+        shape = (len(times), len(self.channels), lat.stop - lat.start, lon.stop - lon.start)
+        if out.shape != shape or out.dtype != np.float32:
+            raise ValueError(f"read_into: out is {out.dtype} {out.shape}, expected float32 {shape}")
+        pending = []
+        for var, c0, levels in self._variable_blocks():
+            n = 1 if levels is None else len(levels)
+            index = (times, lat, lon) if levels is None else (times, np.asarray(levels), lat, lon)
+            source = self._arrays[var].oindex[index]
+            target = ts.array(out[:, c0] if levels is None else out[:, c0:c0 + n], copy=False, write=True)
+            pending.append((var, c0, n, target.write(source[ts.d[:].translate_to[0]])))
+        for var, c0, n, future in pending:
+            try:
+                future.result()
+            except Exception as e:
+                self._raise_read_error(var, times, lat, lon, e)
+            if normalise:
+                for c in range(c0, c0 + n):
+                    for plane in out[:, c]:  # one plane at a time, while it is in cache
+                        np.subtract(plane, self.mean[c], out=plane)
+                        np.divide(plane, self.std[c], out=plane)
+        return out
+
+    def _raise_read_error(self, var: str, times: np.ndarray, lat: slice, lon: slice, error: Exception):
+        """Find the chunk that failed (re-reading the tile chunk by chunk) and name it."""
+        import zarr
+
+        meta = zarr.open_array(os.path.join(self.path, var), mode="r")
+        dims, canonical = self._dims[var], [d for d in CANONICAL_DIMS if d in self._dims[var]]
+        inner = dict(zip(dims, meta.chunks))
+        outer = dict(zip(dims, meta.shards or meta.chunks))
+        levels = sorted({c.level_index for c in self.channels if c.var == var})
+        ranges = {"level": levels, "latitude": range(lat.start, lat.stop), "longitude": range(lon.start, lon.stop)}
+        array = self._arrays[var]
+        for t in times:
+            # first index of every inner chunk that the tile touches, per dim
+            starts = {"time": [int(t)]}
+            for d in canonical[1:]:
+                starts[d] = sorted({i - i % inner[d] for i in ranges[d]})
+            corners = np.stack(np.meshgrid(*[starts[d] for d in canonical], indexing="ij"), -1)
+            for corner in corners.reshape(-1, len(canonical)):
+                box = {d: range(max(int(i), ranges.get(d, range(i, i + 1))[0]),
+                                min(int(i) + inner[d], n, ranges.get(d, range(n))[-1] + 1))
+                       for i, d, n in zip(corner, canonical, array.shape)}
+                try:
+                    array[tuple(slice(r.start, r.stop) for r in box.values())].read().result()
+                except Exception as e:
+                    key = meta.metadata.encode_chunk_key(tuple(box[d].start // outer[d] for d in dims))
+                    part = " (an inner chunk of that shard)" if meta.shards else ""
+                    raise StoreError(
+                        f"data store '{self.path}': variable '{var}' at time {self.times[t]}: chunk file "
+                        f"'{os.path.join(var, key)}'{part}, latitude rows {box['latitude'].start}.."
+                        f"{box['latitude'].stop - 1}, longitude columns {box['longitude'].start}.."
+                        f"{box['longitude'].stop - 1}, cannot be read: {str(e).splitlines()[0]}; the store "
+                        f"is damaged: write it again") from None
+        raise StoreError(f"data store '{self.path}': variable '{var}': reading times {list(times)} failed: "
+                         f"{str(error).splitlines()[0]}") from None
+
     def read_raw(self, times: list[int], lat: slice, lon: slice) -> np.ndarray:
         """[T, C, h, w] float32 physical values of the selected channels at the given time indices, tile
-        (lat, lon) only: one read per variable (all its levels and times at once)."""
-        by_var: dict[str, list[Channel]] = {}
-        for ch in self.channels:
-            by_var.setdefault(ch.var, []).append(ch)
-        parts = {}
-        for var, chans in by_var.items():
-            index = {"time": list(times), "latitude": lat, "longitude": lon}
-            if chans[0].level_index is None:
-                parts[var] = self.ds[var].isel(index).transpose("time", "latitude", "longitude").values[:, None]
-            else:
-                index["level"] = [c.level_index for c in chans]
-                parts[var] = self.ds[var].isel(index).transpose("time", "level", "latitude", "longitude").values
-        return np.concatenate([parts[var] for var in by_var], axis=1).astype(np.float32)
+        (lat, lon) only."""
+        la, lo = self._tile(lat, lon)
+        out = np.empty((len(times), len(self.channels), la.stop - la.start, lo.stop - lo.start), np.float32)
+        return self.read_into(out, times, lat, lon, normalise=False)
 
     def read(self, times: list[int], lat: slice, lon: slice) -> np.ndarray:
         """Normalised tiles [T, C, h, w]: (x - mean) / std per channel."""
-        return (self.read_raw(times, lat, lon) - self.mean[:, None, None]) / self.std[:, None, None]
+        la, lo = self._tile(lat, lon)
+        out = np.empty((len(times), len(self.channels), la.stop - la.start, lo.stop - lo.start), np.float32)
+        return self.read_into(out, times, lat, lon)
+
+    def _read_static_raw(self, var: str, lat: slice, lon: slice) -> np.ndarray:
+        if self._arrays is None:
+            self._arrays = self._open_arrays()
+        lat, lon = self._tile(lat, lon)
+        try:
+            return self._arrays[var][lat, lon].read().result()
+        except Exception as e:
+            raise StoreError(f"data store '{self.path}': static field '{var}' cannot be read: "
+                             f"{str(e).splitlines()[0]}; the store is damaged: write it again") from None
 
     def read_static(self, lat: slice, lon: slice) -> np.ndarray:
         """[S, h, w] static fields of the tile, normalised with their stored mean and std."""
-        stats = self.ds.attrs[STATS_ATTR]
-        out = [(self.ds[var].isel(latitude=lat, longitude=lon).transpose("latitude", "longitude").values
-                - stats[var]["mean"]) / stats[var]["std"] for var in self.static_variables]
-        h, w = len(range(*lat.indices(self.n_lat))), len(range(*lon.indices(self.n_lon)))
-        return np.stack(out).astype(np.float32) if out else np.zeros((0, h, w), np.float32)
+        stats = self._static_stats
+        la, lo = self._tile(lat, lon)
+        out = np.zeros((len(self.static_variables), la.stop - la.start, lo.stop - lo.start), np.float32)
+        for s, var in enumerate(self.static_variables):
+            out[s] = (self._read_static_raw(var, lat, lon) - stats[var]["mean"]) / stats[var]["std"]
+        return out
 
     def pair_starts(self, lead: int) -> np.ndarray:
         """Time indices t whose target t + lead lies in the same trajectory."""

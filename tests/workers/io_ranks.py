@@ -1,18 +1,19 @@
 """Multi-rank worker for tests/test_io_ranks.py: each rank reads only its tile; the tiles make the sample.
 
-Run under torchrun with 4 ranks on a store written by `prepare` (33 x 64 grid, patch 4: 9 token rows, so the
+Run under torchrun with 4 ranks on a store written by `prepare` (33 x 128 grid, patch 4: 9 token rows, so the
 split over 2 and 4 domain ranks is uneven: 5/4 and 3/2/2/2 token rows). For each (domain, tensor) in LAYOUTS
 the data-parallel size is what the world leaves, and every rank does what the trainer does (train/loop.py):
 its tile from TokenPartition, a PairDataset of that tile, the ReplicaBatches sampler of its data rank, and a
 DataLoader with one prefetching worker process. It also counts the chunk bytes one item costs it
-(CountingStore, in this process). Rank 0 gathers everything, checks it against a serial full-grid read and
+(ReadCounter, in this process, after a first read that fetched metadata and shard indexes). Rank 0 gathers everything, checks it against a serial full-grid read and
 writes one JSON per layout:
   union_exact          every replica's tiles rebuild its full inputs and targets, every step, bit for bit
   weights_exact        the latitude weights of the tiles rebuild the full ones
   same_steps           every rank of a replica drew the same time steps
   replicas_differ      different replicas drew different time steps
   batch_is_global      the replicas' steps together are the global batch of a one-replica run
-  bytes, full_bytes    chunk bytes of one item per rank, and of the whole item read by one rank
+  bytes, full_bytes    chunk bytes of one item per rank, and the bytes of all inner chunks of the shards
+                       that hold the item (from the shard indexes in the files)
   rows                 token rows per domain rank
 """
 import argparse
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from jigsaw_ds.data.counting import CountingStore
+from jigsaw_ds.data.counting import ReadCounter
 from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches, make_loader
 from jigsaw_ds.data.store import WeatherStore
 from jigsaw_ds.parallel.partition import TokenPartition
@@ -44,27 +45,36 @@ def rank_view(path: str, layout: Layout, rank: int) -> dict:
     store = open_store(path)
     part = TokenPartition(store.n_lat, store.n_lon, PATCH, layout.domain, layout.tensor)
     lat, lon = part.lat_slice(groups.domain_rank), part.lon_slice(groups.tensor_rank)
-    counter = CountingStore.local(path)
-    store.read_through(counter)
     dataset = PairDataset(store, store.pair_starts(LEAD), LEAD, lat, lon, coord_feats=True)
-    counter.reset()
+    dataset[0]
+    counter = ReadCounter()
     dataset[0]
     sampler = ReplicaBatches(len(dataset), GLOBAL_BATCH, groups.data_rank, layout.data, SEED, steps=STEPS)
     batches = [(x.numpy(), y.numpy()) for x, y in make_loader(dataset, sampler, num_workers=1, prefetch_factor=2)]
     return {"coords": (groups.data_rank, groups.domain_rank, groups.tensor_rank), "lat": (lat.start, lat.stop),
-            "lon": (lon.start, lon.stop), "batches": batches, "steps": list(sampler), "bytes": counter.chunk_bytes,
+            "lon": (lon.start, lon.stop), "batches": batches, "steps": list(sampler), "bytes": counter.bytes,
             "weights": lat_cell_weights(store.lat)[lat], "rows": part.rows_of(groups.domain_rank)}
+
+
+def shard_chunk_bytes(path: str, var: str, t: int) -> int:
+    """Bytes of all inner chunks of variable `var` at time t: the sizes in the shard's index (16 bytes per
+    inner chunk and a crc32c at the end of the file; the reader's bytes are counted, these are not)."""
+    import zarr
+
+    array = zarr.open_array(f"{path}/{var}", mode="r")
+    n_inner = int(np.prod([-(-s // c) for s, c in zip(array.shards, array.chunks)]))
+    with open(f"{path}/{var}/{array.metadata.encode_chunk_key((int(t),) + (0,) * (array.ndim - 1))}", "rb") as f:
+        f.seek(-(16 * n_inner + 4), 2)
+        index = np.frombuffer(f.read(16 * n_inner), np.uint64).reshape(-1, 2)
+    return int(index[:, 1].sum())
 
 
 def check(path: str, layout: Layout, views: list[dict]) -> dict:
     """Rank 0: rebuild every replica's batches from its ranks' tiles and compare with a serial read."""
     store = open_store(path)
     full = PairDataset(store, store.pair_starts(LEAD), LEAD, slice(0, store.n_lat), slice(0, store.n_lon), True)
-    counter = CountingStore.local(path)
-    store.read_through(counter)
-    counter.reset()
-    full[0]
-    full_bytes = counter.chunk_bytes
+    full_bytes = sum(shard_chunk_bytes(path, var, t) for var in VARIABLES + SURFACE
+                     for t in (full.starts[0], full.starts[0] + LEAD))
     serial = ReplicaBatches(len(full), GLOBAL_BATCH, 0, 1, SEED, steps=STEPS)
     union_exact, weights_exact = True, True
     for r in range(layout.data):

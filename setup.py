@@ -12,6 +12,7 @@ setup(
         "megatron-core==0.16.1",
         "xarray",
         "zarr>=3",
+        "tensorstore",        # the training read path (data/store.py: read_into)
         "tensorboard",
         "numpy",
         "pandas",

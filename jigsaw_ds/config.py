@@ -177,6 +177,7 @@ def validate(cfg: JigsawConfig) -> None:
     for key in ("lead_steps", "prefetch_factor"):
         _positive(cfg, "data", key)
     _positive(cfg, "data", "num_workers", 0)
+    _positive(cfg, "data", "read_threads", 0)
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"config key 'data.val_fraction' must be in (0, 1), got {cfg.data.val_fraction}")
     if not cfg.data.store:

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${JIGSAW_VENV:-.venv}
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import jigsaw_ds, deepspeed, megatron.core, zarr, cfgrib, torch_harmonics, dask.distributed" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import jigsaw_ds, deepspeed, megatron.core, zarr, tensorstore, cfgrib, torch_harmonics, dask.distributed" 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
   # torch first and pinned (constraints.txt): anything else would pull several GB of CUDA wheels here.

@@ -40,6 +40,7 @@ class DataConfig:
     lead_steps: int = 1                 # target = state this many store time steps later
     val_fraction: float = 0.2           # last fraction of times (or trajectories) held out
     num_workers: int = 0                # DataLoader worker processes per rank
+    read_threads: int = 0               # chunk decode threads per reading process; 0: its cores / num_workers
     prefetch_factor: int = 2
     generate: dict = field(default_factory=dict)  # if set and the store is missing: make it (see data.generate)
 

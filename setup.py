@@ -27,9 +27,9 @@ setup(
         # --no-deps (scripts/install.sh does; by hand: pip install --no-deps torch-harmonics==0.9.3).
     },
     entry_points={"console_scripts": [
-        "jigsaw-train=jigsaw_ds.train.trainer:main",
+        "jigsaw-train=jigsaw_ds.train.cli:main",
         "jigsaw-data=jigsaw_ds.data.cli:main",
-        "jigsaw-ckpt=jigsaw_ds.train.ckpt_cli:main",
+        "jigsaw-ckpt=jigsaw_ds.checkpoint.cli:main",
         "jigsaw-eval=jigsaw_ds.eval.evaluate:main",
         "jigsaw-plan=jigsaw_ds.perf.plan:main",
     ]},

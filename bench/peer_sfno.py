@@ -45,7 +45,7 @@ from jigsaw_ds.config import ModelConfig  # noqa: E402
 from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches  # noqa: E402
 from jigsaw_ds.data.store import WeatherStore  # noqa: E402
 from jigsaw_ds.eval.evaluate import reference_forecasts, rollout, score  # noqa: E402
-from jigsaw_ds.model import WeatherMixer  # noqa: E402
+from jigsaw_ds.model import WeatherMixer, input_channels  # noqa: E402
 from jigsaw_ds.data.dataset import split_train_val  # noqa: E402
 from jigsaw_ds.grid import lat_cell_weights  # noqa: E402
 from jigsaw_ds.train.loss import AreaWeightedMSE  # noqa: E402
@@ -315,7 +315,7 @@ def main(argv=None) -> int:
     path = make_store(args)
     store = WeatherStore(path, VARIABLES, [], [500])
     n_state = len(store.channels)
-    n_in = n_state + 3  # state + coordinate features (PairDataset(coord_feats=True)), for both models
+    n_in = input_channels(ModelConfig(coord_features=True), n_state, 0)  # as PairDataset(coord_feats=True) stacks them
     train_starts, val_starts = split_train_val(store, 1, args.val_fraction)
     train_xy = cached(PairDataset(store, train_starts, 1, FULL, FULL, True))
     val_xy = cached(PairDataset(store, val_starts, 1, FULL, FULL, True))

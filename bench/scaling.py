@@ -1,4 +1,4 @@
-"""Predicted strong and weak scaling, 1 to 256 GPUs, data-parallel only vs Jigsaw (perf/model.py; no GPU needed).
+"""Predicted strong and weak scaling, 1 to 256 GPUs, data-parallel only vs Jigsaw (perf/step_model.py; no GPU needed).
 
     python bench/scaling.py [--config configs/era5_025deg.json] [--png docs/scaling.png] [--json bench/results/scaling.json]
 
@@ -25,8 +25,8 @@ sys.path.insert(0, ROOT)
 
 from jigsaw_ds import config as jconfig  # noqa: E402
 from jigsaw_ds.parallel.topology import Layout  # noqa: E402
-from jigsaw_ds.perf import model as pm  # noqa: E402
-from jigsaw_ds.perf.model import Machine, ModelShape, TrainSetup  # noqa: E402
+from jigsaw_ds.perf import step_model as pm  # noqa: E402
+from jigsaw_ds.perf.step_model import Machine, ModelShape, TrainSetup  # noqa: E402
 
 GPUS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 STRONG_BATCH = 256
@@ -162,7 +162,7 @@ def plot(results: dict, path: str) -> None:
             ax.set_ylabel("efficiency" if kind == "strong" else "TFLOP/s per GPU vs 1 GPU")
             ax.set_xlabel("GPUs")
             ax.legend(fontsize=8)
-    fig.suptitle("WeatherMixer 0.25 deg (65160 tokens, D 1024, 8 blocks), predicted by jigsaw_ds/perf/model.py")
+    fig.suptitle("WeatherMixer 0.25 deg (65160 tokens, D 1024, 8 blocks), predicted by jigsaw_ds/perf/step_model.py")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)

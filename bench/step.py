@@ -13,7 +13,7 @@ In one process and one run it measures
      and the ZeRO-1 AdamW step, all through the DeepSpeed engine; optionally engine.compile() and activation
      checkpointing (torch.utils.checkpoint around each MixerBlock).
 It prints the step's TFLOP/s (model FLOPs from model/flops.py) as a fraction of the GEMM rate and of the
-bare stack, the data-wait fraction, peak memory against perf/model.py's prediction, and writes JSON.
+bare stack, the data-wait fraction, peak memory against perf/step_model.py's prediction, and writes JSON.
 
 Model FLOPs count matrix multiplies only (model/flops.py); "device step" excludes the wait for the next
 batch, "step" includes it. On the GPU machine see docs/benchmarks.md for the wheel install first.
@@ -140,22 +140,12 @@ def bench_store(path, variables, levels, surface, static, n_lat, n_lon, n_times,
 
 
 # ---- the DeepSpeed step ------------------------------------------------------------------------------------
-def checkpoint_blocks(model) -> None:
-    """Activation checkpointing without touching jigsaw_ds/model: each MixerBlock's forward runs under
-    torch.utils.checkpoint (non-reentrant), so only block inputs are kept between forward and backward."""
-    from torch.utils.checkpoint import checkpoint
-
-    for block in model.blocks:
-        plain = type(block).forward
-        block.forward = (lambda b, f: (lambda x: checkpoint(f, b, x, use_reentrant=False)))(block, plain)
-
-
 def engine_state_bytes(engine) -> dict:
     """Bytes the engine holds after a step: module weights and grads, persistent optimizer tensors."""
     module = engine.module
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     weights = sum(p.numel() * p.element_size() for p in module.parameters())
-    from jigsaw_ds.train.layout_free import fp32_partitions
+    from jigsaw_ds.checkpoint.layout_free import fp32_partitions
 
     opt = engine.optimizer
     seen = {}
@@ -174,16 +164,15 @@ def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
 
     from jigsaw_ds.data.dataset import DeviceBatches, PairDataset, ReplicaBatches, make_loader
     from jigsaw_ds.data.store import WeatherStore
-    from jigsaw_ds.model import WeatherMixer
     from jigsaw_ds.grid import lat_cell_weights
+    from jigsaw_ds.model import WeatherMixer
     from jigsaw_ds.train.loss import AreaWeightedMSE
 
     store = WeatherStore(store_path, jcfg.data.variables, jcfg.data.surface_variables, jcfg.data.levels,
                          jcfg.model.static_variables)
-    model = WeatherMixer(jcfg.model, store.n_lat, store.n_lon, shape.c_in, shape.c_out,
+    model_cfg = dataclasses.replace(jcfg.model, activation_checkpointing=args.checkpointing)  # the model's own option
+    model = WeatherMixer(model_cfg, store.n_lat, store.n_lon, shape.c_in, shape.c_out,
                          tendency_scale=torch.from_numpy(store.tendency_std / store.std))
-    if args.checkpointing:
-        checkpoint_blocks(model)
     ds = json.load(open(args.ds_config))
     ds.update({"train_batch_size": args.batch, "train_micro_batch_size_per_gpu": args.batch,
                "gradient_accumulation_steps": 1, "steps_per_print": 10**9})
@@ -262,8 +251,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from jigsaw_ds.parallel.topology import Layout, init_distributed
-    from jigsaw_ds.perf import model as pm
-    from jigsaw_ds.train.checkpoint import write_atomic
+    from jigsaw_ds.perf import step_model as pm
+    from jigsaw_ds.checkpoint.manager import write_atomic
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

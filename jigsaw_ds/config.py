@@ -29,6 +29,8 @@ class ModelConfig:
     static_variables: list = field(default_factory=list)  # static store fields fed as inputs
     coord_features: bool = True         # add sin(lat), cos(lat)cos(lon), cos(lat)sin(lon) as inputs
     activation_checkpointing: bool = False  # recompute each block in backward: activations L n B D instead of per block
+    forcings: list = field(default_factory=list)  # computed inputs: toa_solar, time_of_day, day_of_year (jigsaw_ds/forcings.py)
+    forcings_at_target: bool = False    # the forcings at the target (valid) time as well as at the input time
 
 
 @dataclass
@@ -150,15 +152,62 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load(path: str, overrides: Optional[list[str]] = None) -> JigsawConfig:
+def read_json_object(path: str, what: str) -> dict:
+    """A JSON file that must hold one object (the jigsaw config, the DeepSpeed config); ConfigError naming
+    the file otherwise."""
     try:
         with open(path) as f:
             raw = json.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file '{path}' does not exist") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config file '{path}' is not valid JSON: {e}") from None
-    return from_dict(apply_overrides(raw, overrides or []))
+        raise ConfigError(f"{what} '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} '{path}' is a directory, not a JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} '{path}' is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} '{path}' must hold a JSON object, got a {type(raw).__name__}")
+    return raw
+
+
+def load(path: str, overrides: Optional[list[str]] = None) -> JigsawConfig:
+    return from_dict(apply_overrides(read_json_object(path, "config file"), overrides or []))
+
+
+# What jigsaw-train accepts of a DeepSpeed JSON: checked here, before any process group, rather than by
+# DeepSpeed after the group has started (a traceback on every rank). ZeRO 1 and 2 only: the layout-free
+# checkpoint export/import (and so any change of layout) reads ZeRO's fp32 partitions and Adam's moments.
+DEEPSPEED_OPTIMIZERS = ("Adam", "AdamW")
+DEEPSPEED_ZERO_STAGES = (1, 2)
+
+
+def check_deepspeed_config(ds: dict, path: str) -> None:
+    where = f"DeepSpeed config '{path}'"
+    opt = ds.get("optimizer")
+    if not isinstance(opt, dict) or "type" not in opt:
+        raise ConfigError(f"{where} has no optimizer section ({{\"optimizer\": {{\"type\": \"AdamW\", \"params\": "
+                          f"{{...}}}}}}): jigsaw-train lets DeepSpeed build the optimizer")
+    if str(opt["type"]).lower() not in [o.lower() for o in DEEPSPEED_OPTIMIZERS]:
+        raise ConfigError(f"{where}: optimizer.type '{opt['type']}' is not supported; allowed: "
+                          f"{', '.join(DEEPSPEED_OPTIMIZERS)} (checkpoints carry Adam's moments)")
+    if not isinstance(opt.get("params", {}), dict):
+        raise ConfigError(f"{where}: optimizer.params must be an object")
+    zero = ds.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise ConfigError(f"{where}: zero_optimization must be an object, got {zero!r}")
+    stage = zero.get("stage", 0)
+    if stage not in DEEPSPEED_ZERO_STAGES or isinstance(stage, bool):
+        raise ConfigError(f"{where}: zero_optimization.stage = {stage!r}; allowed: "
+                          f"{', '.join(map(str, DEEPSPEED_ZERO_STAGES))} (layout-free checkpoints read ZeRO's fp32 "
+                          f"partitions; the Jigsaw layout already shards every large weight over the replica)")
+    for section in ("fp16", "bf16", "scheduler", "data_types"):
+        if section in ds and not isinstance(ds[section], dict):
+            raise ConfigError(f"{where}: '{section}' must be an object, got {ds[section]!r}")
+    if ds.get("fp16", {}).get("enabled"):
+        raise ConfigError(f"{where}: fp16 is not supported (its loss scaling is not wired through the Jigsaw "
+                          f"reductions); use \"bf16\": {{\"enabled\": true}}")
+    clip = ds.get("gradient_clipping", 0.0)
+    if not _type_ok(clip, "float") or clip < 0:
+        raise ConfigError(f"{where}: gradient_clipping must be a number >= 0, got {clip!r}")
 
 
 def _positive(cfg, sec, key, minimum=1):
@@ -186,8 +235,13 @@ def validate(cfg: JigsawConfig) -> None:
     if not cfg.data.variables and not cfg.data.surface_variables:
         raise ConfigError("config keys 'data.variables' and 'data.surface_variables' are both empty")
     for sec, key in (("data", "variables"), ("data", "surface_variables"), ("data", "levels"),
-                     ("model", "static_variables")):
+                     ("model", "static_variables"), ("model", "forcings")):
         _unique(cfg, sec, key)
+    from .forcings import KINDS
+
+    unknown = [k for k in cfg.model.forcings if k not in KINDS]
+    if unknown:
+        raise ConfigError(f"config key 'model.forcings' lists {unknown}; allowed: {', '.join(KINDS)}")
     if not all(_type_ok(level, "int") for level in cfg.data.levels):
         raise ConfigError(f"config key 'data.levels' must be a list of integers (hPa), got {cfg.data.levels!r}")
     if cfg.data.generate:
@@ -233,22 +287,11 @@ def check_generate_spec(spec: dict) -> None:
 
 def check_against_grid(cfg: JigsawConfig, n_lat: int, n_lon: int, longest_traj: int) -> None:
     """Checks that need the store's grid: patch vs grid, the Jigsaw split, lead time vs trajectory."""
-    p = cfg.model.patch
-    if p > n_lat or p > n_lon:
-        raise ConfigError(f"config key 'model.patch' = {p} is larger than the grid {n_lat}x{n_lon}")
-    if n_lon % p:
-        raise ConfigError(f"config key 'model.patch' = {p} does not divide the {n_lon} longitudes of the grid "
-                          f"{n_lat}x{n_lon} (latitudes are padded, longitudes are not: the globe is periodic)")
-    token_rows, token_cols = -(-n_lat // p), n_lon // p
-    if cfg.parallel.domain > token_rows:
-        raise ConfigError(f"config key 'parallel.domain' = {cfg.parallel.domain} exceeds the {token_rows} token rows "
-                          f"of the grid {n_lat}x{n_lon} with patch {p}")
-    if token_cols % cfg.parallel.tensor:
-        raise ConfigError(f"config key 'parallel.tensor' = {cfg.parallel.tensor} must divide the {token_cols} token "
-                          f"columns of the grid {n_lat}x{n_lon} with patch {p} (longitude tiles are even)")
-    if cfg.model.channel_hidden % cfg.parallel.tensor:
-        raise ConfigError(f"config key 'model.channel_hidden' = {cfg.model.channel_hidden} must be divisible by "
-                          f"'parallel.tensor' = {cfg.parallel.tensor}")
+    from .parallel.partition import split_problems
+
+    for key, why in split_problems(n_lat, n_lon, cfg.model.patch, cfg.parallel.domain, cfg.parallel.tensor,
+                                   cfg.model.channel_hidden):
+        raise ConfigError(f"config key '{key}' = {why}")
     span = cfg.data.lead_steps * cfg.train.rollout_steps
     if span >= longest_traj:
         raise ConfigError(f"config keys 'data.lead_steps' x 'train.rollout_steps' = {span} is not shorter than the "

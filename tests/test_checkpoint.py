@@ -29,9 +29,11 @@ def configs(tmp, store, out_dir, stage=1, bf16=False, **ds_extra):
     return ["--config", str(tmp / "j.json"), "--deepspeed_config", str(tmp / name)]
 
 
-def train(args, nproc, extra=(), env=None):
-    cmd = [os.path.join(BIN, "jigsaw-train")] if nproc == 1 else \
-        [os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", str(nproc), os.path.join(BIN, "jigsaw-train")]
+def train(args, nproc, extra=(), env=None, script=None):
+    """jigsaw-train (or a test script that wraps it) on nproc ranks."""
+    script = script or [os.path.join(BIN, "jigsaw-train")]
+    cmd = script if nproc == 1 else \
+        [os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", str(nproc), *script]
     return subprocess.run(cmd + args + list(extra), cwd=ROOT, env=dict(spawn_env(), **(env or {})),
                           capture_output=True, text=True, timeout=600)
 
@@ -48,7 +50,7 @@ def crashed_run(tmp_path_factory, synth_store):
     """(1,2,2) for 6 steps, checkpoints at 3 and 6; every rank dies while saving step 6 (before its manifest)."""
     tmp = tmp_path_factory.mktemp("ckpt")
     args = configs(tmp, synth_store, tmp / "run")
-    proc = train(args, 4, env={"JIGSAW_FAULT_BEFORE_MANIFEST": "6"})
+    proc = train(args, 4, script=[os.path.join(ROOT, "tests", "workers", "crash_before_manifest.py"), "6"])
     assert proc.returncode != 0
     assert os.path.isdir(tmp / "run" / "checkpoints" / "step_00000006")  # shards were written...
     assert not os.path.exists(tmp / "run" / "checkpoints" / "step_00000006" / "MANIFEST.json")  # ...never completed

@@ -69,7 +69,7 @@ def test_token_partition_rule():
     assert p.lat_slice(3) == slice(28, 33) and p.pad_rows(3) == 3 and p.pad_rows(0) == 0
     owned = torch.cat([p.token_index(d, t) for d in range(4) for t in range(2)])
     assert sorted(owned.tolist()) == list(range(p.n_tokens))  # every token exactly once
-    with pytest.raises(ValueError, match="tensor size 3"):
+    with pytest.raises(ValueError, match="parallel.tensor = 3"):
         TokenPartition(33, 32, 4, 1, 3)
 
 

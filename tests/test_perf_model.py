@@ -1,4 +1,4 @@
-"""The analytic step model (jigsaw_ds/perf/model.py) against what the real model does.
+"""The analytic step model (jigsaw_ds/perf/step_model.py) against what the real model does.
 
 No process group is needed: one rank of a layout is emulated in this process with stand-in groups whose
 collectives have the right shapes (all-gather repeats the local piece, reduce-scatter keeps the first one,
@@ -20,7 +20,7 @@ from jigsaw_ds.model import WeatherMixer
 from jigsaw_ds.model import weather_mixer
 from jigsaw_ds.parallel import comm_stats, mappings
 from jigsaw_ds.parallel.topology import JigsawGroups, Layout
-from jigsaw_ds.perf import model as pm
+from jigsaw_ds.perf import step_model as pm
 from jigsaw_ds.perf.comm_model import step_comm_bytes
 
 CFG = ModelConfig(patch=2, embed_dim=16, token_hidden=12, channel_hidden=32, depth=2)
@@ -304,7 +304,7 @@ def test_step_time_orders_and_bottlenecks():
     assert pred.fits and pred.bottleneck() in ("compute", "communication", "I/O")
     too_big = pm.predict_step(shape, Layout(1, 1, 1), m, pm.TrainSetup(global_batch=16))
     assert not too_big.fits and too_big.bottleneck() == "memory"
-    with pytest.raises(ValueError, match="tensor 7"):
+    with pytest.raises(ValueError, match="parallel.tensor = 7"):
         pm.predict_step(shape, Layout(1, 1, 7), m, pm.TrainSetup(global_batch=16))
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import BIN, ROOT, run, spawn_env
-from jigsaw_ds.train.checkpoint import CheckpointManager, verify
+from jigsaw_ds.checkpoint.manager import CheckpointManager, verify
 
 STEPS = 12
 
@@ -22,7 +22,8 @@ def write_configs(tmp_path, store, out_dir, **parallel):
             "train": {"steps": STEPS, "global_batch": 4, "seed": 3, "out_dir": str(out_dir), "val_every": 6,
                       "val_batches": 2, "ckpt_every": 6, "ckpt_keep": 2, "progress": False}}
     ds = {"zero_optimization": {"stage": 1}, "gradient_clipping": 1.0,
-          "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "weight_decay": 0.0, "torch_adam": True}}}
+          "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "weight_decay": 0.0, "torch_adam": True}},
+          "csv_monitor": {"enabled": True, "output_path": str(out_dir / "csv"), "job_name": "job"}}
     (tmp_path / "jigsaw.json").write_text(json.dumps(conf))
     (tmp_path / "ds.json").write_text(json.dumps(ds))
     return [os.path.join(BIN, "jigsaw-train"), "--config", str(tmp_path / "jigsaw.json"),
@@ -51,6 +52,10 @@ def test_outputs_and_learning(serial_run):
     assert "val_loss_persistence" in metrics[-1]
     assert os.listdir(serial_run / "tensorboard")
     assert json.load(open(serial_run / "config.json"))["layout"] == {"data": 1, "domain": 1, "tensor": 1}
+    # the same scalars through DeepSpeed's monitor, as the user's DeepSpeed JSON asked (csv_monitor here)
+    with open(serial_run / "csv" / "job" / "jigsaw_loss.csv") as f:
+        rows = f.read().splitlines()[1:]
+    assert [float(r.split(",")[1]) for r in rows] == pytest.approx(losses)
 
 
 def test_resume_continues_exactly(serial_run, tmp_path, synth_store):

@@ -28,44 +28,67 @@ import numpy as np
 import torch
 import xarray as xr
 
+from ..quiet import quiet_libraries
+from ..checkpoint.layout_free import build_model, load_file
 from ..config import ConfigError, from_dict
 from ..data.climatology import Climatology
 from ..data.dataset import PairDataset, split_train_val
 from ..data.store import WeatherStore
-from ..model import WeatherMixer
-from ..train.layout_free import FORMAT
+from ..model import rollout as model_rollout
 from .metrics import METRICS
 
 BASELINES = ("persistence", "climatology")
 
 
+class EvalError(ValueError):
+    """jigsaw-eval cannot do what it was asked; the message says why."""
+
+
 def load_model(path: str):
-    """Serial WeatherMixer and jigsaw config from a layout-free checkpoint."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise SystemExit(f"jigsaw-eval: error: {path} is not a layout-free checkpoint; make one with "
-                         f"`jigsaw-ckpt export RUN_DIR --out FILE`")
-    cfg = from_dict(state["config"]["jigsaw"])
-    shape = state["config"]["model_shape"]
-    model = WeatherMixer(cfg.model, shape["n_lat"], shape["n_lon"], shape["in_channels"], shape["out_channels"])
+    """Serial WeatherMixer, jigsaw config and the run's resolved config (grid, channel names) from a
+    layout-free checkpoint."""
+    state = load_file(path)
+    model = build_model(state["config"])
     model.load_full_state_dict({**state["model"], **state["buffers"]})
-    return model.eval(), cfg
+    return model.eval(), from_dict(state["config"]["jigsaw"]), state["config"]
+
+
+def open_matching_store(data: str, cfg, run_config: dict) -> WeatherStore:
+    """The store's channels selected by the names the model was trained on, in its order (a store may hold
+    the same levels in another order), on the model's grid; EvalError naming what differs otherwise."""
+    trained = run_config.get("channels") or []
+    levels = cfg.data.levels
+    if cfg.data.variables and not levels and trained:  # "all levels" at training time: the trained order
+        prefix = f"{cfg.data.variables[0]}_"
+        levels = [int(name[len(prefix):]) for name in trained if name.startswith(prefix)]
+    store = WeatherStore(data, cfg.data.variables, cfg.data.surface_variables, levels, cfg.model.static_variables)
+    names = [c.name for c in store.channels]
+    if trained and names != trained:
+        raise EvalError(f"store '{data}' gives channels {names}; the model was trained on {trained}")
+    shape = run_config["model_shape"]
+    if (store.n_lat, store.n_lon) != (shape["n_lat"], shape["n_lon"]):
+        raise EvalError(f"store '{data}' is on a {store.n_lat}x{store.n_lon} grid; the model was trained on "
+                        f"{shape['n_lat']}x{shape['n_lon']}")
+    return store
+
+
+def check_finite(values: np.ndarray, store: WeatherStore, times: np.ndarray, what: str) -> None:
+    """values [n, K, C, H, W] at store time indices times [n, K]: refuse NaN/inf, naming channel and time."""
+    bad = ~np.isfinite(values).reshape(*values.shape[:3], -1).all(axis=-1)
+    if bad.any():
+        i, k, c = np.argwhere(bad)[0]
+        raise EvalError(f"store '{store.path}': {what} of channel '{store.channels[c].name}' at time "
+                        f"{store.times[times[i, k]]} has NaN/inf")
 
 
 @torch.no_grad()
 def rollout(model, dataset: PairDataset, k_steps: int, batch: int = 8) -> np.ndarray:
     """[n_init, K, C, H, W] normalised forecasts: x_{k+1} = model([x_k, static]). Any model works that maps
     [B, C_in, H, W] to the next state [B, C, H, W] and says C as `model.out_channels`."""
-    n_state = model.out_channels
     out = []
     for lo in range(0, len(dataset), batch):
         x = torch.stack([dataset[i][0] for i in range(lo, min(lo + batch, len(dataset)))])
-        steps = []
-        for _ in range(k_steps):
-            pred = model(x)
-            steps.append(pred.numpy())
-            x = torch.cat([pred, x[:, n_state:]], dim=1)
-        out.append(np.stack(steps, axis=1))
+        out.append(np.stack([pred.numpy() for pred in model_rollout(model, x, k_steps, model.out_channels)], axis=1))
     return np.concatenate(out)
 
 
@@ -164,24 +187,28 @@ def plot(rows: list[dict], forecasts: dict, truth: np.ndarray, store: WeatherSto
 
 
 def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int = 32, plots: bool = True) -> list[dict]:
-    model, cfg = load_model(checkpoint)
-    store = WeatherStore(data, cfg.data.variables, cfg.data.surface_variables, cfg.data.levels,
-                         cfg.model.static_variables)
+    for name, value in (("--lead-steps", lead_steps), ("--inits", n_inits)):
+        if value < 1:
+            raise EvalError(f"{name} must be >= 1, got {value}")
+    model, cfg, run_config = load_model(checkpoint)
+    store = open_matching_store(data, cfg, run_config)
     lead = cfg.data.lead_steps
     span = lead * lead_steps
     try:  # the trainer's cut (it does not depend on the span): held-out initial times, training times
         train_starts, _ = split_train_val(store, lead, cfg.data.val_fraction)
         _, val_starts = split_train_val(store, span, cfg.data.val_fraction)
     except ConfigError:
-        raise SystemExit(f"jigsaw-eval: error: the split of '{data}' (data.val_fraction = {cfg.data.val_fraction}) "
-                         f"leaves no held-out initial time that allows a {lead_steps}-step rollout "
-                         f"(--lead-steps)") from None
+        raise EvalError(f"the split of '{data}' (data.val_fraction = {cfg.data.val_fraction}) leaves no held-out "
+                        f"initial time that allows a {lead_steps}-step rollout (--lead-steps)") from None
     inits = val_starts[np.linspace(0, len(val_starts) - 1, min(n_inits, len(val_starts))).astype(int)]
     full = slice(0, None)
     dataset = PairDataset(store, inits, lead, full, full, cfg.model.coord_features)
     mean, std = store.mean[:, None, None], store.std[:, None, None]
     model_fc = rollout(model, dataset, lead_steps) * std + mean
     truth, persistence, clim, leads = reference_forecasts(store, inits, train_starts, lead, lead_steps)
+    valid = inits[:, None] + lead * np.arange(1, lead_steps + 1)[None, :]
+    check_finite(truth, store, valid, "the truth")
+    check_finite(persistence[:, :1], store, inits[:, None], "an initial state")
     forecasts = {"model": model_fc, "persistence": persistence, "climatology": clim}
 
     os.makedirs(out, exist_ok=True)
@@ -199,6 +226,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
 
 
 def main(argv=None) -> int:
+    quiet_libraries(0)
     ap = argparse.ArgumentParser(prog="jigsaw-eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="layout-free checkpoint file (jigsaw-ckpt export)")
     ap.add_argument("--data", required=True, help="zarr store to evaluate on (held-out split)")
@@ -208,7 +236,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    rows = evaluate(args.checkpoint, args.data, args.out, args.lead_steps, args.inits, not args.no_plots)
+    try:
+        rows = evaluate(args.checkpoint, args.data, args.out, args.lead_steps, args.inits, not args.no_plots)
+    except ValueError as e:  # EvalError, ConfigError, StoreError: bad input, said in one line
+        print(f"jigsaw-eval: error: {e}", file=sys.stderr)
+        return 2
     print(f"{'channel':24s} {'lead h':>6s} {'model':>10s} {'persist':>10s} {'clim':>10s}   (RMSE)")
     for r in rows:
         if r["metric"] == "rmse":

@@ -10,10 +10,12 @@ as torch.utils.flop_counter does.
 from __future__ import annotations
 
 from ..config import ModelConfig
+from ..parallel.partition import token_grid
 
 
 def n_tokens(n_lat: int, n_lon: int, patch: int) -> int:
-    return -(-n_lat // patch) * (n_lon // patch)
+    rows, cols = token_grid(n_lat, n_lon, patch)
+    return rows * cols
 
 
 def forward_flops_per_sample(cfg: ModelConfig, n_lat: int, n_lon: int, in_channels: int, out_channels: int) -> int:

@@ -12,7 +12,7 @@ is the identity and every parameter is whole. Shapes (per rank; n = own tokens, 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +20,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
-from ..parallel.layers import (ColumnParallelLinear, LayerNorm, RowParallelLinear, TokenMixing, TokenwiseLinear,
-                               local_shard)
+from .. import forcings
+from ..grid import N_COORD_FEATURES
+from ..parallel.layers import (ColumnParallelLinear, JigsawModule, LayerNorm, RowParallelLinear, TokenMixing,
+                               TokenwiseLinear)
 from ..parallel.mappings import gather_from_group
 from ..parallel.partition import TokenPartition
 from ..parallel.topology import JigsawGroups
@@ -29,13 +31,30 @@ from ..parallel.topology import JigsawGroups
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu}
 
 
-class ChannelMixing(nn.Module):
+def input_channels(cfg: ModelConfig, n_state: int, n_static: int) -> int:
+    """C_in: the state, the static fields, the coordinate features and the forcings, as configured (the order
+    in which `rollout` stacks them)."""
+    return n_state + n_static + (N_COORD_FEATURES if cfg.coord_features else 0) \
+        + forcings.n_channels(cfg.forcings, cfg.forcings_at_target)
+
+
+def rollout(step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, steps: int, n_state: int):
+    """Yield `steps` successive states [B, n_state, h, w] from inputs x = [state, other channels]: each
+    prediction is fed back with x's other channels (static, coordinates), which do not change with time.
+    `step` is any one-step model (a WeatherMixer, its DeepSpeed engine, a peer model)."""
+    for _ in range(steps):
+        pred = step(x)
+        yield pred
+        x = torch.cat([pred, x[:, n_state:]], dim=1)
+
+
+class ChannelMixing(JigsawModule):
     """Per-token MLP, Megatron tensor parallel with sequence parallelism over the tensor group:
     all-gather the band's tokens -> column-parallel Wc1 -> act -> row-parallel Wc2 -> reduce-scatter."""
 
     def __init__(self, dim, hidden, activation, groups, partition):
-        super().__init__()
-        self.groups, self.act = groups, activation
+        super().__init__(groups, partition)
+        self.act, self.dim = activation, dim
         self.fc1 = ColumnParallelLinear(dim, hidden, groups, partition)
         self.fc2 = RowParallelLinear(hidden, dim, groups, partition)
 
@@ -43,13 +62,20 @@ class ChannelMixing(nn.Module):
         band = gather_from_group(x, self.groups.comm("tensor"))
         return self.fc2(self.act(self.fc1(band)))
 
+    def collectives(self, micro_batch):
+        if self.groups.size("tensor") == 1:
+            return []
+        band = self.partition.n_tokens_of(self.groups.domain_rank, 0) * self.groups.size("tensor")
+        elements = band * micro_batch * self.dim
+        return [("all_gather/tensor", elements, "forward"), ("reduce_scatter/tensor", elements, "backward")]
+
 
 class MixerBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, groups, partition):
         super().__init__()
         act = ACTIVATIONS[cfg.activation]
         self.token_norm = LayerNorm(cfg.embed_dim, groups, partition)
-        self.token_mixing = TokenMixing(cfg.token_hidden, act, groups, partition)
+        self.token_mixing = TokenMixing(cfg.embed_dim, cfg.token_hidden, act, groups, partition)
         self.channel_norm = LayerNorm(cfg.embed_dim, groups, partition)
         self.channel_mixing = ChannelMixing(cfg.embed_dim, cfg.channel_hidden, act, groups, partition)
 
@@ -82,8 +108,10 @@ class WeatherMixer(nn.Module):
         """Initialise every parameter as the serial model would, then keep this rank's piece."""
         with torch.no_grad():
             for name, p in self.named_parameters():
+                if p.is_meta:  # a model built on the meta device for its shapes only (perf/comm_model.py)
+                    continue
                 full = p.jigsaw_init.full(p.full_shape, seed, name)
-                p.copy_(local_shard(full, p.jigsaw_split, self.groups, self.partition))
+                p.copy_(p.jigsaw_split.local_shard(full, self.groups, self.partition))
 
     def load_full_state_dict(self, state: dict) -> None:
         """Scatter a serial (full-tensor) state dict into this rank's shards; names and shapes must match."""
@@ -97,7 +125,7 @@ class WeatherMixer(nn.Module):
                 if tuple(full.shape) != p.full_shape:
                     raise ValueError(f"parameter '{name}': checkpoint shape {tuple(full.shape)} != model shape "
                                      f"{p.full_shape}")
-                p.copy_(local_shard(full.to(p.dtype), p.jigsaw_split, self.groups, self.partition))
+                p.copy_(p.jigsaw_split.local_shard(full.to(p.dtype), self.groups, self.partition))
             if "tendency_scale" in state:
                 self.tendency_scale.copy_(state["tendency_scale"])
 
@@ -135,3 +163,8 @@ class WeatherMixer(nn.Module):
                 h = block(h)
         tendency = self.unpatchify(self.head(self.head_norm(h)), x.shape[2], x.shape[3])
         return x[:, :self.out_channels] + self.tendency_scale.view(1, -1, 1, 1) * tendency.to(x.dtype)
+
+    def rollout(self, x: torch.Tensor, steps: int, step: Optional[Callable] = None):
+        """Yield the next `steps` states from x (see `rollout`); `step` runs the model (default: this module;
+        the trainer passes its DeepSpeed engine, which wraps it)."""
+        return rollout(step or self, x, steps, self.out_channels)

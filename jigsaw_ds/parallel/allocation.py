@@ -112,10 +112,12 @@ def check_allocation(world: int, local_world_size: Optional[int], domain: int, t
         ranks = "e.g. " + " or ".join(str(n) for n in (lower, upper) if n)
         raise ValueError(f"{e}{where}. Start a multiple of {m} ranks ({ranks}), or choose parallel.domain and "
                          f"parallel.tensor whose product divides {world}") from None
-    if global_batch is not None and global_batch % layout.data:
-        raise ValueError(f"train.global_batch = {global_batch} is not divisible by the data-parallel size "
-                         f"{layout.data} = world {world} / (domain x tensor = {domain} x {tensor}){where}: each "
-                         f"replica must get the same number of samples. Use a multiple of {layout.data}")
+    if global_batch is not None:
+        try:
+            layout.micro_batch(global_batch)
+        except ValueError as e:
+            raise ValueError(f"{e}; world {world} / ({domain} x {tensor}){where}. Use a multiple of "
+                             f"{layout.data}") from None
     warnings: list[str] = []
     crossing = _tensor_groups_cross_nodes(tensor, local_world_size, node_sizes, placement)
     if crossing:

@@ -1,27 +1,32 @@
 """Jigsaw layers: every parameter is tagged with how it is split over the ranks of a model replica.
 
-A parameter's `Split` is the one source of truth for its layout. It decides
-  - its local shape and how a full (serial) tensor is cut into it (`local_shard`: init, loading a serial
-    state dict, tests, checkpoint import) and how the pieces go back together (checkpoint export);
-  - what the forward pass uses (`materialize`): a replicated parameter passes through copy_to_group, so
-    its gradient is summed inside autograd over the ranks that see different tokens; a flat shard is
+A parameter's `Split` is the one source of truth for its layout, and owns everything that follows from it:
+  - `local_shape` and `chunks`: which regions of the full (serial) tensor this rank's piece holds, in the
+    order of its storage (exact offsets and sizes, uneven token splits included). From them alone follow
+    `local_shard` (cut a full tensor: init, loading a serial state dict, tests, checkpoint import) and
+    `assemble` (put every rank's piece back together: checkpoint export), and a checkpoint's global metadata;
+  - `materialize`: what the forward pass uses. A replicated parameter passes through copy_to_group, so its
+    gradient is summed inside autograd over the ranks that see different tokens; a flat shard is
     all-gathered just before use and its gradient reduce-scattered back;
-  - the Megatron attributes (`tensor_model_parallel`, `partition_dim`, `partition_stride`) by which
-    DeepSpeed's gradient-norm counts a parameter on every model-parallel rank (sharded) or once (replicated).
+  - `collectives`: what one use costs in communication (the analytic model walks these);
+  - `megatron_attributes`: by which DeepSpeed's gradient norm counts a parameter on every model-parallel
+    rank (sharded) or once (replicated).
 
 Three kinds, and nothing else, so that DeepSpeed's binary norm rule is exact (DESIGN section 3):
   Replicated      full copy on every rank of the replica; gradient summed over the jigsaw group.
   TokenSharded    the rows/cols (dim `dim`) of the rank's own tokens: token-mixing weights.
-  FlatSharded     optionally cut along `tensor_dim` into the tensor rank's Megatron shard, then flattened,
-                  zero-padded and cut into equal chunks over `over` ('domain' or 'jigsaw'): every rank of
-                  the replica holds a distinct 1/M piece; gathered over `over` before use.
+  FlatSharded     optionally cut along `tensor_dim` into the tensor rank's Megatron shard (the "slab"), then
+                  flattened, zero-padded and cut into equal chunks over `over` ('domain' or 'jigsaw'): every
+                  rank of the replica holds a distinct 1/M piece; gathered over `over` before use.
+A split method takes the rank as a JigsawGroups (its layout and coordinates; no process group is needed
+except by `materialize`) and the TokenPartition.
 """
 from __future__ import annotations
 
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,73 +34,200 @@ from torch import nn
 
 from .mappings import copy_to_group, gather_from_group, reduce_from_group, reduce_scatter_to_group
 from .partition import TokenPartition
-from .topology import JigsawGroups
+from .topology import JigsawGroups, Layout
 
-# Tests switch this off to show that the parallel-vs-serial comparison catches a missing reduction.
-REDUCE_REPLICATED_GRADS = True
+
+class Chunk(NamedTuple):
+    """A box of the full tensor: offsets and sizes per dim."""
+    offsets: tuple
+    sizes: tuple
+
+    def region(self) -> tuple:
+        return tuple(slice(o, o + s) for o, s in zip(self.offsets, self.sizes))
+
+
+class Split:
+    """Base of the three kinds: the generic cut and assembly, from `chunks` and `chunk_views`."""
+
+    sharded = True  # Megatron's tensor_model_parallel: DeepSpeed counts the parameter on every replica rank
+
+    def local_shape(self, full_shape, groups: JigsawGroups, partition: TokenPartition) -> tuple:
+        raise NotImplementedError
+
+    def chunks(self, full_shape, groups: JigsawGroups, partition: TokenPartition) -> list[Chunk]:
+        raise NotImplementedError
+
+    def chunk_views(self, local: torch.Tensor, full_shape, groups, partition) -> list[torch.Tensor]:
+        """Views of the local tensor, one per chunk, shaped like it."""
+        raise NotImplementedError
+
+    def materialize(self, p: torch.Tensor, groups: JigsawGroups) -> torch.Tensor:
+        return p
+
+    def collectives(self, full_shape, groups: JigsawGroups) -> list[tuple[str, int, str]]:
+        """(collective/axis, elements, 'forward' | 'backward') of one use of the parameter."""
+        return []
+
+    def megatron_attributes(self) -> dict:
+        return {"tensor_model_parallel": self.sharded, "partition_dim": 0, "partition_stride": 1}
+
+    def local_shard(self, full: torch.Tensor, groups: JigsawGroups, partition: TokenPartition) -> torch.Tensor:
+        """This rank's piece of a full tensor (padding, if any, is zero)."""
+        local = full.new_zeros(self.local_shape(full.shape, groups, partition))
+        for chunk, view in zip(self.chunks(full.shape, groups, partition),
+                               self.chunk_views(local, full.shape, groups, partition)):
+            view.copy_(full[chunk.region()])
+        return local
+
+    def assemble(self, pieces: dict, full_shape, layout: Layout, partition: TokenPartition) -> torch.Tensor:
+        """The full tensor from every replica rank's piece: pieces[(domain_rank, tensor_rank)] = local tensor."""
+        full = torch.empty(full_shape, dtype=next(iter(pieces.values())).dtype)
+        for (d, t), piece in pieces.items():
+            groups = JigsawGroups(layout, layout.rank(0, d, t))
+            for chunk, view in zip(self.chunks(full_shape, groups, partition),
+                                   self.chunk_views(piece, full_shape, groups, partition)):
+                full[chunk.region()] = view
+        return full
 
 
 @dataclass(frozen=True)
-class Replicated:
-    kind = "replicated"
+class Replicated(Split):
+    sharded = False
+
+    def local_shape(self, full_shape, groups, partition):
+        return tuple(full_shape)
+
+    def chunks(self, full_shape, groups, partition):
+        return [Chunk((0,) * len(full_shape), tuple(full_shape))]
+
+    def chunk_views(self, local, full_shape, groups, partition):
+        return [local]
+
+    def materialize(self, p, groups):
+        return copy_to_group(p, groups.comm("jigsaw"))
+
+    def collectives(self, full_shape, groups):
+        # the gradient sum over the ranks that used it on different tokens (copy_to_group's backward)
+        return [("all_reduce/jigsaw", math.prod(full_shape), "backward")] if groups.size("jigsaw") > 1 else []
 
 
 @dataclass(frozen=True)
-class TokenSharded:
+class TokenSharded(Split):
     dim: int
-    kind = "tokens"
+
+    def megatron_attributes(self):
+        return {**super().megatron_attributes(), "partition_dim": self.dim}
+
+    def local_shape(self, full_shape, groups, partition):
+        shape = list(full_shape)
+        shape[self.dim] = partition.n_tokens_of(groups.domain_rank, groups.tensor_rank)
+        return tuple(shape)
+
+    def _runs(self, groups, partition):
+        """(global token offset, length) of each own token row: a rank's tokens are a row-major tile."""
+        (r0, r1), (c0, c1) = partition.rows_of(groups.domain_rank), partition.cols_of(groups.tensor_rank)
+        return [(r * partition.token_cols + c0, c1 - c0) for r in range(r0, r1)]
+
+    def chunks(self, full_shape, groups, partition):
+        out = []
+        for start, length in self._runs(groups, partition):
+            offsets, sizes = [0] * len(full_shape), list(full_shape)
+            offsets[self.dim], sizes[self.dim] = start, length
+            out.append(Chunk(tuple(offsets), tuple(sizes)))
+        return out
+
+    def chunk_views(self, local, full_shape, groups, partition):
+        views, at = [], 0
+        for _, length in self._runs(groups, partition):
+            views.append(local.narrow(self.dim, at, length))
+            at += length
+        return views
 
 
 @dataclass(frozen=True)
-class FlatSharded:
+class FlatSharded(Split):
     over: str                         # 'domain' or 'jigsaw'
     tensor_dim: Optional[int] = None  # Megatron split over the tensor axis first (column: 0, row: 1)
-    kind = "flat"
+
+    def slab(self, full_shape, groups) -> Chunk:
+        """The tensor rank's Megatron shard as a box of the full tensor (what `materialize` gathers back to)."""
+        offsets, sizes = [0] * len(full_shape), list(full_shape)
+        if self.tensor_dim is not None:
+            tp = groups.size("tensor")
+            if sizes[self.tensor_dim] % tp:
+                raise ValueError(f"dim {self.tensor_dim} of shape {tuple(full_shape)} is not divisible by tensor "
+                                 f"size {tp}")
+            sizes[self.tensor_dim] //= tp
+            offsets[self.tensor_dim] = groups.tensor_rank * sizes[self.tensor_dim]
+        return Chunk(tuple(offsets), tuple(sizes))
+
+    def _flat_range(self, full_shape, groups) -> tuple[int, int, int]:
+        """(start, stop, padded length) of this rank's piece in the slab's row-major flat index."""
+        numel, k = math.prod(self.slab(full_shape, groups).sizes), groups.size(self.over)
+        length = math.ceil(numel / k)
+        start = groups.rank_in(self.over) * length
+        return min(start, numel), min(start + length, numel), length
+
+    def local_shape(self, full_shape, groups, partition):
+        if groups.size(self.over) == 1:  # nothing to cut over `over`: keep the slab's shape (the serial shapes)
+            return self.slab(full_shape, groups).sizes
+        return (self._flat_range(full_shape, groups)[2],)
+
+    def chunks(self, full_shape, groups, partition):
+        slab = self.slab(full_shape, groups)
+        if groups.size(self.over) == 1:
+            return [slab]
+        start, stop, _ = self._flat_range(full_shape, groups)
+        return [Chunk(tuple(o + so for o, so in zip(box.offsets, slab.offsets)), box.sizes)
+                for box in _flat_range_boxes(slab.sizes, start, stop)]
+
+    def chunk_views(self, local, full_shape, groups, partition):
+        if groups.size(self.over) == 1:
+            return [local]
+        views, at = [], 0
+        for chunk in self.chunks(full_shape, groups, partition):
+            n = math.prod(chunk.sizes)
+            views.append(local[at:at + n].view(chunk.sizes))
+            at += n
+        return views
+
+    def materialize(self, p, groups):
+        group = groups.comm(self.over)
+        if group is None:
+            return p
+        shape = self.slab(p.full_shape, groups).sizes
+        return gather_from_group(p, group)[:math.prod(shape)].view(shape)
+
+    def collectives(self, full_shape, groups):
+        k = groups.size(self.over)
+        if k == 1:
+            return []
+        padded = k * math.ceil(math.prod(self.slab(full_shape, groups).sizes) / k)
+        return [(f"all_gather/{self.over}", padded, "forward"), (f"reduce_scatter/{self.over}", padded, "backward")]
 
 
-def tensor_shard_shape(full_shape, split, groups: JigsawGroups) -> tuple:
-    """Shape of the tensor rank's Megatron shard (what FlatSharded gathers back to before use)."""
-    shape = list(full_shape)
-    if isinstance(split, FlatSharded) and split.tensor_dim is not None:
-        tp = groups.size("tensor")
-        if shape[split.tensor_dim] % tp:
-            raise ValueError(f"dim {split.tensor_dim} of shape {tuple(full_shape)} is not divisible by tensor size {tp}")
-        shape[split.tensor_dim] //= tp
-    return tuple(shape)
-
-
-def local_shard(full: torch.Tensor, split, groups: JigsawGroups, partition: TokenPartition) -> torch.Tensor:
-    """Cut this rank's piece out of a full (serial) tensor."""
-    if isinstance(split, Replicated):
-        return full.clone()
-    if isinstance(split, TokenSharded):
-        index = partition.token_index(groups.domain_rank, groups.tensor_rank)
-        return full.index_select(split.dim, index).clone()
-    shard = full
-    if split.tensor_dim is not None:
-        shard = full.chunk(groups.size("tensor"), dim=split.tensor_dim)[groups.tensor_rank]
-    k = groups.size(split.over)
-    if k == 1:  # nothing to cut over `over`: keep the Megatron shard's shape (the serial model's shapes)
-        return shard.clone()
-    flat = shard.reshape(-1)
-    chunk = math.ceil(flat.numel() / k)
-    flat = F.pad(flat, (0, chunk * k - flat.numel()))
-    return flat[groups.rank_in(split.over) * chunk:(groups.rank_in(split.over) + 1) * chunk].clone()
-
-
-def materialize(p: torch.Tensor, groups: JigsawGroups) -> torch.Tensor:
-    """The tensor the forward pass computes with, communication included."""
-    split = p.jigsaw_split
-    if isinstance(split, Replicated):
-        return copy_to_group(p, groups.comm("jigsaw")) if REDUCE_REPLICATED_GRADS else p
-    if isinstance(split, TokenSharded):
-        return p
-    group = groups.comm(split.over)
-    if group is None:
-        return p
-    shape = tensor_shard_shape(p.full_shape, split, groups)
-    flat = gather_from_group(p, group)
-    return flat[:math.prod(shape)].view(shape)
+def _flat_range_boxes(shape, start: int, stop: int) -> list[Chunk]:
+    """Boxes covering the row-major flat range [start, stop) of a tensor of `shape`, in order: at most a
+    partial leading row, a block of whole rows and a partial trailing row, each recursively."""
+    if start >= stop:
+        return []
+    if len(shape) == 1:
+        return [Chunk((start,), (stop - start,))]
+    row = math.prod(shape[1:])
+    first, last = start // row, (stop - 1) // row
+    inner = lambda r, a, b: [Chunk((r,) + c.offsets, (1,) + c.sizes) for c in _flat_range_boxes(shape[1:], a, b)]
+    if first == last:
+        return inner(first, start - first * row, stop - first * row)
+    out = []
+    if start % row:
+        out += inner(first, start % row, row)
+        first += 1
+    whole_end = last if stop % row else last + 1
+    if whole_end > first:
+        out.append(Chunk((first,) + (0,) * (len(shape) - 1), (whole_end - first,) + tuple(shape[1:])))
+    if stop % row:
+        out += inner(last, 0, stop % row)
+    return out
 
 
 class ParamInit:
@@ -122,19 +254,20 @@ class JigsawModule(nn.Module):
         self.groups = groups
         self.partition = partition
 
-    def new_param(self, full_shape, split, init: ParamInit) -> nn.Parameter:
-        local = local_shard(torch.empty(full_shape), split, self.groups, self.partition)
-        p = nn.Parameter(torch.empty_like(local))
+    def new_param(self, full_shape, split: Split, init: ParamInit) -> nn.Parameter:
+        p = nn.Parameter(torch.empty(split.local_shape(full_shape, self.groups, self.partition)))
         p.jigsaw_split, p.full_shape, p.jigsaw_init = split, tuple(full_shape), init
-        # Megatron's attributes: DeepSpeed's gradient norm counts a parameter on every model-parallel
-        # rank when tensor_model_parallel is true, else only on model-parallel rank 0.
-        p.tensor_model_parallel = not isinstance(split, Replicated)
-        p.partition_dim = split.dim if isinstance(split, TokenSharded) else 0
-        p.partition_stride = 1
+        for name, value in split.megatron_attributes().items():
+            setattr(p, name, value)
         return p
 
     def use(self, p: torch.Tensor) -> torch.Tensor:
-        return materialize(p, self.groups)
+        return p.jigsaw_split.materialize(p, self.groups)
+
+    def collectives(self, micro_batch: int) -> list[tuple[str, int, str]]:
+        """(collective/axis, elements, phase) this module's own forward + backward issues on activations,
+        in the order they run (parameters' collectives come from their Split)."""
+        return []
 
 
 class LayerNorm(JigsawModule):
@@ -197,6 +330,13 @@ class RowParallelLinear(JigsawModule):
             return F.linear(x, self.use(self.weight), self.use(self.bias))
         return reduce_scatter_to_group(F.linear(x, self.use(self.weight)), tensor) + self.use(self.bias)
 
+    def collectives(self, micro_batch):
+        if self.groups.size("tensor") == 1:
+            return []
+        band = self.partition.n_tokens_of(self.groups.domain_rank, 0) * self.groups.size("tensor")
+        elements = band * micro_batch * self.weight.full_shape[0]
+        return [("reduce_scatter/tensor", elements, "forward"), ("all_gather/tensor", elements, "backward")]
+
 
 class TokenMixing(JigsawModule):
     """Token mixing across all N tokens of the globe, per channel: Y = W2 act(W1 X + b1).
@@ -211,10 +351,10 @@ class TokenMixing(JigsawModule):
     its own tokens), so its gradient is all-reduced too: reduce_from_group then copy_to_group.
     """
 
-    def __init__(self, hidden, activation, groups, partition):
+    def __init__(self, dim, hidden, activation, groups, partition):
         super().__init__(groups, partition)
         n = partition.n_tokens
-        self.act = activation
+        self.act, self.embed_dim = activation, dim
         self.w1 = self.new_param((hidden, n), TokenSharded(dim=1), ParamInit("uniform", n))
         self.b1 = self.new_param((hidden,), Replicated(), ParamInit("zeros"))
         self.w2 = self.new_param((n, hidden), TokenSharded(dim=0), ParamInit("uniform", hidden))
@@ -227,3 +367,9 @@ class TokenMixing(JigsawModule):
         h = self.act(z + self.use(self.b1).unsqueeze(1))
         y = self.w2 @ h                                               # [n_own, B*D]
         return y.view(n, b, d)
+
+    def collectives(self, micro_batch):
+        if self.groups.size("jigsaw") == 1:
+            return []
+        elements = self.w1.full_shape[0] * micro_batch * self.embed_dim
+        return [("all_reduce/jigsaw", elements, "forward"), ("all_reduce/jigsaw", elements, "backward")]

@@ -16,8 +16,37 @@ So rank (d, t) owns the tile rows_of(d) x cols_of(t), and reads only those pixel
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
+
+
+def token_grid(n_lat: int, n_lon: int, patch: int) -> tuple[int, int]:
+    """(token_rows, token_cols): latitudes padded up to whole patches, longitudes not (the globe is periodic)."""
+    return -(-n_lat // patch), n_lon // patch
+
+
+def split_problems(n_lat: int, n_lon: int, patch: int, domain: int, tensor: int,
+                   channel_hidden: Optional[int] = None) -> list[tuple[str, str]]:
+    """Why a grid cannot be split over domain x tensor ranks, as (config key, reason) pairs; empty if it can.
+    The one home of these rules: the config check, TokenPartition and the planner all ask here."""
+    rows, cols = token_grid(n_lat, n_lon, patch)
+    grid = f"the grid {n_lat}x{n_lon} with patch {patch}"
+    out = []
+    if patch > n_lat or patch > n_lon:
+        out.append(("model.patch", f"{patch} is larger than the grid {n_lat}x{n_lon}"))
+    elif n_lon % patch:
+        out.append(("model.patch", f"{patch} does not divide the {n_lon} longitudes of the grid {n_lat}x{n_lon} "
+                                   f"(latitudes are padded, longitudes are not: the globe is periodic)"))
+    else:
+        if domain > rows:
+            out.append(("parallel.domain", f"{domain} exceeds the {rows} token rows of {grid}"))
+        if cols % tensor:
+            out.append(("parallel.tensor", f"{tensor} must divide the {cols} token columns of {grid} "
+                                           f"(longitude tiles are even)"))
+    if channel_hidden is not None and channel_hidden % tensor:
+        out.append(("model.channel_hidden", f"{channel_hidden} must be divisible by 'parallel.tensor' = {tensor}"))
+    return out
 
 
 @dataclass(frozen=True)
@@ -29,28 +58,21 @@ class TokenPartition:
     tensor: int = 1
 
     def __post_init__(self):
-        if self.n_lon % self.patch:
-            raise ValueError(f"patch {self.patch} does not divide {self.n_lon} longitudes")
-        if self.token_cols % self.tensor:
-            raise ValueError(f"tensor size {self.tensor} does not divide {self.token_cols} token columns")
-        if self.domain > self.token_rows:
-            raise ValueError(f"domain size {self.domain} exceeds {self.token_rows} token rows")
+        problems = split_problems(self.n_lat, self.n_lon, self.patch, self.domain, self.tensor)
+        if problems:
+            raise ValueError("; ".join(f"{key} = {why}" for key, why in problems))
 
     @property
     def token_rows(self) -> int:
-        return -(-self.n_lat // self.patch)
+        return token_grid(self.n_lat, self.n_lon, self.patch)[0]
 
     @property
     def token_cols(self) -> int:
-        return self.n_lon // self.patch
+        return token_grid(self.n_lat, self.n_lon, self.patch)[1]
 
     @property
     def n_tokens(self) -> int:
         return self.token_rows * self.token_cols
-
-    @property
-    def padded_lat(self) -> int:
-        return self.token_rows * self.patch
 
     def rows_of(self, d: int) -> tuple[int, int]:
         """Token rows [start, stop) of domain rank d."""

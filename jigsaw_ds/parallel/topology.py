@@ -35,11 +35,34 @@ class Layout:
     def world(self) -> int:
         return self.data * self.domain * self.tensor
 
+    # The rank order (tensor fastest, then domain, then data) lives in these two methods only: megatron's
+    # parallel_state, DeepSpeed's ProcessTopology, the planner and checkpoints all go through them.
     def coords(self, rank: int) -> tuple[int, int, int]:
         """(data, domain, tensor) coordinates of a global rank."""
         t = rank % self.tensor
         d = (rank // self.tensor) % self.domain
         return rank // self.model_parallel, d, t
+
+    def rank(self, data: int, domain: int, tensor: int) -> int:
+        """The global rank at (data, domain, tensor) coordinates: the inverse of coords."""
+        return (data * self.domain + domain) * self.tensor + tensor
+
+    def axis_groups(self, axis: str) -> list[list[int]]:
+        """Global ranks of every group of an axis ('data', 'domain', 'tensor' or 'jigsaw' = domain x tensor)."""
+        varying = {"data": ("data",), "domain": ("domain",), "tensor": ("tensor",), "jigsaw": ("domain", "tensor")}[axis]
+        groups: dict = {}
+        for r in range(self.world):
+            fixed = tuple(c for name, c in zip(AXES, self.coords(r)) if name not in varying)
+            groups.setdefault(fixed, []).append(r)
+        return list(groups.values())
+
+    def micro_batch(self, global_batch: int) -> int:
+        """Samples per data-parallel replica per optimizer step; ValueError if they are not whole."""
+        if global_batch % self.data:
+            raise ValueError(f"train.global_batch = {global_batch} is not divisible by the data-parallel size "
+                             f"{self.data} (world / (parallel.domain x parallel.tensor)): each replica must get the "
+                             f"same number of samples")
+        return global_batch // self.data
 
     @classmethod
     def for_world(cls, world: int, domain: int, tensor: int) -> "Layout":

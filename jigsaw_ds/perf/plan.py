@@ -3,12 +3,12 @@
     jigsaw-plan --config configs/era5_025deg.json --gpus 16 --machine configs/machines/a100-40gb-4x-hdr200.json
 
 Every layout with data x domain x tensor = GPUs that the trainer accepts (tensor divides the token columns
-and channel_hidden, domain <= token rows, data divides the global batch) is predicted with perf/model.py
+and channel_hidden, domain <= token rows, data divides the global batch) is predicted with perf/step_model.py
 and either ranked (fits in HBM) or listed with the reason it cannot run. For each ranked layout the table
 says what bounds it: compute, communication (naming the heaviest collective), or I/O.
 
 By default the micro-batch is global_batch / data, as jigsaw-train runs (no gradient accumulation) and
-activation checkpointing is off (the trainer has none yet); --accumulate picks the largest micro-batch that
+activation checkpointing is off (the config's model.activation_checkpointing turns it on in training); --accumulate picks the largest micro-batch that
 fits, --checkpointing on|auto models torch.utils.checkpoint around each block.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Optional
 
 from .. import config as jconfig
 from ..parallel.topology import Layout
-from . import model as pm
-from .model import GB, OVERLAPS, Machine, ModelShape, TrainSetup
+from . import step_model as pm
+from .step_model import GB, OVERLAPS, Machine, ModelShape, TrainSetup
 
 
 def parse_args(argv):

@@ -1,10 +1,12 @@
-"""Rank-0 outputs of a run: config.json, metrics.jsonl (one object per logged step), TensorBoard scalars."""
+"""Rank-0 outputs of a run: config.json, metrics.jsonl (one object per logged step), TensorBoard scalars, and
+the same scalars through DeepSpeed's monitor (its `tensorboard`, `wandb`, `csv_monitor` or `comet` sections of
+the DeepSpeed JSON), as DeepSpeed users expect. metrics.jsonl stays the record (it is what a resume trims)."""
 from __future__ import annotations
 
 import json
 import os
 
-from .checkpoint import write_atomic
+from ..checkpoint.manager import write_atomic
 
 
 def _step(line: str) -> float:
@@ -15,14 +17,24 @@ def _step(line: str) -> float:
         return float("inf")
 
 
+def _scalars(record: dict):
+    """(name, value) of every number in a record; nested dicts (bytes per collective) as 'key/sub'."""
+    for key, value in record.items():
+        if isinstance(value, dict):
+            yield from ((f"{key}/{sub}", v) for sub, v in value.items())
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+            yield key, value
+
+
 class MetricsLogger:
     """`resume_step` > 0 continues a run: records after that step (logged before a crash, then lost with
     the checkpoint that was not written) are dropped from metrics.jsonl and TensorBoard, so that every
     step appears once, as the resumed run computed it."""
 
-    def __init__(self, out_dir: str, enabled: bool, resume_step: int = 0):
+    def __init__(self, out_dir: str, enabled: bool, resume_step: int = 0, monitor=None):
         self.enabled = enabled
         self.out_dir = out_dir
+        self.monitor = monitor if monitor is not None and monitor.enabled else None
         if not enabled:
             return
         os.makedirs(out_dir, exist_ok=True)
@@ -48,12 +60,11 @@ class MetricsLogger:
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         step = record["step"]
-        for key, value in record.items():
-            if isinstance(value, dict):
-                for sub, v in value.items():
-                    self.tb.add_scalar(f"{key}/{sub}", v, step)
-            elif isinstance(value, (int, float)) and key != "step":
-                self.tb.add_scalar(key, value, step)
+        scalars = dict(_scalars(record))
+        for name, value in scalars.items():
+            self.tb.add_scalar(name, value, step)
+        if self.monitor:
+            self.monitor.write_events([(f"jigsaw/{name}", value, step) for name, value in scalars.items()])
 
     def close(self) -> None:
         if self.enabled:

@@ -1,155 +1,205 @@
-"""jigsaw-train: WeatherMixer on a DeepSpeed engine, at any data x domain x tensor layout.
+"""The Trainer: one DeepSpeed engine over the Jigsaw model, with logging, validation and checkpoints.
 
-Order of work, so that bad input fails before anything is lost or created:
-  1. config + --set overrides, DeepSpeed JSON, store contents and grid are checked (ConfigError/StoreError);
-  2. torch.distributed starts from the launcher's environment; the layout is checked against the world;
-  3. process groups (megatron parallel_state), model shards, the DeepSpeed engine (ZeRO over data);
-  4. the loop: each rank reads its tile, back-propagates its part of the loss; rank 0 logs
-     metrics.jsonl, TensorBoard and a progress bar; checkpoints every train.ckpt_every steps.
+It takes a `Run` (train/cli.py: config, layout, store, split, model shape, all checked) and builds, in order:
+process groups and model shards (`_build_model`), the loss and datasets of this rank's tile (`_build_data`),
+the DeepSpeed engine, then restores a checkpoint or an --init-from file (`_restore`) and opens the logs.
 """
 from __future__ import annotations
 
-import argparse
-import json
+import math
 import os
-import sys
-from typing import NoReturn
+import time
 
-import numpy as np
+import torch
 import torch.distributed as dist
 
-from .. import config as jconfig
-from ..data.dataset import split_train_val
-from ..data.store import StoreError, WeatherStore
-from ..parallel.allocation import allocation_from_env, check_allocation_from_env, env_rank
-from ..parallel.partition import TokenPartition
-from ..parallel.topology import Layout, init_distributed
+from ..checkpoint.layout_free import import_state, load_file
+from ..checkpoint.manager import CheckpointManager
+from ..data.dataset import DeviceBatches, PairDataset, ReplicaBatches, make_loader
+from ..grid import lat_cell_weights
+from ..model import WeatherMixer, train_flops_per_sample
+from ..parallel import comm_stats
+from ..parallel.topology import JigsawMPU, initialize
+from .cli import Run
+from .logger import MetricsLogger
+from .loss import AreaWeightedMSE
 
 
-def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="jigsaw-train", description=__doc__.split("\n")[0])
-    ap.add_argument("--config", required=True, help="jigsaw config JSON (model, data, parallel, train)")
-    ap.add_argument("--deepspeed_config", "--deepspeed-config", required=True, help="DeepSpeed JSON config")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
-    ap.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in out_dir")
-    ap.add_argument("--init-from", default="", metavar="FILE",
-                    help="start from a layout-free checkpoint (jigsaw-ckpt export): weights, Adam state, step")
-    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
-    return ap.parse_args(argv)
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or gradient norm."""
 
 
-NAN_SCAN_LIMIT_BYTES = 2 * 2**30  # stores up to this size are scanned for NaN/inf before training starts
+class Trainer:
+    def __init__(self, run: Run, resume: bool = False, init_from: str = ""):
+        import deepspeed
+
+        self.run, self.cfg, self.store = run, run.cfg, run.store
+        self.groups = initialize(run.layout)
+        self.rank0 = dist.get_rank() == 0
+        torch.manual_seed(self.cfg.train.seed)
+        if torch.cuda.is_available():  # fp32 runs only; bf16 matmuls are unaffected
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.cfg.train.tf32
+        self._build_model()
+        self._build_data()
+        self.engine, *_ = deepspeed.initialize(model=self.model, model_parameters=self.model.parameters(),
+                                               config=run.ds_config, mpu=JigsawMPU(self.groups))
+        self.device = self.engine.device
+        self.start_step = self._restore(resume, init_from)
+        self._open_logs()
+
+    # ---- construction ----------------------------------------------------------------------------------
+    def _build_model(self) -> None:
+        store, shape = self.store, self.run.model_shape
+        self.model = WeatherMixer(self.cfg.model, shape["n_lat"], shape["n_lon"], shape["in_channels"],
+                                  shape["out_channels"], self.groups,
+                                  tendency_scale=torch.from_numpy(store.tendency_std / store.std), seed=self.cfg.train.seed)
+        # a K-step rollout runs the model K times per sample, forward and backward
+        self.flops_per_step = train_flops_per_sample(self.cfg.model, shape["n_lat"], shape["n_lon"],
+                                                     shape["in_channels"], shape["out_channels"]) \
+            * self.cfg.train.global_batch * self.cfg.train.rollout_steps
+
+    def _build_data(self) -> None:
+        cfg, store, part = self.cfg, self.store, self.model.partition
+        self.lat, self.lon = part.lat_slice(self.groups.domain_rank), part.lon_slice(self.groups.tensor_rank)
+        weights = torch.from_numpy(lat_cell_weights(store.lat)[self.lat]).float()
+        # Errors in units of each channel's one-step tendency std (residual normalisation): persistence
+        # scores about 1 on every channel, so no channel dominates just by changing slowly.
+        tendency_units = (store.std / store.tendency_std) ** 2
+        self.loss_fn = AreaWeightedMSE(weights, store.n_lat, store.n_lon, channel_weights=tendency_units)
+        pairs = lambda starts: PairDataset(store, starts, cfg.data.lead_steps, self.lat, self.lon,
+                                           cfg.model.coord_features, cfg.train.rollout_steps)
+        self.train_set, self.val_set = pairs(self.run.train_starts), pairs(self.run.val_starts)
+
+    def _restore(self, resume: bool, init_from: str) -> int:
+        """The step to start after: the run's own newest complete checkpoint (--resume), else an --init-from
+        file's, else 0."""
+        self.ckpt = CheckpointManager(os.path.join(self.cfg.train.out_dir, "checkpoints"), self.cfg.train.ckpt_keep)
+        step = self.ckpt.load(self.engine) if resume else 0
+        if init_from and not step:
+            step = import_state(self.engine, self.model, self.groups, load_file(init_from))
+        elif init_from and self.rank0:  # a requeued job: its own checkpoint is newer than the file
+            print(f"jigsaw-train: --init-from {init_from} not used: resumed the run's own checkpoint (step {step})")
+        return step
+
+    def _open_logs(self) -> None:
+        self.logger = MetricsLogger(self.cfg.train.out_dir, enabled=self.rank0, resume_step=self.start_step,
+                                    monitor=self.engine.monitor)
+        if self.rank0:
+            self.logger.write_config({"jigsaw": self.cfg.to_dict(), "deepspeed": self.run.ds_config,
+                                      "layout": vars(self.run.layout), "model_shape": self.run.model_shape,
+                                      "channels": [c.name for c in self.store.channels],
+                                      "parameters_per_rank": sum(p.numel() for p in self.model.parameters())})
+
+    # ---- reductions over the replica and the data axis -------------------------------------------------
+    def global_mean(self, local_part: torch.Tensor) -> float:
+        """Sum a loss's parts over the replica, average over data-parallel replicas (not counted as traffic)."""
+        value = local_part.detach().float().clone()
+        if self.groups.size("jigsaw") > 1:
+            dist.all_reduce(value, group=self.groups.handles["jigsaw"])
+        if self.groups.size("data") > 1:
+            dist.all_reduce(value, group=self.groups.handles["data"])
+            value /= self.groups.size("data")
+        return value.item()
+
+    # ---- one optimizer step ----------------------------------------------------------------------------
+    def train_step(self, batch) -> float:
+        """One optimizer step; with train.rollout_steps = K the loss is the mean over a K-step rollout,
+        each prediction fed back with the static channels, gradient through all K steps."""
+        x, y = batch  # fp32 on the device: the model casts to its weights' precision (WeatherMixer.forward)
+        k_steps = y.shape[1]
+        loss = 0.0
+        for k, pred in enumerate(self.model.rollout(x, k_steps, step=self.engine)):
+            loss = loss + self.loss_fn(pred.float(), y[:, k]) / k_steps
+        self.engine.backward(loss)
+        self.engine.step()
+        return self.global_mean(loss)
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        """Model and persistence loss on the first val_batches global batches of the held-out pairs."""
+        n_state = len(self.store.channels)
+        sampler = ReplicaBatches(len(self.val_set), self.cfg.train.global_batch, self.groups.data_rank,
+                                 self.groups.size("data"), seed=0, steps=self.cfg.train.val_batches, shuffle=False)
+        model_loss = persistence = 0.0
+        for x, y in DeviceBatches(make_loader(self.val_set, sampler, 0, 2), self.device):
+            # one-step validation loss (first target of each item)
+            model_loss += self.global_mean(self.loss_fn(self.engine(x).float(), y[:, 0]))
+            persistence += self.global_mean(self.loss_fn(x[:, :n_state].float(), y[:, 0]))
+        n = self.cfg.train.val_batches
+        return model_loss / n, persistence / n
+
+    def _check_finite(self, step: int, loss: float, grad_norm, sampler: ReplicaBatches) -> None:
+        """Stop at the first non-finite loss or gradient norm, before the step's weights can be saved: the last
+        checkpoint stays the last good one. Loss and norm are global, so every rank stops alike; the message
+        names the step and the global batch's time steps (gathered over the data axis)."""
+        if math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm)):
+            return
+        own = [str(self.store.times[int(self.train_set.starts[i])])[:19]
+               for i in sampler.indices_for_step(step - 1)]
+        times = [own]
+        if self.groups.size("data") > 1:
+            times = [None] * self.groups.size("data")
+            dist.all_gather_object(times, own, group=self.groups.handles["data"])
+        raise NonFiniteError(f"step {step}: loss {loss}, gradient norm {grad_norm}; the batch's input times "
+                             f"{sorted(t for part in times for t in part)} (store '{self.store.path}'). Stopped before "
+                             f"saving; the newest checkpoint is from before this step (--resume continues from it)")
+
+    def fit(self) -> None:
+        cfg = self.cfg.train
+        sampler = ReplicaBatches(len(self.train_set), cfg.global_batch, self.groups.data_rank,
+                                 self.groups.size("data"), cfg.seed, start_step=self.start_step,
+                                 steps=cfg.steps - self.start_step)
+        loader = DeviceBatches(make_loader(self.train_set, sampler, self.cfg.data.num_workers,
+                                           self.cfg.data.prefetch_factor), self.device)
+        progress = None
+        if self.rank0 and cfg.progress:
+            from tqdm import tqdm
+            progress = tqdm(total=cfg.steps, initial=self.start_step, desc="train", dynamic_ncols=True)
+        world = dist.get_world_size()
+        for step in range(self.start_step + 1, cfg.steps + 1):
+            comm_stats.reset()
+            t0 = time.perf_counter()
+            batch = next(loader)
+            t_data = time.perf_counter() - t0
+            lr = self.engine.get_lr()[0]  # the optimizer's rate, which this step uses (engine.step advances it)
+            loss = self.train_step(batch)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            grad_norm = _float(self.engine.get_global_grad_norm())
+            self._check_finite(step, loss, grad_norm, sampler)
+            record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                      "step_time_s": dt, "samples_per_s": cfg.global_batch / dt,
+                      "tflops_per_gpu": self.flops_per_step / dt / world / 1e12,
+                      "data_wait_frac": t_data / dt, "peak_mem_gb": _peak_memory_gb(),
+                      "comm_bytes": comm_stats.snapshot()}
+            if cfg.peak_tflops:
+                record["mfu"] = record["tflops_per_gpu"] / cfg.peak_tflops
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                record["val_loss"], record["val_loss_persistence"] = self.validate()
+            if step % cfg.log_every == 0 or "val_loss" in record:
+                self.logger.log(record)
+            if progress:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", **({"val": f"{record['val_loss']:.4f}",
+                                                            "persist": f"{record['val_loss_persistence']:.4f}"}
+                                                           if "val_loss" in record else {}))
+            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
+                self.ckpt.save(self.engine, step)
+        if progress:
+            progress.close()
+        self.logger.close()
 
 
-def load_deepspeed_config(path: str, cfg: jconfig.JigsawConfig, data_parallel: int) -> dict:
-    """The user's DeepSpeed JSON with the batch sizes the jigsaw config implies (one source of truth)."""
-    try:
-        with open(path) as f:
-            ds = json.load(f)
-    except FileNotFoundError:
-        raise jconfig.ConfigError(f"DeepSpeed config '{path}' does not exist") from None
-    except json.JSONDecodeError as e:
-        raise jconfig.ConfigError(f"DeepSpeed config '{path}' is not valid JSON: {e}") from None
-    g = cfg.train.global_batch
-    if g % data_parallel:
-        raise jconfig.ConfigError(f"config key 'train.global_batch' = {g} is not divisible by the data-parallel "
-                                  f"size {data_parallel} (world / (parallel.domain x parallel.tensor))")
-    want = {"train_batch_size": g, "train_micro_batch_size_per_gpu": g // data_parallel,
-            "gradient_accumulation_steps": 1}
-    for key, value in want.items():
-        if key in ds and ds[key] != value:
-            raise jconfig.ConfigError(f"DeepSpeed config key '{key}' = {ds[key]} disagrees with the jigsaw config "
-                                      f"(train.global_batch = {g}, data parallel = {data_parallel} -> {value}); "
-                                      f"remove it from '{path}'")
-    ds.update(want)
-    ds.setdefault("steps_per_print", 10**9)
-    return ds
+def _float(x):
+    if x is None:
+        return None
+    return float(x.item() if torch.is_tensor(x) else x)
 
 
-def _fail(message: str, every_rank: bool = False) -> NoReturn:
-    """Exit 2 with one message: printed by rank 0 for errors every rank sees alike, by the rank itself for
-    errors only it can see (its own piece of the store)."""
-    if every_rank or env_rank() == 0:  # under srun RANK is unset: the SLURM rank decides who prints
-        print(f"jigsaw-train: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def _peak_memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
 
-
-def open_checked_store(cfg: jconfig.JigsawConfig, layout: Layout, rank: int) -> WeatherStore:
-    """Open the store, check the config against its grid, and scan this rank's share of it for NaN/inf:
-    its own tile (as it will read it in training) and, within its replica, 1/data of the times, so that
-    the ranks together read the selection once."""
-    store = WeatherStore(cfg.data.store, cfg.data.variables, cfg.data.surface_variables, cfg.data.levels,
-                         cfg.model.static_variables)
-    traj_lengths = np.bincount(np.unique(store.trajectory, return_inverse=True)[1])
-    jconfig.check_against_grid(cfg, store.n_lat, store.n_lon, int(traj_lengths.max()))
-    split_train_val(store, cfg.data.lead_steps * cfg.train.rollout_steps, cfg.data.val_fraction)  # both sides non-empty
-    selected_bytes = 4 * len(store.channels) * len(store.times) * store.n_lat * store.n_lon
-    if selected_bytes <= NAN_SCAN_LIMIT_BYTES:  # larger stores: `jigsaw-data prepare` checks them once
-        data_rank, domain_rank, tensor_rank = layout.coords(rank)
-        part = TokenPartition(store.n_lat, store.n_lon, cfg.model.patch, layout.domain, layout.tensor)
-        n = len(store.times)
-        times = slice(data_rank * n // layout.data, (data_rank + 1) * n // layout.data)
-        try:
-            store.check_finite(times, part.lat_slice(domain_rank), part.lon_slice(tensor_rank))
-        except StoreError as e:
-            _fail(str(e), every_rank=True)
-    return store
-
-
-def check_out_dir(cfg: jconfig.JigsawConfig, resume: bool) -> None:
-    """A new run must not share train.out_dir with an earlier one: its checkpoints would be mixed with the
-    earlier run's (retention and --resume go by step number, not by run)."""
-    from .checkpoint import CheckpointManager
-
-    earlier = CheckpointManager(os.path.join(cfg.train.out_dir, "checkpoints"), 1).tags()
-    if earlier and not resume:
-        raise jconfig.ConfigError(f"config key 'train.out_dir' = '{cfg.train.out_dir}' holds checkpoints of an "
-                                  f"earlier run (newest {earlier[-1]}): pass --resume to continue that run, or "
-                                  f"set a new train.out_dir (--set train.out_dir=...)")
-
-
-def generate_store(cfg: jconfig.JigsawConfig) -> None:
-    from ..data import generate
-
-    generate.from_spec(cfg.data.generate, cfg.data.store)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = jconfig.load(args.config, args.set)
-        for warning in check_allocation_from_env(cfg.parallel.domain, cfg.parallel.tensor, cfg.train.global_batch):
-            print(f"jigsaw-train: warning: {warning}", file=sys.stderr)
-        allocation = allocation_from_env()
-        layout = Layout.for_world(allocation.world, cfg.parallel.domain, cfg.parallel.tensor)
-        store = None if (cfg.data.generate and not os.path.exists(cfg.data.store)) else \
-            open_checked_store(cfg, layout, allocation.rank)
-        ds_config = load_deepspeed_config(args.deepspeed_config, cfg, layout.data)
-        check_out_dir(cfg, args.resume)
-    except (jconfig.ConfigError, StoreError, ValueError) as e:
-        _fail(str(e))
-    from .loop import Trainer
-
-    rank, world, _ = init_distributed()
-    if store is None:  # the config asks for a generated store that does not exist yet
-        if rank == 0:
-            generate_store(cfg)
-        dist.barrier()
-        try:
-            store = open_checked_store(cfg, layout, rank)
-        except (jconfig.ConfigError, StoreError) as e:
-            _fail(str(e))
-    if args.init_from and not os.path.exists(args.init_from):
-        _fail(f"--init-from: file '{args.init_from}' does not exist")
-    trainer = Trainer(cfg, ds_config, store, resume=args.resume, init_from=args.init_from)
-    trainer.fit()
-    dist.barrier()
-    if rank == 0:
-        print(f"jigsaw-train: done. outputs in {os.path.abspath(cfg.train.out_dir)}: config.json, metrics.jsonl, "
-              f"tensorboard/, checkpoints/")
-    dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB

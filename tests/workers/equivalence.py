@@ -14,17 +14,18 @@ Rank 0 writes one JSON with the largest error of each check over all ranks.
 import argparse
 import json
 import sys
+from unittest import mock
 
 import torch
 import torch.distributed as dist
 
 from jigsaw_ds.config import ModelConfig
+from jigsaw_ds.grid import lat_cell_weights
 from jigsaw_ds.model import WeatherMixer
-from jigsaw_ds.parallel import comm_stats, layers
-from jigsaw_ds.parallel.layers import local_shard
+from jigsaw_ds.parallel import comm_stats
+from jigsaw_ds.parallel.layers import Replicated
 from jigsaw_ds.parallel.topology import JigsawMPU, Layout, init_distributed, initialize
 from jigsaw_ds.perf.comm_model import params_per_rank, step_comm_bytes
-from jigsaw_ds.grid import lat_cell_weights
 from jigsaw_ds.train.loss import AreaWeightedMSE
 
 # 33 latitudes with patch 4: 9 token rows (padded to 36 pixel rows), split unevenly over 2 and 4 domain ranks.
@@ -77,7 +78,7 @@ def forward_checks(groups, serial, x, y, weights) -> dict:
            "input_grad": rel_err(xl.grad, tile(xs.grad, groups, part, False))}
     sp = dict(serial.named_parameters())
     floor = 1e-6 * max(p.grad.abs().max().item() for p in serial.parameters())
-    res["param_grads"] = max(rel_err(p.grad, local_shard(sp[n].grad, p.jigsaw_split, groups, part), floor)
+    res["param_grads"] = max(rel_err(p.grad, p.jigsaw_split.local_shard(sp[n].grad, groups, part), floor)
                              for n, p in par.named_parameters())
     return res
 
@@ -125,7 +126,7 @@ def deepspeed_checks(groups, serial, x, y, weights, stage) -> dict:
     sums = torch.zeros(3, dtype=torch.float64)
     elementwise = 0.0
     for n, p in engine.module.named_parameters():
-        ref = local_shard(ref_params[n].detach(), p.jigsaw_split, groups, part)
+        ref = p.jigsaw_split.local_shard(ref_params[n].detach(), groups, part)
         if p.tensor_model_parallel or groups.jigsaw_rank == 0:
             sums += torch.stack([(p.detach() - ref).double().square().sum(), ref.double().square().sum(),
                                  (ref - init[n].detach()).double().square().sum()])
@@ -168,9 +169,9 @@ def main():
         groups = initialize(layout)
         x, y = global_batch(layout.data)
         res = forward_checks(groups, serial, x, y, weights)
-        layers.REDUCE_REPLICATED_GRADS = False
-        res["broken_param_grads"] = forward_checks(groups, serial, x, y, weights)["param_grads"]
-        layers.REDUCE_REPLICATED_GRADS = True
+        # a model whose replicated parameters skip their gradient sum (a test double of the Split's rule)
+        with mock.patch.object(Replicated, "materialize", lambda self, p, groups: p):
+            res["broken_param_grads"] = forward_checks(groups, serial, x, y, weights)["param_grads"]
         for stage in (1, 2):
             for key, value in deepspeed_checks(groups, serial, x, y, weights, stage).items():
                 res[f"zero{stage}_{key}"] = value

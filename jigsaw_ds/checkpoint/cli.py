@@ -18,32 +18,41 @@ import sys
 
 import torch
 
-from .checkpoint import CheckpointManager
-from .layout_free import FORMAT
+from ..parallel.allocation import env_rank
+from ..quiet import quiet_libraries
+from .layout_free import FORMAT, build_model, load_file
+from .manager import CheckpointManager, verify
 
 
-def _load_run_config(run_dir: str) -> dict:
+def load_run_config(run_dir: str) -> dict:
+    """The resolved config a jigsaw-train run wrote to RUN_DIR/config.json; ValueError naming it otherwise."""
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
-        raise SystemExit(f"jigsaw-ckpt: error: {path} does not exist (RUN_DIR is train.out_dir of a jigsaw-train run)")
+        raise ValueError(f"{path} does not exist (RUN_DIR is train.out_dir of a jigsaw-train run)")
     with open(path) as f:
         return json.load(f)
 
 
 def export(run_dir: str, out: str, tag: str = "") -> None:
-    run_config = _load_run_config(run_dir)
+    run_config = load_run_config(run_dir)
     root = os.path.join(run_dir, "checkpoints")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise ValueError(f"--out {out}: folder {folder} does not exist")
     if not tag:
         tag, refused = CheckpointManager(root, 1).latest_complete()
         if not tag:
-            raise SystemExit(f"jigsaw-ckpt: error: no complete checkpoint in {root} ({'; '.join(refused) or 'none'})")
+            raise ValueError(f"no complete checkpoint in {root} ({'; '.join(refused) or 'none'})")
+    why = verify(os.path.join(root, tag))  # the same check as --resume and info: every reader verifies
+    if why:
+        raise ValueError(f"checkpoint {os.path.join(root, tag)} is refused: {why}")
     layout = run_config["layout"]
     world = layout["data"] * layout["domain"] * layout["tensor"]
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), CUDA_VISIBLE_DEVICES="")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    subprocess.run([torchrun, "--standalone", "--nproc_per_node", str(world), "-m", "jigsaw_ds.train.ckpt_cli",
+    subprocess.run([torchrun, "--standalone", "--nproc_per_node", str(world), "-m", "jigsaw_ds.checkpoint.cli",
                     "_export_worker", run_dir, tag, out], env=env, check=True)
     print(f"jigsaw-ckpt: wrote {out} from {os.path.join(root, tag)} (layout {layout})")
 
@@ -53,19 +62,14 @@ def _export_worker(run_dir: str, tag: str, out: str) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    from ..config import from_dict
-    from ..model import WeatherMixer
     from ..parallel.topology import JigsawMPU, Layout, init_distributed, initialize
     from .layout_free import export_state
 
-    run_config = _load_run_config(run_dir)
+    run_config = load_run_config(run_dir)
     init_distributed("gloo")
     torch.set_num_threads(1)
-    cfg = from_dict(run_config["jigsaw"])
     groups = initialize(Layout(**run_config["layout"]))
-    shape = run_config["model_shape"]
-    model = WeatherMixer(cfg.model, shape["n_lat"], shape["n_lon"], shape["in_channels"], shape["out_channels"],
-                         groups, seed=cfg.train.seed)
+    model = build_model(run_config, groups)
     # The run's own DeepSpeed config: the optimizer wrapper (and so the checkpoint's file names) depends on
     # precision and ZeRO stage. bf16 runs on CPU ranks too; the fp32 master weights are what is exported.
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=run_config["deepspeed"],
@@ -82,7 +86,7 @@ def _export_worker(run_dir: str, tag: str, out: str) -> None:
 
 def info(path: str) -> None:
     if os.path.isdir(path):
-        run_config = _load_run_config(path)
+        run_config = load_run_config(path)
         root = os.path.join(path, "checkpoints")
         tag, refused = CheckpointManager(root, 1).latest_complete()
         print(f"run {path}: layout {run_config['layout']}, newest complete checkpoint: {tag or 'none'}")
@@ -90,9 +94,7 @@ def info(path: str) -> None:
             print(f"  refused {line}")
         print(f"model {run_config['jigsaw']['model']}, shape {run_config.get('model_shape')}")
         return
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise SystemExit(f"jigsaw-ckpt: error: {path} is not a layout-free jigsaw_ds checkpoint")
+    state = load_file(path)
     n = sum(t.numel() for t in state["model"].values())
     print(f"{path}: {FORMAT}, step {state['step']}, trained at layout {state['config']['layout']}")
     print(f"model {state['config']['jigsaw']['model']}, shape {state['config'].get('model_shape')}")
@@ -102,6 +104,7 @@ def info(path: str) -> None:
 
 
 def main(argv=None) -> int:
+    quiet_libraries(env_rank())  # export workers run under torchrun: ranks > 0 stay quiet
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_export_worker":
         _export_worker(*argv[1:4])
@@ -115,10 +118,14 @@ def main(argv=None) -> int:
     i = sub.add_parser("info", help="describe a layout-free file or a run directory")
     i.add_argument("path")
     args = ap.parse_args(argv)
-    if args.cmd == "export":
-        export(args.run_dir, args.out, args.tag)
-    else:
-        info(args.path)
+    try:
+        if args.cmd == "export":
+            export(args.run_dir, args.out, args.tag)
+        else:
+            info(args.path)
+    except ValueError as e:
+        print(f"jigsaw-ckpt: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

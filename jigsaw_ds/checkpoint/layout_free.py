@@ -2,8 +2,8 @@
 
 Export gathers, for every parameter, its fp32 weight and Adam moments (exp_avg, exp_avg_sq) from
 DeepSpeed's ZeRO partitions (deepspeed.utils.safe_get_full_*: full over the data axis), then over the
-model replica with the parameter's Split tag (`assemble_full`, the inverse of layers.local_shard: the
-same metadata that drives gradient reduction). Import cuts the full tensors with local_shard at the new
+model replica with the parameter's Split tag (`Split.assemble`, the inverse of `Split.local_shard`: the
+same metadata that drives gradient reduction). Import cuts the full tensors with `local_shard` at the new
 layout and writes them back through safe_set_full_*.
 
 File format (torch.save of a dict; `format` = FORMAT):
@@ -13,43 +13,43 @@ File format (torch.save of a dict; `format` = FORMAT):
 """
 from __future__ import annotations
 
-import math
+import os
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-from ..parallel.layers import Replicated, TokenSharded, local_shard, tensor_shard_shape
-from ..parallel.topology import JigsawGroups, Layout
+from ..parallel.topology import JigsawGroups
 
 FORMAT = "jigsaw_ds.layout_free.v1"
 ADAM_STATES = ("exp_avg", "exp_avg_sq")
 
 
-def assemble_full(pieces: dict, split, full_shape, layout: Layout, partition) -> torch.Tensor:
-    """Full tensor from every replica rank's piece; pieces[(domain_rank, tensor_rank)] = local tensor."""
-    if isinstance(split, Replicated):
-        return pieces[(0, 0)].clone()
-    if isinstance(split, TokenSharded):
-        full = torch.empty(full_shape, dtype=pieces[(0, 0)].dtype)
-        for (d, t), piece in pieces.items():
-            full.index_copy_(split.dim, partition.token_index(d, t), piece)
-        return full
-    groups = JigsawGroups(layout)  # only for sizes and shard shapes
-    shard_shape = tensor_shard_shape(full_shape, split, groups)
-    shards = []
-    for t in range(layout.tensor):
-        if split.over == "domain":
-            ranks = [(d, t) for d in range(layout.domain)]
-        else:  # jigsaw: flat over the whole replica, in jigsaw-rank order (tensor fastest)
-            ranks = [(d, tt) for d in range(layout.domain) for tt in range(layout.tensor)]
-        if len(ranks) == 1:
-            shard = pieces[ranks[0]]  # nothing was flattened
-        else:
-            shard = torch.cat([pieces[r].reshape(-1) for r in ranks])[:math.prod(shard_shape)].view(shard_shape)
-        shards.append(shard)
-        if split.tensor_dim is None:
-            break
-    return shards[0].clone() if split.tensor_dim is None else torch.cat(shards, dim=split.tensor_dim)
+def load_file(path: str) -> dict:
+    """A layout-free checkpoint file, checked to be one; ValueError naming the file otherwise."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint file '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises several types for a file that is not its format
+        raise ValueError(f"'{path}' is not a layout-free jigsaw_ds checkpoint (torch.load: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"'{path}' is not a layout-free jigsaw_ds checkpoint (format "
+                         f"{state.get('format') if isinstance(state, dict) else None!r}, expected {FORMAT}); "
+                         f"make one with `jigsaw-ckpt export RUN_DIR --out FILE`")
+    return state
+
+
+def build_model(run_config: dict, groups: Optional[JigsawGroups] = None):
+    """The WeatherMixer a run's resolved config (config.json, or a checkpoint's `config`) describes, at the
+    layout of `groups` (default: one process); parameters initialised from the run's seed."""
+    from ..config import from_dict
+    from ..model import WeatherMixer
+
+    cfg = from_dict(run_config["jigsaw"])
+    shape = run_config["model_shape"]
+    return WeatherMixer(cfg.model, shape["n_lat"], shape["n_lon"], shape["in_channels"], shape["out_channels"],
+                        groups, seed=cfg.train.seed)
 
 
 def _gather_pieces(local: torch.Tensor, groups: JigsawGroups) -> dict:
@@ -74,8 +74,8 @@ def export_state(engine, model, groups: JigsawGroups, step: int, run_config: dic
              "optimizer": {key: {} for key in ADAM_STATES}, "scheduler": None}
     for name, p in model.named_parameters():
         def full(local):
-            return assemble_full(_gather_pieces(local.detach().float().cpu(), groups), p.jigsaw_split,
-                                 p.full_shape, groups.layout, model.partition)
+            return p.jigsaw_split.assemble(_gather_pieces(local.detach().float().cpu(), groups), p.full_shape,
+                                           groups.layout, model.partition)
         hp = safe_get_full_fp32_param(p)
         state["model"][name] = full(hp if hp is not None else p)
         for key in ADAM_STATES:
@@ -134,12 +134,10 @@ def import_state(engine, model, groups: JigsawGroups, state: dict) -> int:
     """Scatter a layout-free state into this rank's engine (weights, Adam moments, scheduler); returns step."""
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
-    if state.get("format") != FORMAT:
-        raise ValueError(f"not a jigsaw_ds layout-free checkpoint (format {state.get('format')!r}, expected {FORMAT})")
     model.load_full_state_dict({**state["model"], **state["buffers"]})  # names and shapes checked there
     _init_zero_adam_state(engine, state["optimizer"]["step"])
     for name, p in model.named_parameters():
-        local = lambda full: local_shard(full.float(), p.jigsaw_split, groups, model.partition).to(p.device)
+        local = lambda full: p.jigsaw_split.local_shard(full.float(), groups, model.partition).to(p.device)
         safe_set_full_fp32_param(p, local(state["model"][name]))
         for key in ADAM_STATES:
             if state["optimizer"][key].get(name) is not None:  # None: exported before any step

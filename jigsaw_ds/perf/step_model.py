@@ -38,7 +38,7 @@ Memory per rank (bytes), ZeRO stage s over the data group of size DP:
   plus the machine's reserved_gb (CUDA context, cuBLAS workspace, allocator slack).
 
 Collectives: Jigsaw ones from comm_model (per micro-step; with checkpointing the forward collectives of the
-blocks run twice, except the block's last reduce-scatter: see recompute_comm_bytes), plus DeepSpeed's data-parallel gradient reduction: ZeRO s >= 1 reduce-scatters the
+blocks run twice, except the block's last reduce-scatter: see _recomputed), plus DeepSpeed's data-parallel gradient reduction: ZeRO s >= 1 reduce-scatters the
 gradients (P e) and all-gathers the updated parameters (P e) over the data group; s = 0 all-reduces (P e).
 Ring alpha-beta model, payload S as comm_stats counts it (all-reduce: tensor; all-gather: output;
 reduce-scatter: input), p ranks:
@@ -77,10 +77,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..config import JigsawConfig, ModelConfig
+from ..model import input_channels
 from ..model.flops import n_tokens, train_flops_per_sample
-from ..parallel.partition import TokenPartition
+from ..parallel.partition import TokenPartition, split_problems
 from ..parallel.topology import Layout
-from .comm_model import params_per_rank, step_comm_bytes
+from .comm_model import Collective, meta_model, params_per_rank, step_collectives
 
 GB = 1e9
 BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -121,7 +122,7 @@ class ModelShape:
             raise ValueError("data.levels is empty (all levels of the store) and the store cannot be read: "
                              "list the levels in the config")
         c_out = len(cfg.data.variables) * (levels or 0) + len(cfg.data.surface_variables)
-        c_in = c_out + len(cfg.model.static_variables) + (3 if cfg.model.coord_features else 0)
+        c_in = input_channels(cfg.model, c_out, len(cfg.model.static_variables))
         return cls(cfg.model, n_lat, n_lon, c_in, c_out)
 
 
@@ -213,18 +214,14 @@ class TrainSetup:
 
 def layout_problems(shape: ModelShape, layout: Layout, setup: TrainSetup) -> list[str]:
     """Why a layout cannot run this config (empty list: it can), as the trainer's checks would say."""
-    out = []
-    part_rows, part_cols = -(-shape.n_lat // shape.cfg.patch), shape.n_lon // shape.cfg.patch
-    if layout.domain > part_rows:
-        out.append(f"domain {layout.domain} > {part_rows} token rows")
-    if part_cols % layout.tensor:
-        out.append(f"tensor {layout.tensor} does not divide {part_cols} token columns")
-    if shape.cfg.channel_hidden % layout.tensor:
-        out.append(f"tensor {layout.tensor} does not divide channel_hidden {shape.cfg.channel_hidden}")
-    if setup.global_batch % layout.data:
-        out.append(f"global batch {setup.global_batch} not divisible by data {layout.data}")
-    elif (setup.global_batch // layout.data) % setup.micro(layout):
-        out.append(f"micro-batch {setup.micro(layout)} does not divide {setup.global_batch // layout.data}")
+    out = [f"{key} = {why}" for key, why in split_problems(shape.n_lat, shape.n_lon, shape.cfg.patch, layout.domain,
+                                                           layout.tensor, shape.cfg.channel_hidden)]
+    try:
+        per_replica = layout.micro_batch(setup.global_batch)
+    except ValueError as e:
+        return out + [str(e)]
+    if per_replica % setup.micro(layout):
+        out.append(f"micro-batch {setup.micro(layout)} does not divide {per_replica}")
     return out
 
 
@@ -261,15 +258,32 @@ def elementwise_elements(shape: ModelShape, layout: Layout, micro_batch: int, do
     return c.depth * per_block + ends
 
 
-def per_block(fn, shape: ModelShape, *args, **kwargs) -> dict:
-    """What one mixer block adds to a per-step dict function: fn(depth 1) - fn(depth 0)."""
-    one, zero = fn(shape.with_depth(1), *args, **kwargs), fn(shape.with_depth(0), *args, **kwargs)
-    return {k: one.get(k, 0) - zero.get(k, 0) for k in set(one) | set(zero)}
+def _collectives(shape: ModelShape, layout: Layout, micro_batch: int, domain_rank: int = 0) -> list[Collective]:
+    model = meta_model(shape.cfg, shape.n_lat, shape.n_lon, shape.c_in, shape.c_out, layout, domain_rank)
+    return step_collectives(model, micro_batch)
+
+
+def _recomputed(collectives: list[Collective]) -> list[Collective]:
+    """The collectives that activation checkpointing runs again in backward: each block's forward ones (the
+    token-mixing all-reduce of the partial sums, the tensor all-gather of the band, the weight all-gathers over
+    domain) except the block's closing one (the reduce-scatter over tensor), because torch's non-reentrant
+    checkpoint stops recomputing after the last op whose saved tensors backward needs (fc2)."""
+    out = []
+    for block in sorted({c.block for c in collectives if c.block is not None}):
+        forward = [c for c in collectives if c.block == block and c.phase == "forward"]
+        out += forward[:-1] if forward and forward[-1].key.startswith("reduce_scatter") else forward
+    return out
+
+
+def _sum_bytes(collectives: list[Collective], e: int) -> dict:
+    out: dict = {}
+    for c in collectives:
+        out[c.key] = out.get(c.key, 0) + c.elements * e
+    return out
 
 
 def _comm_bytes(shape, layout, micro, domain_rank, e):
-    return step_comm_bytes(shape.cfg, shape.n_lat, shape.n_lon, shape.c_in, shape.c_out, layout, micro,
-                           domain_rank, e)
+    return _sum_bytes(_collectives(shape, layout, micro, domain_rank), e)
 
 
 def _params(shape, layout, domain_rank=0):
@@ -277,43 +291,18 @@ def _params(shape, layout, domain_rank=0):
 
 
 def recompute_comm_bytes(shape: ModelShape, layout: Layout, micro_batch: int, e: int, domain_rank: int = 0) -> dict:
-    """Extra bytes per micro-step when each block's forward is recomputed in backward (checkpointing).
-
-    The forward collectives of a block run again: the token-mixing all-reduce of the partial sums, the tensor
-    all-gather of the band, and the weight all-gathers over domain. Not repeated: the gradient all-reduces of
-    replicated parameters (backward only), and the block's closing reduce-scatter over tensor, because torch's
-    non-reentrant checkpoint stops recomputing after the last op whose saved tensors backward needs (fc2).
-    Derived from comm_model's per-block bytes.
-    """
-    block = per_block(_comm_bytes, shape, layout, micro_batch, domain_rank, e)
-    replicated = per_block(_params, shape, layout, domain_rank)["replicated"] * e if layout.model_parallel > 1 else 0
-    extra = {"all_reduce/jigsaw": (block.get("all_reduce/jigsaw", 0) - replicated) // 2,
-             "all_gather/tensor": block.get("all_gather/tensor", 0) // 2,
-             "all_gather/domain": block.get("all_gather/domain", 0)}
-    return {k: v * shape.cfg.depth for k, v in extra.items() if v}
+    """Extra bytes per micro-step when each block's forward is recomputed in backward (checkpointing)."""
+    return _sum_bytes(_recomputed(_collectives(shape, layout, micro_batch, domain_rank)), e)
 
 
 def collective_calls(shape: ModelShape, layout: Layout, checkpointing: bool = False) -> dict:
     """Number of collectives per micro-step and key (for the latency term; tested against comm_stats.calls)."""
-    T, DD, M = layout.tensor, layout.domain, layout.model_parallel
+    collectives = _collectives(shape, layout, 1)
+    if checkpointing:
+        collectives += _recomputed(collectives)
     calls: dict = {}
-
-    def add(key, n):
-        calls[key] = calls.get(key, 0) + n
-
-    if M > 1:
-        add("all_gather/jigsaw", 2)         # embed and head weights
-        add("reduce_scatter/jigsaw", 2)
-        add("all_reduce/jigsaw", 4)         # embed bias, head norm (2), head bias
-    for _ in range(shape.cfg.depth):
-        if M > 1:
-            add("all_reduce/jigsaw", 2 + 6 + (1 if checkpointing else 0))   # token mixing fwd+bwd; 6 replicated
-        if T > 1:
-            add("all_gather/tensor", 2 + (1 if checkpointing else 0))
-            add("reduce_scatter/tensor", 2)
-        if DD > 1:
-            add("all_gather/domain", 3 * (2 if checkpointing else 1))        # fc1 weight, fc1 bias, fc2 weight
-            add("reduce_scatter/domain", 3)
+    for c in collectives:
+        calls[c.key] = calls.get(c.key, 0) + 1
     return calls
 
 
@@ -401,22 +390,9 @@ def memory_bytes(shape: ModelShape, layout: Layout, setup: TrainSetup, machine: 
 
 
 # ---- times -------------------------------------------------------------------------------------------------
-def _groups(axis: str, layout: Layout) -> list[list[int]]:
-    """Global ranks of every group of an axis (tensor fastest, then domain, then data)."""
-    ranks = range(layout.world)
-    key = {"tensor": lambda r: (r // layout.tensor,),
-           "domain": lambda r: (r // layout.model_parallel, r % layout.tensor),
-           "jigsaw": lambda r: (r // layout.model_parallel,),
-           "data": lambda r: (r % layout.model_parallel,)}[axis]
-    groups: dict = {}
-    for r in ranks:
-        groups.setdefault(key(r), []).append(r)
-    return list(groups.values())
-
-
 def placement(axis: str, layout: Layout, gpus_per_node: int) -> dict:
     """Size of an axis's groups, whether they span nodes, and how many spanning groups share a node's NICs."""
-    groups = _groups(axis, layout)
+    groups = layout.axis_groups(axis)
     spanning = [g for g in groups if len({r // gpus_per_node for r in g}) > 1]
     per_node: dict = {}
     for g in spanning:

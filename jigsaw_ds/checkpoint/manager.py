@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 
+import torch
 import torch.distributed as dist
 
 MANIFEST = "MANIFEST.json"
@@ -36,6 +37,8 @@ def _files(folder: str) -> list[str]:
 
 def verify(folder: str) -> str:
     """'' if the checkpoint folder is complete and intact, else why not."""
+    if not os.path.isdir(folder):
+        return "it does not exist"
     path = os.path.join(folder, MANIFEST)
     if not os.path.exists(path):
         return "no manifest (the save did not finish)"
@@ -44,6 +47,8 @@ def verify(folder: str) -> str:
             manifest = json.load(f)
     except json.JSONDecodeError:
         return "manifest is not valid JSON"
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return "manifest has no file list"
     for name, meta in manifest["files"].items():
         fp = os.path.join(folder, name)
         if not os.path.exists(fp):
@@ -51,6 +56,23 @@ def verify(folder: str) -> str:
         if os.path.getsize(fp) != meta["bytes"] or _sha256(fp) != meta["sha256"]:
             return f"file {name} does not match its manifest (size or checksum)"
     return ""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (the run stops; the newest complete checkpoint stays)."""
+
+
+def _failure_on_any_rank(write, *args) -> str:
+    """Run write(*args) on every rank; '' if it succeeded everywhere, else what failed. An OSError (ENOSPC, EIO,
+    quota) on one rank must not leave the others waiting in the next collective: the outcome is all-reduced."""
+    error = ""
+    try:
+        write(*args)
+    except OSError as e:
+        error = f"{type(e).__name__}: {e.strerror or e} on rank {dist.get_rank()}"
+    failed = torch.tensor([1.0 if error else 0.0])
+    dist.all_reduce(failed)
+    return (error or "a write failed on another rank") if failed.item() else ""
 
 
 class CheckpointManager:
@@ -68,22 +90,35 @@ class CheckpointManager:
         if dist.get_rank() == 0 and os.path.exists(folder):
             shutil.rmtree(folder)  # an unfinished earlier attempt at the same step
         dist.barrier()
-        engine.save_checkpoint(self.root, tag=tag, client_state={"step": step}, save_latest=False)
-        dist.barrier()  # every rank has written its shards
-        if os.environ.get("JIGSAW_FAULT_BEFORE_MANIFEST") == str(step):
-            os._exit(17)  # fault injection for tests: die like a killed job, shards written, no manifest
-        if dist.get_rank() == 0:
-            files = {n: {"bytes": os.path.getsize(os.path.join(folder, n)), "sha256": _sha256(os.path.join(folder, n))}
-                     for n in _files(folder)}
-            write_atomic(os.path.join(folder, MANIFEST), json.dumps({"step": step, "files": files}, indent=1))
-            write_atomic(os.path.join(self.root, "latest"), tag)
-            # retention counts back from the checkpoint just written: a newer tag left by a refused or
-            # abandoned timeline is neither counted nor removed here (the next save of its step replaces it)
-            complete = [t for t in self.tags() if t <= tag and os.path.exists(os.path.join(self.root, t, MANIFEST))]
-            for old in complete[:-self.keep]:
-                shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
+        failure = _failure_on_any_rank(self._write_shards, engine, tag, step)  # a full disk fails some ranks, or all
+        if not failure:
+            self.commit(folder, step)
         dist.barrier()
+        if failure:
+            if dist.get_rank() == 0:
+                shutil.rmtree(folder, ignore_errors=True)  # never a partial folder (no manifest: never loaded anyway)
+            raise CheckpointError(f"saving checkpoint {folder} failed ({failure}); the partial checkpoint was "
+                                  f"removed and the newest complete one is kept: free space, then --resume")
         return folder
+
+    def _write_shards(self, engine, tag: str, step: int) -> None:
+        engine.save_checkpoint(self.root, tag=tag, client_state={"step": step}, save_latest=False)
+
+    def commit(self, folder: str, step: int) -> None:
+        """Called on every rank once all shards are written; rank 0 makes the checkpoint count: manifest,
+        then `latest`, then retention."""
+        if dist.get_rank() != 0:
+            return
+        tag = os.path.basename(folder)
+        files = {n: {"bytes": os.path.getsize(os.path.join(folder, n)), "sha256": _sha256(os.path.join(folder, n))}
+                 for n in _files(folder)}
+        write_atomic(os.path.join(folder, MANIFEST), json.dumps({"step": step, "files": files}, indent=1))
+        write_atomic(os.path.join(self.root, "latest"), tag)
+        # retention counts back from the checkpoint just written: a newer tag left by a refused or
+        # abandoned timeline is neither counted nor removed here (the next save of its step replaces it)
+        complete = [t for t in self.tags() if t <= tag and os.path.exists(os.path.join(self.root, t, MANIFEST))]
+        for old in complete[:-self.keep]:
+            shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
 
     def latest_complete(self) -> tuple[str, list[str]]:
         """(newest intact tag or '', reasons for each newer tag refused)."""

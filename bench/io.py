@@ -1,106 +1,232 @@
-"""Bytes and time per rank to read one sample of a 0.25 deg store, for M = 1, 2, 4, 8 ranks of one replica.
+"""A rank's tile of a 0.25 deg sample: the reader against its format's decode floor and memcpy, for M = 1, 2,
+4, 8 ranks of one replica, on 1 and 2 cores, for each store format the writer can make.
 
-    python bench/io.py [--times 3] [--ranks 1 2 4 8] [--lat-chunks 4 32] [--cold] [--json bench/results/io.json]
+    python bench/io.py [--times 3] [--ranks 1 2 4 8] [--threads 1 2] [--repeats 3]
+                       [--formats blosc-lz4 zstd none zstd-unsharded] [--json bench/results/io.json]
 
-Writes a synthetic store of 0.25 deg shape (721 x 1440; geopotential and temperature at 500 and 850 hPa,
-2 m temperature, mean sea level pressure: 6 channels, about 25 MB per time step) with writer.write_store,
-chunked in latitude bands of --lat-chunks rows (one store per value), then for each M splits the 181 token
-rows (patch 4) over M domain ranks as the trainer does (TokenPartition) and reads each rank's band of every
-time step through a CountingStore: chunk bytes and wall time per rank per sample.
+One process. For each format it writes a synthetic store of 0.25 deg shape (721 x 1440; geopotential and
+temperature at 12 levels, 2 m temperature, mean sea level pressure: 26 channels, 108 MB per time step) with
+writer.write_store and prepare's chunking (inner chunks of one patch row x all levels x whole rows), then for
+each M splits the 181 token rows over M domain ranks as the trainer does (TokenPartition) and reads each
+rank's band of every time step three ways, into one preallocated float32 array:
 
-The ranks of one replica are emulated in this one process, one after the other: "time per rank" is the
-time to read one rank's band alone, so the table shows what the layout does to one rank's read, not how
-M processes compete for one disk. The store was just written, so it sits in the page cache: the times are
-zarr's decode and Python overheads plus memory copies, unless --cold drops the store's files from the page
-cache before every read (posix_fadvise, no root needed), so that every read comes from the disk. Wall and
-CPU time are each the best of --repeats reads of each time step, averaged over time steps: on a shared
-machine the best is the least disturbed; CPU time (all threads of the process) does not count time spent
-waiting for a core.
+  reader   WeatherStore.read_into (tensorstore), physical values; `normalised`: the same with the in-place
+           normalisation the trainer gets
+  floor    the same chunks of the same format, with nothing but the format's own work: the chunk bytes read
+           from the files (os.pread; shard index first), the crc32c checked (`pip install crc32c`), the codec's
+           decode (numcodecs) into one chunk buffer, its rows copied into the array
+  memcpy   a copy of the same decoded bytes from one array into another
+
+and counts the bytes the reader read (ReadCounter, after a first read that fetched metadata and shard
+indexes). `zstd-unsharded` is the layout written before (one file per chunk, zstd, no checksum).
+
+Threads: the process runs on the first N cores (all its threads, tensorstore's included, are bound to them),
+the reader gets read_threads = N and the floor a pool of N threads; N = 1 is one core, however many threads
+tensorstore starts. The M ranks are emulated one after the other: MB/s are decoded bytes of all M tiles over
+the time of all M reads, which is what one rank's share of a sample costs. Time = the best of --repeats reads
+of each time step (the machine may be shared), summed over time steps. The page cache is warm (the store was
+just written): this measures decode and copies, not the disk.
 """
 import argparse
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 N_LAT, N_LON, PATCH = 721, 1440, 4
-UPPER, SURFACE, LEVELS = ["geopotential", "temperature"], ["2m_temperature", "mean_sea_level_pressure"], [500, 850]
+UPPER, SURFACE = ["geopotential", "temperature"], ["2m_temperature", "mean_sea_level_pressure"]
+LEVELS = [50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925]
+FORMATS = ["blosc-lz4", "zstd", "none", "zstd-unsharded"]
+CORES = sorted(os.sched_getaffinity(0))
 
 
-def make_store(path: str, n_times: int, lat_chunk: int) -> float:
-    """Write the store; return the seconds it took."""
+def use_cores(n: int) -> None:
+    """Bind every thread of this process (tensorstore's pool included) to the first n cores."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), CORES[:n])
+        except OSError:  # a thread that has just exited
+            pass
+
+
+def disk_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def make_store(path: str, fmt: str, n_times: int) -> dict:
     from jigsaw_ds.data.synth import synth_dataset
     from jigsaw_ds.data.writer import write_store
 
     t0 = time.perf_counter()
     ds = synth_dataset(N_LAT, N_LON, n_times, seed=0, levels=LEVELS)[UPPER + SURFACE]
-    write_store(ds, path, lat_chunk=lat_chunk, level_chunk=0, progress=True, time_block=1)  # prepare's chunks
-    return time.perf_counter() - t0
+    if fmt == "zstd-unsharded":  # the layout before sharding: zarr's default codec, a file per chunk
+        write_store(ds, path, lat_chunk=PATCH, time_block=1)
+        old = path + ".old"
+        src = __import__("xarray").open_zarr(path)
+        src.to_zarr(old, zarr_format=3, encoding={v: {"chunks": src[v].encoding["chunks"]} for v in src.data_vars})
+        shutil.rmtree(path)
+        os.replace(old, path)
+    else:
+        write_store(ds, path, lat_chunk=PATCH, time_block=1, codec=fmt)
+    data = sum(disk_bytes(os.path.join(path, v)) for v in UPPER + SURFACE)
+    return {"write_seconds": time.perf_counter() - t0, "disk_MB_per_step": data / n_times / 1e6,
+            "raw_MB_per_step": ds.nbytes / n_times / 1e6}
 
 
-def evict(path: str) -> None:
-    """Drop the store's files from the page cache (no root needed), so the next read comes from disk."""
-    for root, _, files in os.walk(path):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
+class Floor:
+    """The format's own work for a tile, with the codecs' own libraries: no tensorstore, no zarr."""
+
+    def __init__(self, path: str):
+        import numcodecs
+
+        self.path, self.vars = path, {}
+        for var in UPPER + SURFACE:
+            with open(os.path.join(path, var, "zarr.json")) as f:
+                meta = json.load(f)
+            sharded = meta["codecs"][0]["name"] == "sharding_indexed"
+            conf = meta["codecs"][0]["configuration"] if sharded else None
+            inner = conf["chunk_shape"] if sharded else meta["chunk_grid"]["configuration"]["chunk_shape"]
+            chain = [c["name"] for c in (conf["codecs"] if sharded else meta["codecs"])]
+            assert chain[0] == "bytes" and inner[-1] == N_LON, chain  # whole rows: chunk b is latitude band b
+            crc = chain[-1] == "crc32c"
+            compressor = {"blosc": numcodecs.Blosc(), "zstd": numcodecs.Zstd()}.get(chain[1]) \
+                if len(chain) > 1 + crc else None
+            n_inner = -(-N_LAT // inner[-2])
+            self.vars[var] = dict(sharded=sharded, inner=inner, crc=crc, compressor=compressor, n_inner=n_inner)
+
+    def _chunk_file(self, var: str, t: int, band: int) -> str:
+        info = self.vars[var]
+        coords = [t] + [0] * (len(info["inner"]) - 1)
+        if not info["sharded"]:
+            coords[-2] = band
+        return os.path.join(self.path, var, "c", *map(str, coords))
+
+    def read_bands(self, var: str, t: int, bands: range, out: np.ndarray, row0: int, rows: range) -> None:
+        """Bands `bands` of var at time t, rows `rows` of them into out[levels, rows - row0, :]."""
+        import crc32c  # hardware crc32c (SSE4.2), as fast as tensorstore's; google_crc32c is 3x slower here
+
+        info = self.vars[var]
+        inner = info["inner"]
+        scratch = np.empty((int(np.prod(inner[:-2])), inner[-2], N_LON), np.float32)  # (levels, rows, N_LON)
+        fd = os.open(self._chunk_file(var, t, bands.start), os.O_RDONLY) if info["sharded"] else None
+        try:
+            if fd is not None:
+                size = os.fstat(fd).st_size
+                raw = os.pread(fd, 16 * info["n_inner"] + 4, size - 16 * info["n_inner"] - 4)
+                if crc32c.crc32c(memoryview(raw)[:-4]) != int.from_bytes(raw[-4:], "little"):
+                    raise ValueError(f"{var} t={t}: shard index checksum")
+                index = np.frombuffer(raw[:-4], np.uint64).reshape(-1, 2)
+            for b in bands:
+                if fd is not None:
+                    offset, nbytes = index[b]
+                    buf = os.pread(fd, int(nbytes), int(offset))
+                else:
+                    with open(self._chunk_file(var, t, b), "rb") as f:
+                        buf = f.read()
+                payload = memoryview(buf)
+                if info["crc"]:
+                    payload = payload[:-4]
+                    if crc32c.crc32c(payload) != int.from_bytes(buf[-4:], "little"):
+                        raise ValueError(f"{var} t={t} band {b}: checksum")
+                if info["compressor"] is None:
+                    chunk = np.frombuffer(payload, np.float32).reshape(scratch.shape)
+                else:
+                    info["compressor"].decode(payload, out=scratch)
+                    chunk = scratch
+                lo, hi = max(rows.start, b * inner[-2]), min(rows.stop, (b + 1) * inner[-2])
+                out[:, lo - row0:hi - row0] = chunk[:, lo - b * inner[-2]:hi - b * inner[-2]]
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def read(self, out: np.ndarray, t: int, lat: slice, pool: ThreadPoolExecutor, n_threads: int) -> None:
+        """out [1, 26, h, N_LON]: every variable's bands, split into n_threads pieces each."""
+        rows, jobs, c = range(lat.start, lat.stop), [], 0
+        for var in UPPER + SURFACE:
+            n_lev = len(LEVELS) if var in UPPER else 1
+            band_h = self.vars[var]["inner"][-2]
+            bands = range(rows.start // band_h, -(-rows.stop // band_h))
+            for k in range(n_threads):
+                part = bands[k * len(bands) // n_threads:(k + 1) * len(bands) // n_threads]
+                if len(part):
+                    jobs.append((var, t, part, out[0, c:c + n_lev], lat.start, rows))
+            c += n_lev
+        if n_threads == 1:
+            for job in jobs:
+                self.read_bands(*job)
+        else:
+            for f in [pool.submit(self.read_bands, *job) for job in jobs]:
+                f.result()
 
 
-def read_rank(path: str, lat: slice, times: list, repeats: int, cold: bool) -> dict:
-    """One rank's band of every time step: chunk bytes per sample, and wall and CPU time per sample (the best
-    of `repeats` reads of each time step, averaged over time steps: the machine may be shared)."""
-    from jigsaw_ds.data.counting import CountingStore
-    from jigsaw_ds.data.store import WeatherStore
-
-    store = WeatherStore(path, UPPER, SURFACE, LEVELS)
-    counter = CountingStore.local(path)
-    store.read_through(counter)
-    store.read_raw([times[-1]], lat, slice(None))  # warm-up: zarr opens each array on first use
-    wall, cpu = {t: float("inf") for t in times}, {t: float("inf") for t in times}
-    counter.reset()
+def best_total(fn, times: list, repeats: int) -> float:
+    """Sum over time steps of the best of `repeats` runs of fn(t)."""
+    best = {t: float("inf") for t in times}
     for _ in range(repeats):
         for t in times:
-            if cold:
-                evict(path)
-            t0, c0 = time.perf_counter(), time.process_time()
-            store.read_raw([t], lat, slice(None))
-            wall[t], cpu[t] = min(wall[t], time.perf_counter() - t0), min(cpu[t], time.process_time() - c0)
-    samples = repeats * len(times)
-    return {"bytes": counter.chunk_bytes / samples, "chunks": counter.chunk_reads / samples,
-            "seconds": statistics.mean(wall.values()), "cpu_seconds": statistics.mean(cpu.values()),
-            "rows": lat.stop - lat.start}
+            t0 = time.perf_counter()
+            fn(t)
+            best[t] = min(best[t], time.perf_counter() - t0)
+    return sum(best.values())
 
 
-def bench_store(path: str, ranks: list, times: list, repeats: int, cold: bool) -> list:
-    """Per M: every rank's numbers, and the busiest rank's (max), which sets the pace of a replica."""
+def bench_format(path: str, fmt: str, ranks: list, threads: int, times: list, repeats: int) -> list:
+    from jigsaw_ds.data.counting import ReadCounter
+    from jigsaw_ds.data.store import WeatherStore
     from jigsaw_ds.parallel.partition import TokenPartition
 
+    use_cores(threads)
+    store = WeatherStore(path, UPPER, SURFACE, LEVELS, read_threads=threads)
+    floor, full = Floor(path), slice(0, N_LON)
     rows = []
-    for m in ranks:
-        part = TokenPartition(N_LAT, N_LON, PATCH, domain=m)
-        per_rank = [read_rank(path, part.lat_slice(d), times, repeats, cold) for d in range(m)]
-        row = {"M": m, "ranks": per_rank}
-        for key in ("bytes", "chunks", "seconds", "cpu_seconds", "rows"):
-            row[f"{key}_max"] = max(r[key] for r in per_rank)
-        rows.append(row)
+    with ThreadPoolExecutor(threads) as pool:
+        for m in ranks:
+            part = TokenPartition(N_LAT, N_LON, PATCH, domain=m)
+            total = {"reader": 0.0, "normalised": 0.0, "floor": 0.0, "memcpy": 0.0}
+            decoded, rank_bytes, rank_ms = 0, [], []
+            for d in range(m):
+                lat = part.lat_slice(d)
+                out = np.empty((1, len(store.channels), lat.stop - lat.start, N_LON), np.float32)
+                check = np.empty_like(out)
+                store.read_into(out, [times[0]], lat, full, normalise=False)  # metadata, shard indexes
+                floor.read(check, times[0], lat, pool, threads)
+                assert np.array_equal(out, check), f"{fmt}: floor and reader disagree"
+                counter = ReadCounter()
+                store.read_into(out, [times[-1]], lat, full, normalise=False)
+                rank_bytes.append(counter.bytes)
+                seconds = best_total(lambda t: store.read_into(out, [t], lat, full, normalise=False), times, repeats)
+                total["reader"] += seconds
+                rank_ms.append(seconds / len(times) * 1e3)
+                total["normalised"] += best_total(lambda t: store.read_into(out, [t], lat, full), times, repeats)
+                total["floor"] += best_total(lambda t: floor.read(check, t, lat, pool, threads), times, repeats)
+                total["memcpy"] += best_total(lambda t: np.copyto(check, out), times, repeats)
+                decoded += out.nbytes * len(times)
+            row = {"M": m, "threads": threads, "MB_per_rank_max": max(rank_bytes) / 1e6, "rank_ms_max": max(rank_ms)}
+            row.update({f"{k}_MBps": decoded / v / 1e6 for k, v in total.items()})
+            row["reader_vs_floor"] = row["reader_MBps"] / row["floor_MBps"]
+            row["floor_vs_memcpy"] = row["floor_MBps"] / row["memcpy_MBps"]
+            row["rank_bytes"] = rank_bytes
+            rows.append(row)
+    sample = sum(rows[0]["rank_bytes"]) / 1e6  # all tiles of one sample (M ranks together read it once)
     for row in rows:
-        for key in ("bytes", "seconds", "cpu_seconds"):
-            row[f"{key}_ratio"] = row[f"{key}_max"] / rows[0][f"{key}_max"]
+        row["fraction_per_rank_max"] = row["MB_per_rank_max"] / sample
     return rows
 
 
-def table(lat_chunk: int, rows: list) -> str:
-    lines = [f"lat chunk {lat_chunk} rows ({-(-N_LAT // lat_chunk)} chunks per variable and time step); "
-             f"busiest rank of M",
-             "| M | rows/rank | chunks/rank | MB/rank/sample | vs M=1 | 1/M | wall ms/rank/sample | vs M=1 | "
-             "CPU ms/rank/sample | vs M=1 |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['M']} | {r['rows_max']} | {r['chunks_max']:.0f} | {r['bytes_max'] / 1e6:.2f} | "
-                     f"{r['bytes_ratio']:.3f} | {1 / r['M']:.3f} | {r['seconds_max'] * 1e3:.1f} | "
-                     f"{r['seconds_ratio']:.3f} | {r['cpu_seconds_max'] * 1e3:.1f} | {r['cpu_seconds_ratio']:.3f} |")
+def table(results: dict) -> str:
+    lines = ["| format | disk MB/step | cores | M | MB read/rank | of sample (1/M) | reader MB/s | normalised MB/s | "
+             "floor MB/s | memcpy MB/s | reader/floor | floor/memcpy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for fmt, res in results["formats"].items():
+        for r in res["rows"]:
+            lines.append(f"| {fmt} | {res['disk_MB_per_step']:.1f} | {r['threads']} | {r['M']} | "
+                         f"{r['MB_per_rank_max']:.2f} | {r['fraction_per_rank_max']:.3f} ({1 / r['M']:.3f}) | "
+                         f"{r['reader_MBps']:.0f} | {r['normalised_MBps']:.0f} | {r['floor_MBps']:.0f} | "
+                         f"{r['memcpy_MBps']:.0f} | {r['reader_vs_floor']:.2f} | {r['floor_vs_memcpy']:.3f} |")
     return "\n".join(lines)
 
 
@@ -108,26 +234,34 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--times", type=int, default=3, help="time steps in the store (each read as one sample)")
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8])
-    ap.add_argument("--lat-chunks", type=int, nargs="+", default=[4, 32], help="latitude rows per chunk")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--cold", action="store_true", help="drop the store from the page cache before every read")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--formats", nargs="+", default=FORMATS, choices=FORMATS)
     ap.add_argument("--dir", default=None, help="where to write the stores (default: a temporary folder)")
     ap.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "io.json"))
     args = ap.parse_args()
+    if max(args.threads) > len(CORES):
+        ap.error(f"--threads {max(args.threads)}: this process may use {len(CORES)} cores")
+    use_cores(1)  # before any library starts a thread pool
     workdir = args.dir or tempfile.mkdtemp(prefix="jigsaw-bench-io-")
     results = {"grid": [N_LAT, N_LON], "patch": PATCH, "channels": len(UPPER) * len(LEVELS) + len(SURFACE),
-               "times": args.times, "repeats": args.repeats, "cold": args.cold, "stores": {}}
+               "times": args.times, "repeats": args.repeats, "load_average_start": os.getloadavg(), "formats": {}}
     try:
-        for lat_chunk in args.lat_chunks:
-            path = os.path.join(workdir, f"io_{lat_chunk}.zarr")
-            write_s = make_store(path, args.times, lat_chunk)
-            rows = bench_store(path, args.ranks, list(range(args.times)), args.repeats, args.cold)
-            results["stores"][str(lat_chunk)] = {"write_seconds": write_s, "rows": rows}
-            print(f"\nwrote {path} in {write_s:.1f} s\n" + table(lat_chunk, rows), flush=True)
+        for fmt in args.formats:
+            path = os.path.join(workdir, f"io_{fmt}.zarr")
+            use_cores(len(CORES))
+            info = make_store(path, fmt, args.times)
+            info["rows"] = [row for n in sorted(args.threads)
+                            for row in bench_format(path, fmt, args.ranks, n, list(range(args.times)), args.repeats)]
+            results["formats"][fmt] = info
+            print(f"{fmt}: {info['disk_MB_per_step']:.1f} MB on disk per time step "
+                  f"({info['raw_MB_per_step']:.1f} MB raw), written in {info['write_seconds']:.1f} s", flush=True)
             shutil.rmtree(path)
     finally:
         if not args.dir:
             shutil.rmtree(workdir, ignore_errors=True)
+    results["load_average_end"] = os.getloadavg()
+    print("\n" + table(results))
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=1)

@@ -268,7 +268,9 @@ class WeatherStore:
         pending = []
         for var, c0, levels in self._variable_blocks():
             n = 1 if levels is None else len(levels)
-            index = (times, lat, lon) if levels is None else (times, np.asarray(levels), lat, lon)
+            if levels is not None and levels == list(range(levels[0], levels[0] + n)):
+                levels = slice(levels[0], levels[0] + n)  # a slice where it can be: fewer index lookups
+            index = (times, lat, lon) if levels is None else (times, levels, lat, lon)
             source = self._arrays[var].oindex[index]
             target = ts.array(out[:, c0] if levels is None else out[:, c0:c0 + n], copy=False, write=True)
             pending.append((var, c0, n, target.write(source[ts.d[:].translate_to[0]])))
@@ -278,10 +280,9 @@ class WeatherStore:
             except Exception as e:
                 self._raise_read_error(var, times, lat, lon, e)
             if normalise:
-                for c in range(c0, c0 + n):
-                    for plane in out[:, c]:  # one plane at a time, while it is in cache
-                        np.subtract(plane, self.mean[c], out=plane)
-                        np.divide(plane, self.std[c], out=plane)
+                block = out[:, c0:c0 + n]
+                np.subtract(block, self.mean[c0:c0 + n, None, None], out=block)
+                np.divide(block, self.std[c0:c0 + n, None, None], out=block)
         return out
 
     def _raise_read_error(self, var: str, times: np.ndarray, lat: slice, lon: slice, error: Exception):

@@ -117,7 +117,7 @@ def lr_lambda(args):
 def cached(dataset: PairDataset):
     """All (input, first target) pairs of a dataset in memory: the store is small, and this keeps
     zarr reads out of the timed training loop."""
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    xs, ys, _ = zip(*(dataset[i] for i in range(len(dataset))))  # no forcings here
     return torch.stack(xs), torch.stack(ys)[:, 0]
 
 

@@ -163,7 +163,7 @@ def test_swe_trajectories_are_balanced_weather(tmp_path):
 def test_rollout_items_hold_k_consecutive_targets(synth_store):
     store = open_store(synth_store)
     full = slice(0, None)
-    x, y = PairDataset(store, [10], 2, full, full, False, rollout=3)[0]
+    x, y, _ = PairDataset(store, [10], 2, full, full, False, rollout=3)[0]
     assert y.shape == (3, 10, 33, 64)
     for k in range(3):
         np.testing.assert_array_equal(y[k].numpy(), store.read([10 + 2 * (k + 1)], full, full)[0])
@@ -176,7 +176,7 @@ def test_a_batch_read_at_once_equals_its_items_read_one_by_one(synth_store):
     store = open_store(synth_store)
     ds = PairDataset(store, [7, 30, 9, 2], 2, slice(3, 20), slice(16, 48), True, rollout=2)
     batch = ds.__getitems__([2, 0, 3, 1])
-    for (x, y), i in zip(batch, [2, 0, 3, 1]):
+    for (x, y, _), i in zip(batch, [2, 0, 3, 1]):
         t = ds.starts[i]
         np.testing.assert_array_equal(x[:10].numpy(), store.read([t], slice(3, 20), slice(16, 48))[0])
         np.testing.assert_array_equal(y.numpy(), store.read([t + 2, t + 4], slice(3, 20), slice(16, 48)))

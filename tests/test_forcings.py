@@ -81,3 +81,35 @@ def test_tiles_equal_the_serial_field(domain, tensor):
         for k in range(tensor):
             la, lo = part.lat_slice(d), part.lon_slice(k)
             assert np.array_equal(forcing_channels(kinds, lat[la], lon[lo], t), full[:, :, la, lo])
+
+
+def test_dataset_forcings_advance_with_the_rollout(synth_store):
+    """Step k of a sample gets the forcings of its input time t0 + k lead and, with forcings_at_target, of its
+    target time; model.rollout hands step k exactly forcings[:, k]."""
+    import torch
+
+    from jigsaw_ds.data.dataset import PairDataset
+    from jigsaw_ds.data.store import WeatherStore
+    from jigsaw_ds.model import rollout
+
+    store = WeatherStore(synth_store, ["temperature"], [], [500])
+    kinds = ["toa_solar", "time_of_day"]
+    full = slice(0, None)
+    data = PairDataset(store, np.array([5, 9]), 2, full, full, False, rollout=3, forcings=kinds, forcings_at_target=True)
+    x, y, f = data.read_batch([0, 1])
+    assert f.shape == (2, 3, 6, 33, 64) and y.shape == (2, 3, 1, 33, 64)
+    for b, start in enumerate((5, 9)):
+        for k in range(3):
+            at = lambda t: forcing_channels(kinds, store.lat, store.lon, store.times[[t]])[0]
+            assert np.array_equal(f[b, k, :3].numpy(), at(start + 2 * k))
+            assert np.array_equal(f[b, k, 3:].numpy(), at(start + 2 * (k + 1)))
+    seen = []
+
+    def probe(inputs):  # a one-step "model" that records what it was given and persists the state
+        seen.append(inputs)
+        return inputs[:, :1]
+
+    states = list(rollout(probe, x, 3, 1, f))
+    assert len(states) == 3 and all(torch.equal(s, x[:, :1]) for s in states)
+    for k, inputs in enumerate(seen):
+        assert inputs.shape[1] == 1 + 6 and torch.equal(inputs[:, 1:], f[:, k])

@@ -35,8 +35,11 @@ def test_all_layouts_ran(results):
     assert set(results) in expected.values()
 
 
-@pytest.mark.parametrize("check", ["output", "input_grad", "param_grads"])
+@pytest.mark.parametrize("check", ["output", "input_grad", "param_grads",
+                                   "forced_output", "forced_input_grad", "forced_param_grads"])
 def test_forward_backward_match_serial(results, check):
+    """forced_*: a model with forcing inputs (TOA solar, time of day and year, at input and target time),
+    each rank computing them on its own tile."""
     for layout, r in results.items():
         assert r[check] <= TOL, f"{layout}: {check} relative error {r[check]:.2e}"
 

@@ -104,6 +104,15 @@ def test_config_files_that_are_not_objects(tmp_path, capsys, synth_store):
     assert "must hold a JSON object" in cli_error(capsys, args[:2] + ["--deepspeed_config", str(tmp_path / "list.json")])
 
 
+def test_a_store_to_generate_is_checked_before_it_is_made(tmp_path, capsys):
+    args = write_configs(tmp_path, tmp_path / "made.zarr", tmp_path / "run")
+    conf = json.loads((tmp_path / "j.json").read_text())
+    conf["data"].update(levels=[500, 1000], generate={"kind": "synth", "grid": [9, 16], "times": 20})
+    (tmp_path / "j.json").write_text(json.dumps(conf))
+    assert "'data.levels' lists [1000], which data.generate kind 'synth' does not write" in cli_error(capsys, args)
+    assert not os.path.exists(tmp_path / "made.zarr") and not os.path.exists(tmp_path / "run")
+
+
 # ---- one owner per run directory --------------------------------------------------------------------------------
 def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path, monkeypatch):
     out = str(tmp_path / "run")

@@ -1,4 +1,4 @@
-"""(state, target) pairs for one rank's tile, and the order in which replicas see them.
+"""(state, target, forcings) samples for one rank's tile, and the order in which replicas see them.
 
 Each rank reads only its tile (TokenPartition.lat_slice / lon_slice) of every sample. Every rank of a
 replica reads the same time steps: the sampler is seeded by the run's seed and indexed by data-parallel
@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..forcings import forcing_channels
 from ..grid import coord_features
 from ..parallel.topology import Layout
 from .store import WeatherStore
@@ -41,13 +42,17 @@ def split_train_val(store: WeatherStore, span: int, val_fraction: float) -> tupl
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Item i: (inputs [C + S (+ 3), h, w], targets [K, C, h, w]) starting at starts[i]: the state, its
-    static/coordinate channels, and the states `lead`, 2 `lead`, ..., K `lead` steps later (K = rollout)."""
+    """Item i, starting at starts[i]: (inputs [C + S (+ 3), h, w], targets [K, C, h, w], forcings [K, F, h, w]):
+    the state with its static/coordinate channels, the states `lead`, 2 `lead`, ..., K `lead` steps later
+    (K = rollout), and the forcing channels of each of the K model steps (computed on this tile for the step's
+    input time, and its target time with `forcings_at_target`; F = 0 without forcings). model.rollout stacks
+    step k's input as [state_k, static/coordinates, forcings[k]]."""
 
     def __init__(self, store: WeatherStore, starts: np.ndarray, lead: int, lat: slice, lon: slice,
-                 coord_feats: bool, rollout: int = 1):
+                 coord_feats: bool, rollout: int = 1, forcings=(), forcings_at_target: bool = False):
         self.store, self.starts, self.lead, self.lat, self.lon = store, np.asarray(starts), lead, lat, lon
         self.rollout = rollout
+        self.forcings, self.forcings_at_target = list(forcings), forcings_at_target
         extra = [store.read_static(lat, lon)]
         if coord_feats:
             extra.append(coord_features(store.lat[lat], store.lon[lon]))
@@ -57,19 +62,28 @@ class PairDataset(torch.utils.data.Dataset):
         return len(self.starts)
 
     def __getitem__(self, i):
-        x, y = self.read_batch([i])
-        return x[0], y[0]
+        return tuple(t[0] for t in self.read_batch([i]))
 
     def __getitems__(self, indices):
         """Items of a batch (views of one read_batch)."""
-        x, y = self.read_batch(indices)
-        return list(zip(x, y))
+        return list(zip(*self.read_batch(indices)))
 
-    def read_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs [B, C + S (+ 3), h, w], targets [B, K, C, h, w]) of the items `indices`: the union of their
-        time steps in one store read (WeatherStore.read_into) into a preallocated buffer, pinned when CUDA
-        is present and this is the main process (a loader worker's tensors travel by shared memory and are
-        pinned by the loader)."""
+    def forcings_for(self, indices, steps: int) -> torch.Tensor:
+        """[B, steps, F, h, w]: the forcing channels of `steps` model steps from each item's start, computed
+        for this tile's coordinates (never read from the store)."""
+        at_target = 1 if self.forcings_at_target else 0
+        offsets = np.arange(steps + at_target) * self.lead
+        times = self.store.times[(self.starts[list(indices)][:, None] + offsets[None, :]).reshape(-1)]
+        lat, lon = self.store.lat[self.lat], self.store.lon[self.lon]
+        f = torch.from_numpy(forcing_channels(self.forcings, lat, lon, times))
+        f = f.view(len(indices), steps + at_target, *f.shape[1:])
+        return torch.cat([f[:, :steps], f[:, 1:]], dim=2) if at_target else f
+
+    def read_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs [B, C + S (+ 3), h, w], targets [B, K, C, h, w], forcings [B, K, F, h, w]) of the items
+        `indices`: the union of their time steps in one store read (WeatherStore.read_into) into a preallocated
+        buffer, pinned when CUDA is present and this is the main process (a loader worker's tensors travel by
+        shared memory and are pinned by the loader)."""
         times = [[int(self.starts[i]) + k * self.lead for k in range(self.rollout + 1)] for i in indices]
         union = sorted({t for item in times for t in item})
         pin = torch.cuda.is_available() and torch.utils.data.get_worker_info() is None
@@ -84,7 +98,7 @@ class PairDataset(torch.utils.data.Dataset):
             x[b, n_state:] = self.extra
             for k, t in enumerate(item[1:]):
                 y[b, k] = states[row[t]]
-        return x, y
+        return x, y, self.forcings_for(indices, self.rollout)
 
 
 class _Batches(torch.utils.data.Dataset):

@@ -4,6 +4,33 @@ from __future__ import annotations
 from .writer import write_store
 
 
+def schema(kind: str) -> dict:
+    """What a generator writes: upper-air variables, their levels, surface variables, static fields."""
+    if kind == "synth":
+        from .synth import LEVELS, SURFACE, UPPER
+
+        return {"variables": list(UPPER), "levels": list(LEVELS), "surface_variables": list(SURFACE),
+                "static_variables": ["land_sea_mask", "geopotential_at_surface"]}
+    from .swe import LEVEL, VARIABLES
+
+    return {"variables": list(VARIABLES), "levels": [LEVEL], "surface_variables": [], "static_variables": []}
+
+
+def check_config(cfg) -> None:
+    """A config that asks for a generated store must select what the generator writes: checked before the
+    (possibly long) generation, with the error the store check would give afterwards."""
+    from ..config import ConfigError
+
+    kind = cfg.data.generate["kind"]
+    made = schema(kind)
+    for section, key, made_key in (("data", "variables", "variables"), ("data", "surface_variables", "surface_variables"),
+                                   ("data", "levels", "levels"), ("model", "static_variables", "static_variables")):
+        missing = [v for v in getattr(getattr(cfg, section), key) if v not in made[made_key]]
+        if missing:
+            raise ConfigError(f"config key '{section}.{key}' lists {missing}, which data.generate kind '{kind}' does "
+                              f"not write; it writes {made[made_key]}")
+
+
 def from_spec(spec: dict, out: str) -> str:
     """spec: {"kind": "synth" | "swe", other keys as config.GENERATE_DEFAULTS (missing ones take its defaults)};
     a bad spec raises ConfigError before anything is generated."""

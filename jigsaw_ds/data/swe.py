@@ -59,6 +59,10 @@ def balanced_initial_state(solver, gen: torch.Generator) -> torch.Tensor:
     return torch.tril(state)
 
 
+VARIABLES = ("geopotential", "u_component_of_wind", "v_component_of_wind")  # gethuv's order; written at LEVEL
+LEVEL = 500
+
+
 def swe_dataset(n_lat: int, n_lon: int, trajectories: int, steps: int, seed: int = 0) -> xr.Dataset:
     """`trajectories` runs of `steps` 6-hourly records each on an n_lat x n_lon equiangular grid."""
     solver = _solver(n_lat, n_lon)
@@ -78,10 +82,9 @@ def swe_dataset(n_lat: int, n_lon: int, trajectories: int, steps: int, seed: int
         raise RuntimeError("shallow-water integration went unstable (NaN/inf); use a coarser grid or a smaller dt")
     lat = np.rad2deg(solver.lats.numpy())
     coords = {"time": pd.date_range("2000-01-01", periods=trajectories * steps, freq=f"{RECORD_HOURS}h").values,
-              "level": np.array([500]), "latitude": np.round(lat, 6), "longitude": np.rad2deg(solver.lons.numpy()),
+              "level": np.array([LEVEL]), "latitude": np.round(lat, 6), "longitude": np.rad2deg(solver.lons.numpy()),
               "trajectory": ("time", np.repeat(np.arange(trajectories), steps))}
     dims = ("time", "level", "latitude", "longitude")
-    ds = xr.Dataset({"geopotential": (dims, data[:, 0]), "u_component_of_wind": (dims, data[:, 1]),
-                     "v_component_of_wind": (dims, data[:, 2])}, coords=coords)
+    ds = xr.Dataset({name: (dims, data[:, i]) for i, name in enumerate(VARIABLES)}, coords=coords)
     ds.attrs["source"] = f"jigsaw-data swe (torch-harmonics ShallowWaterSolver) seed={seed}"
     return ds

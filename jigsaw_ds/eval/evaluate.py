@@ -87,8 +87,11 @@ def rollout(model, dataset: PairDataset, k_steps: int, batch: int = 8) -> np.nda
     [B, C_in, H, W] to the next state [B, C, H, W] and says C as `model.out_channels`."""
     out = []
     for lo in range(0, len(dataset), batch):
-        x = torch.stack([dataset[i][0] for i in range(lo, min(lo + batch, len(dataset)))])
-        out.append(np.stack([pred.numpy() for pred in model_rollout(model, x, k_steps, model.out_channels)], axis=1))
+        items = range(lo, min(lo + batch, len(dataset)))
+        x = torch.stack([dataset[i][0] for i in items])
+        forcings = dataset.forcings_for(items, k_steps)  # computed for every lead, advancing with time
+        out.append(np.stack([p.numpy() for p in model_rollout(model, x, k_steps, model.out_channels, forcings)],
+                            axis=1))
     return np.concatenate(out)
 
 
@@ -202,7 +205,8 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
                         f"initial time that allows a {lead_steps}-step rollout (--lead-steps)") from None
     inits = val_starts[np.linspace(0, len(val_starts) - 1, min(n_inits, len(val_starts))).astype(int)]
     full = slice(0, None)
-    dataset = PairDataset(store, inits, lead, full, full, cfg.model.coord_features)
+    dataset = PairDataset(store, inits, lead, full, full, cfg.model.coord_features,
+                          forcings=cfg.model.forcings, forcings_at_target=cfg.model.forcings_at_target)
     mean, std = store.mean[:, None, None], store.std[:, None, None]
     model_fc = rollout(model, dataset, lead_steps) * std + mean
     truth, persistence, clim, leads = reference_forecasts(store, inits, train_starts, lead, lead_steps)

@@ -38,14 +38,17 @@ def input_channels(cfg: ModelConfig, n_state: int, n_static: int) -> int:
         + forcings.n_channels(cfg.forcings, cfg.forcings_at_target)
 
 
-def rollout(step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, steps: int, n_state: int):
-    """Yield `steps` successive states [B, n_state, h, w] from inputs x = [state, other channels]: each
-    prediction is fed back with x's other channels (static, coordinates), which do not change with time.
-    `step` is any one-step model (a WeatherMixer, its DeepSpeed engine, a peer model)."""
-    for _ in range(steps):
-        pred = step(x)
-        yield pred
-        x = torch.cat([pred, x[:, n_state:]], dim=1)
+def rollout(step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, steps: int, n_state: int,
+            forcings: Optional[torch.Tensor] = None):
+    """Yield `steps` successive states [B, n_state, h, w] from x = [state, constant channels (static fields,
+    coordinates)] [B, C, h, w]: step k's input is [state_k, constant channels, forcings[:, k]], so each
+    prediction is fed back with the constants and the forcings advance with time. forcings: [B, >= steps,
+    F, h, w] or None. `step` is any one-step model (a WeatherMixer, its DeepSpeed engine, a peer model)."""
+    state, constant = x[:, :n_state], x[:, n_state:]
+    for k in range(steps):
+        inputs = [state, constant] + ([forcings[:, k]] if forcings is not None and forcings.shape[2] else [])
+        state = step(torch.cat(inputs, dim=1))
+        yield state
 
 
 class ChannelMixing(JigsawModule):
@@ -164,7 +167,8 @@ class WeatherMixer(nn.Module):
         tendency = self.unpatchify(self.head(self.head_norm(h)), x.shape[2], x.shape[3])
         return x[:, :self.out_channels] + self.tendency_scale.view(1, -1, 1, 1) * tendency.to(x.dtype)
 
-    def rollout(self, x: torch.Tensor, steps: int, step: Optional[Callable] = None):
-        """Yield the next `steps` states from x (see `rollout`); `step` runs the model (default: this module;
-        the trainer passes its DeepSpeed engine, which wraps it)."""
-        return rollout(step or self, x, steps, self.out_channels)
+    def rollout(self, x: torch.Tensor, steps: int, forcings: Optional[torch.Tensor] = None,
+                step: Optional[Callable] = None):
+        """Yield the next `steps` states from x and the forcings (see `rollout`); `step` runs the model (default:
+        this module; the trainer passes its DeepSpeed engine, which wraps it)."""
+        return rollout(step or self, x, steps, self.out_channels, forcings)

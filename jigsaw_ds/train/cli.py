@@ -132,10 +132,19 @@ def plan_run(args) -> Run:
     allocation = allocation_from_env()
     layout = Layout.for_world(allocation.world, cfg.parallel.domain, cfg.parallel.tensor)
     run = Run(cfg, load_deepspeed_config(args.deepspeed_config, cfg, layout), layout)
-    if not (cfg.data.generate and not os.path.exists(cfg.data.store)):
+    if cfg.data.generate and not os.path.exists(cfg.data.store):
+        from ..data import generate
+
+        generate.check_config(cfg)  # the store is made after the process group starts: check what it will hold
+    else:
         run.open_store(allocation.rank)
-    if args.init_from and not os.path.exists(args.init_from):
-        raise jconfig.ConfigError(f"--init-from: file '{args.init_from}' does not exist")
+    if args.init_from:
+        from ..checkpoint.layout_free import load_file
+
+        try:  # mmap: the config only, without reading the tensors
+            check_same_inputs(cfg, load_file(args.init_from, mmap=True)["config"], f"--init-from {args.init_from}")
+        except ValueError as e:
+            raise jconfig.ConfigError(f"--init-from: {e}") from None
     if not args.start_over:
         check_out_dir(cfg, args.resume)
     if allocation.rank == 0:
@@ -162,11 +171,25 @@ def check_out_dir(cfg: jconfig.JigsawConfig, resume: bool) -> None:
                                   f"earlier run (newest {earlier[-1]}): pass --resume to continue that run, "
                                   f"--start-over to move it aside, or set a new train.out_dir (--set train.out_dir=...)")
     if earlier and resume:
+        run_config = os.path.join(cfg.train.out_dir, "config.json")
+        if os.path.exists(run_config):
+            check_same_inputs(cfg, jconfig.read_json_object(run_config, "run config"), f"the run in {cfg.train.out_dir}")
         tag, refused = manager.latest_complete()
         if not tag:
             raise jconfig.ConfigError(f"--resume: no checkpoint in {manager.root} can be loaded "
                                       f"({'; '.join(refused)}); nothing was changed. Pass --start-over to move the "
                                       f"run aside and start at step 0")
+
+
+def check_same_inputs(cfg: jconfig.JigsawConfig, earlier: dict, where: str) -> None:
+    """A model continues only with the inputs it was trained on: the forcings (and the other computed or
+    static inputs) of the config must be those of the checkpoint's run."""
+    defaults = jconfig.ModelConfig()
+    for key in ("forcings", "forcings_at_target", "coord_features", "static_variables"):
+        old = earlier["jigsaw"]["model"].get(key, getattr(defaults, key))
+        if old != getattr(cfg.model, key):
+            raise jconfig.ConfigError(f"config key 'model.{key}' = {getattr(cfg.model, key)!r}, but {where} was "
+                                      f"trained with {old!r}")
 
 
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "config.json", "csv")

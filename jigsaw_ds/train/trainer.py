@@ -67,7 +67,8 @@ class Trainer:
         tendency_units = (store.std / store.tendency_std) ** 2
         self.loss_fn = AreaWeightedMSE(weights, store.n_lat, store.n_lon, channel_weights=tendency_units)
         pairs = lambda starts: PairDataset(store, starts, cfg.data.lead_steps, self.lat, self.lon,
-                                           cfg.model.coord_features, cfg.train.rollout_steps)
+                                           cfg.model.coord_features, cfg.train.rollout_steps,
+                                           cfg.model.forcings, cfg.model.forcings_at_target)
         self.train_set, self.val_set = pairs(self.run.train_starts), pairs(self.run.val_starts)
 
     def _restore(self, resume: bool, init_from: str) -> int:
@@ -104,11 +105,12 @@ class Trainer:
     # ---- one optimizer step ----------------------------------------------------------------------------
     def train_step(self, batch) -> float:
         """One optimizer step; with train.rollout_steps = K the loss is the mean over a K-step rollout,
-        each prediction fed back with the static channels, gradient through all K steps."""
-        x, y = batch  # fp32 on the device: the model casts to its weights' precision (WeatherMixer.forward)
+        each prediction fed back with the static channels and the next step's forcings, gradient through all
+        K steps."""
+        x, y, forcings = batch  # fp32 on the device: the model casts to its weights' precision (WeatherMixer.forward)
         k_steps = y.shape[1]
         loss = 0.0
-        for k, pred in enumerate(self.model.rollout(x, k_steps, step=self.engine)):
+        for k, pred in enumerate(self.model.rollout(x, k_steps, forcings, step=self.engine)):
             loss = loss + self.loss_fn(pred.float(), y[:, k]) / k_steps
         self.engine.backward(loss)
         self.engine.step()
@@ -121,9 +123,10 @@ class Trainer:
         sampler = ReplicaBatches(len(self.val_set), self.cfg.train.global_batch, self.groups.data_rank,
                                  self.groups.size("data"), seed=0, steps=self.cfg.train.val_batches, shuffle=False)
         model_loss = persistence = 0.0
-        for x, y in DeviceBatches(make_loader(self.val_set, sampler, 0, 2), self.device):
+        for x, y, forcings in DeviceBatches(make_loader(self.val_set, sampler, 0, 2), self.device):
             # one-step validation loss (first target of each item)
-            model_loss += self.global_mean(self.loss_fn(self.engine(x).float(), y[:, 0]))
+            pred = next(self.model.rollout(x, 1, forcings, step=self.engine))
+            model_loss += self.global_mean(self.loss_fn(pred.float(), y[:, 0]))
             persistence += self.global_mean(self.loss_fn(x[:, :n_state].float(), y[:, 0]))
         n = self.cfg.train.val_batches
         return model_loss / n, persistence / n

@@ -12,18 +12,22 @@ rank (same seed), the parallel model, and compares, in fp32:
 Rank 0 writes one JSON with the largest error of each check over all ranks.
 """
 import argparse
+import dataclasses
 import json
 import sys
 from unittest import mock
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from jigsaw_ds.config import ModelConfig
+from jigsaw_ds.forcings import forcing_channels
 from jigsaw_ds.grid import lat_cell_weights
-from jigsaw_ds.model import WeatherMixer
+from jigsaw_ds.model import WeatherMixer, input_channels
 from jigsaw_ds.parallel import comm_stats
 from jigsaw_ds.parallel.layers import Replicated
+from jigsaw_ds.parallel.partition import TokenPartition
 from jigsaw_ds.parallel.topology import JigsawMPU, Layout, init_distributed, initialize
 from jigsaw_ds.perf.comm_model import params_per_rank, step_comm_bytes
 from jigsaw_ds.train.loss import AreaWeightedMSE
@@ -31,6 +35,9 @@ from jigsaw_ds.train.loss import AreaWeightedMSE
 # 33 latitudes with patch 4: 9 token rows (padded to 36 pixel rows), split unevenly over 2 and 4 domain ranks.
 H, W, C_IN, C_OUT, MICRO = 33, 32, 5, 3, 2
 CFG = ModelConfig(patch=4, embed_dim=16, token_hidden=12, channel_hidden=24, depth=2, coord_features=False)
+CFG_FORCED = dataclasses.replace(CFG, forcings=["toa_solar", "time_of_day", "day_of_year"], forcings_at_target=True)
+C_IN_FORCED = input_channels(CFG_FORCED, C_IN, 0)
+LAT, LON = np.linspace(90, -90, H), np.arange(W) * 360.0 / W
 LAYOUTS = {2: [(1, 2, 1), (1, 1, 2), (2, 1, 1)],
            4: [(1, 2, 2), (2, 2, 1), (2, 1, 2), (1, 4, 1)]}
 SEED, STEPS, LR = 7, 3, 1e-2
@@ -53,6 +60,13 @@ def global_batch(dp: int):
     return x, y
 
 
+def forcing_input(lat, lon, n) -> torch.Tensor:
+    """[n, F, h, w]: the forcing channels of n samples at their input and target times (6 h apart)."""
+    times = np.datetime64("2020-03-01T00") + np.arange(2 * n) * np.timedelta64(6, "h")
+    f = forcing_channels(CFG_FORCED.forcings, lat, lon, times).reshape(n, 2, -1, len(lat), len(lon))
+    return torch.from_numpy(f.reshape(n, -1, len(lat), len(lon)))  # input-time, then target-time channels
+
+
 def tile(t, groups, part, data_axis=True):
     lat, lon = part.lat_slice(groups.domain_rank), part.lon_slice(groups.tensor_rank)
     if data_axis:
@@ -60,17 +74,25 @@ def tile(t, groups, part, data_axis=True):
     return t[:, :, lat, lon]
 
 
-def forward_checks(groups, serial, x, y, weights) -> dict:
-    """Output, input grad and parameter grads of the parallel model on this replica's micro-batch."""
+def forward_checks(groups, serial, x, y, weights, forcings: bool = False) -> dict:
+    """Output, input grad and parameter grads of the parallel model on this replica's micro-batch. With
+    `forcings`, the model (CFG_FORCED) takes forcing channels: the serial model the full field's, each rank
+    the ones computed on its own tile's coordinates, as the data loader does."""
+    cfg, c_in = (CFG_FORCED, C_IN_FORCED) if forcings else (CFG, C_IN)
     dp_slice = slice(groups.data_rank * MICRO, (groups.data_rank + 1) * MICRO)
+    part = TokenPartition(H, W, CFG.patch, groups.layout.domain, groups.layout.tensor)
+    xl = tile(x, groups, part)
+    if forcings:
+        la, lo = part.lat_slice(groups.domain_rank), part.lon_slice(groups.tensor_rank)
+        xl = torch.cat([xl, forcing_input(LAT[la], LON[lo], len(x))[dp_slice]], dim=1)
+        x = torch.cat([x, forcing_input(LAT, LON, len(x))], dim=1)
     xs = x[dp_slice].clone().requires_grad_()
     serial.zero_grad()
     out_s = serial(xs)
     AreaWeightedMSE(weights, H, W)(out_s, y[dp_slice]).backward()
 
-    par = WeatherMixer(CFG, H, W, C_IN, C_OUT, groups, seed=SEED)
-    part = par.partition
-    xl = tile(x, groups, part).clone().requires_grad_()
+    par = WeatherMixer(cfg, H, W, c_in, C_OUT, groups, seed=SEED)
+    xl = xl.clone().requires_grad_()
     out = par(xl)
     AreaWeightedMSE(weights[part.lat_slice(groups.domain_rank)], H, W)(out, tile(y, groups, part)).backward()
 
@@ -163,6 +185,7 @@ def main():
     torch.set_num_threads(1)
     weights = torch.from_numpy(lat_cell_weights(torch.linspace(90, -90, H).numpy())).float()
     serial = WeatherMixer(CFG, H, W, C_IN, C_OUT, seed=SEED)
+    serial_forced = WeatherMixer(CFG_FORCED, H, W, C_IN_FORCED, C_OUT, seed=SEED)
     results = {}
     for dims in LAYOUTS[world]:
         layout = Layout(*dims)
@@ -172,6 +195,8 @@ def main():
         # a model whose replicated parameters skip their gradient sum (a test double of the Split's rule)
         with mock.patch.object(Replicated, "materialize", lambda self, p, groups: p):
             res["broken_param_grads"] = forward_checks(groups, serial, x, y, weights)["param_grads"]
+        for key, value in forward_checks(groups, serial_forced, x, y, weights, forcings=True).items():
+            res[f"forced_{key}"] = value
         for stage in (1, 2):
             for key, value in deepspeed_checks(groups, serial, x, y, weights, stage).items():
                 res[f"zero{stage}_{key}"] = value

@@ -50,7 +50,7 @@ def rank_view(path: str, layout: Layout, rank: int) -> dict:
     counter = ReadCounter()
     dataset[0]
     sampler = ReplicaBatches(len(dataset), GLOBAL_BATCH, groups.data_rank, layout.data, SEED, steps=STEPS)
-    batches = [(x.numpy(), y.numpy()) for x, y in make_loader(dataset, sampler, num_workers=1, prefetch_factor=2)]
+    batches = [(x.numpy(), y.numpy()) for x, y, _ in make_loader(dataset, sampler, num_workers=1, prefetch_factor=2)]
     return {"coords": (groups.data_rank, groups.domain_rank, groups.tensor_rank), "lat": (lat.start, lat.stop),
             "lon": (lon.start, lon.stop), "batches": batches, "steps": list(sampler), "bytes": counter.bytes,
             "weights": lat_cell_weights(store.lat)[lat], "rows": part.rows_of(groups.domain_rank)}

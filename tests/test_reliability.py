@@ -113,6 +113,17 @@ def test_a_store_to_generate_is_checked_before_it_is_made(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "made.zarr") and not os.path.exists(tmp_path / "run")
 
 
+def test_a_time_gap_without_trajectories_is_never_a_training_pair(tmp_path):
+    """A store written without a `trajectory` coordinate (not by prepare) whose times jump: the gap splits it,
+    as prepare would have marked it."""
+    ds = synth_dataset(9, 16, 30, seed=3)
+    gapped = ds.isel(time=list(range(0, 12)) + list(range(20, 30)))  # 6 h steps, then a 54 h jump
+    write_store(gapped, str(tmp_path / "gapped.zarr"))
+    store = WeatherStore(str(tmp_path / "gapped.zarr"), ["temperature"], [], [500])
+    assert 11 not in store.pair_starts(1) and 10 in store.pair_starts(1) and 12 in store.pair_starts(1)
+    assert set(store.pair_starts(2)) == set(range(10)) | set(range(12, 20))
+
+
 # ---- one owner per run directory --------------------------------------------------------------------------------
 def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path, monkeypatch):
     out = str(tmp_path / "run")

@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 import xarray as xr
 
-from .store import StoreError
+from .store import StoreError, gap_starts
 
 SHORT_NAMES = {  # ECMWF short name -> WeatherBench2 name
     "z": "geopotential", "t": "temperature", "u": "u_component_of_wind", "v": "v_component_of_wind",
@@ -374,10 +374,7 @@ def mark_gaps(parts: list[Part]) -> list[Part]:
     `trajectory` changes, and at each file of a source that has one. A regular series from sources without
     trajectories gets none."""
     times = np.concatenate([p.ds["time"].values for p in parts])
-    starts = np.zeros(len(times), bool)
-    if len(times) >= 3:
-        step = np.diff(times)
-        starts[1:] = step != step.min()
+    starts = gap_starts(times)
     offset = 0
     for p in parts:
         n = p.ds.sizes["time"]

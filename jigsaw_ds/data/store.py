@@ -75,10 +75,28 @@ def all_channels(ds: xr.Dataset) -> list[Channel]:
     return channels
 
 
+def gap_starts(times: np.ndarray) -> np.ndarray:
+    """[T] bool: where a new stretch of regular time steps begins (the step before differs from the series'
+    smallest step: a gap). The one rule for gaps: prepare writes it as a `trajectory` coordinate, and a store
+    without one gets its trajectories from it, so that no training pair spans a gap."""
+    starts = np.zeros(len(times), bool)
+    if len(times) >= 3:
+        step = np.diff(times)
+        starts[1:] = step != step.min()
+    return starts
+
+
+def trajectories(ds: xr.Dataset) -> np.ndarray:
+    """[T] trajectory id of each time: the store's `trajectory` coordinate, else stretches between gaps."""
+    if "trajectory" in ds.coords:
+        return ds["trajectory"].values
+    return np.cumsum(gap_starts(ds["time"].values))
+
+
 def compute_stats(ds: xr.Dataset) -> dict:
     """Per channel mean, std and tendency_std (one-step differences that stay inside a trajectory);
     mean and std of each static field (no time dim)."""
-    traj = ds["trajectory"].values if "trajectory" in ds.coords else np.zeros(ds.sizes["time"], int)
+    traj = trajectories(ds)
     same = traj[1:] == traj[:-1]
     stats = {}
     for var, da in ds.data_vars.items():
@@ -106,7 +124,7 @@ class WeatherStore:
         self.lat = ds["latitude"].values.astype(np.float64)
         self.lon = ds["longitude"].values.astype(np.float64)
         self.times = ds["time"].values
-        self.trajectory = ds["trajectory"].values if "trajectory" in ds.coords else np.zeros(len(self.times), int)
+        self.trajectory = trajectories(ds)
         self.channels = self._select_channels(ds, variables, surface_variables, levels)
         self.static_variables = list(static_variables)
         for var in self.static_variables:

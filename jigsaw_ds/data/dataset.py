@@ -152,12 +152,58 @@ class ReplicaBatches(torch.utils.data.Sampler):
 
 
 def make_loader(dataset: PairDataset, sampler: ReplicaBatches, num_workers: int, prefetch_factor: int):
-    """(inputs, targets) batches of the sampler's index lists. Workers start by forkserver: tensorstore,
-    which the store reads with, cannot run in a process forked from one that has used it."""
+    """Batches of the sampler's index lists. Workers start by forkserver: tensorstore, which the store reads
+    with, cannot run in a process forked from one that has used it. Without workers, a thread of this
+    process reads `prefetch_factor` batches ahead (tensorstore decodes without holding the GIL)."""
     kwargs = dict(sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
     if num_workers:
         kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False, multiprocessing_context="forkserver")
-    return torch.utils.data.DataLoader(_Batches(dataset), **kwargs)
+        return torch.utils.data.DataLoader(_Batches(dataset), **kwargs)
+    return _ThreadPrefetch(torch.utils.data.DataLoader(_Batches(dataset), **kwargs), prefetch_factor)
+
+
+class _ThreadPrefetch:
+    """Iterate `loader` in a background thread, at most `depth` batches ahead; its errors are raised here."""
+
+    def __init__(self, loader, depth: int):
+        self.loader, self.depth = loader, depth
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        import queue
+        import threading
+
+        batches, stop, done = queue.Queue(self.depth), threading.Event(), object()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    batches.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def produce():
+            try:
+                for batch in self.loader:
+                    if not put(batch):
+                        return
+                put(done)
+            except BaseException as e:  # the consumer re-raises it
+                put(e)
+
+        thread = threading.Thread(target=produce, name="jigsaw-prefetch", daemon=True)
+        thread.start()
+        try:
+            while (item := batches.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:  # the consumer stopped (or failed): let the producer go
+            stop.set()
 
 
 class DeviceBatches:

@@ -166,3 +166,22 @@ def test_a_layout_the_reader_cannot_read_names_store_and_conversion(tmp_path):
     with pytest.raises(StoreError, match=rf"data store '{foreign}': variable 'temperature' is in a layout the reader "
                                          rf"cannot read .*convert it with `jigsaw-data prepare {foreign} --out NEW.zarr`"):
         store.read_raw([0], slice(0, None), slice(0, None))
+
+
+def test_loader_without_workers_prefetches_the_same_batches_and_raises_read_errors(damaged):
+    """make_loader(num_workers=0) reads ahead in a thread: the same batches as read_batch, in order, and a
+    damaged chunk is raised to the consumer as the StoreError that names it."""
+    import torch
+
+    from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches, make_loader
+
+    path, store = damaged
+    dataset = PairDataset(store, store.pair_starts(1), 1, slice(0, 20), slice(0, 64), coord_feats=False)
+    sampler = ReplicaBatches(len(dataset), 2, 0, 1, seed=0, steps=6)
+    for got, indices in zip(make_loader(dataset, sampler, 0, 2), sampler):
+        for a, b in zip(got, dataset.read_batch(indices)):
+            assert torch.equal(a, b)
+    os.remove(os.path.join(path, "temperature/c/3/0/0/0"))
+    with pytest.raises(StoreError, match=r"variable 'temperature' at time 2020-01-01T18:00.*'temperature/c/3/0/0/0'"):
+        for _ in make_loader(dataset, ReplicaBatches(len(dataset), 4, 0, 1, seed=0, steps=6, shuffle=False), 0, 2):
+            pass

@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import zarr
@@ -77,7 +78,8 @@ def checkpoints(out_dir):
 
 def steps_logged(out_dir):
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        return [json.loads(line)["step"] for line in f]
+        lines = f.read().splitlines()
+    return [json.loads(line)["step"] for line in lines if line.endswith("}")]  # not a line a kill cut short
 
 
 # ---- configs: one line, exit 2, before anything exists ---------------------------------------------------------
@@ -313,10 +315,11 @@ def test_eval_bad_input_is_one_line(eval_setup, tmp_path, capsys, case, expected
 
 # ---- kill -9 at random points of a 4-rank run, resumed each time ----------------------------------------------
 def test_kill_9_five_times_then_equal_to_an_uninterrupted_run(tmp_path, synth_store):
-    """(1,2,2) with a checkpoint every step: killed (SIGKILL, the whole process group) at a random moment 5
-    times, --resume in between; metrics have every step once and equal losses, the final weights are bitwise
-    the uninterrupted run's."""
-    steps = 8
+    """(1,2,2) with a checkpoint every step: killed 5 times (SIGKILL to the launcher and every rank) at a random
+    moment of training (0 to 1 s after the run logged a step it had not reached before: inside steps, saves,
+    manifest writes), --resume in between; metrics have every step once with the uninterrupted run's losses,
+    and the final weights are bitwise the uninterrupted run's."""
+    steps = 14
     full = write_configs(tmp_path, synth_store, tmp_path / "full", steps=steps)
     conf = json.loads((tmp_path / "j.json").read_text())
     conf["parallel"] = {"domain": 2, "tensor": 2}
@@ -330,20 +333,33 @@ def test_kill_9_five_times_then_equal_to_an_uninterrupted_run(tmp_path, synth_st
     assert proc.returncode == 0, proc.stderr[-3000:]
     rng = np.random.default_rng(0)
     killed = base + ["--config", str(tmp_path / "killed.json"), "--resume"]
-    kills = 0
-    while kills < 5:
-        p = subprocess.Popen(killed, cwd=ROOT, env=spawn_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-        time.sleep(rng.uniform(8, 25))  # start-up (imports, groups) takes ~10 s on 2 cores, a step < 1 s
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    reached, kills = 0, []
+    while len(kills) < 5:
+        p = subprocess.Popen(killed, cwd=ROOT, env=spawn_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while p.poll() is None and time.time() < deadline and (
+                not metrics.exists() or max([0] + steps_logged(tmp_path / "killed")) <= reached):
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 1.0))
         if p.poll() is not None:
             break  # finished before its kill: the run is complete
-        os.killpg(p.pid, signal.SIGKILL)
+        # torchrun starts each rank in a session of its own: kill the launcher and every rank, as a job's end does
+        victims = [psutil.Process(p.pid)] + psutil.Process(p.pid).children(recursive=True)
+        for victim in victims:
+            try:
+                victim.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(victims, timeout=30)
         p.wait()
-        kills += 1
+        reached = max([0] + steps_logged(tmp_path / "killed"))
+        kills.append((reached, checkpoints(tmp_path / "killed")[-1:]))
     proc = subprocess.run(killed, cwd=ROOT, env=spawn_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    print(f"\n{kills} kills; resumed runs said: {[l for l in proc.stdout.splitlines() if 'resumed' in l]}")
-    assert kills >= 3
+    print(f"\nkilled at (newest step logged, newest checkpoint folder): {kills}")
+    assert len(kills) == 5 and kills[-1][0] < steps
+    assert "resumed from" in proc.stdout
     with open(tmp_path / "full" / "metrics.jsonl") as f:
         ref = {r["step"]: r["loss"] for r in map(json.loads, f)}
     with open(tmp_path / "killed" / "metrics.jsonl") as f:

@@ -8,8 +8,8 @@ tasks touch one chunk), and only then writes its record, STORE.partial/.jigsaw-p
 the block's partial statistics (count, mean and sum of squared deviations per channel, in float64). A run
 with the same arguments over the same layout (the job key) converts only the blocks without a record; the
 statistics are combined from all records, in block order, so they do not depend on the number of workers.
-The climatology is a second set of tasks, one per (day of year, hour) cell, each averaging its times from
-the written store, with records of its own. The store is renamed to STORE when all of it is there.
+The climatology is a second set of tasks, one per (day of year, hour) cell, each summing its times in
+float64 (read again from the sources: see average_cell), with records of its own. The store is renamed to STORE when all of it is there.
 
 Where tasks run: a dask.distributed Client (a LocalCluster of worker processes, or a cluster started
 elsewhere, e.g. by launch/dask/prepare.sbatch), or this process (workers=0: tests, debugging).
@@ -39,6 +39,7 @@ from .writer import BLOCK_BYTES, chunk_encoding, time_blocks
 STATE = ".jigsaw-prepare"  # inside STORE.partial: job.json (the job key), blocks/, climatology/
 KEY_ATTR = "jigsaw_prepare"  # the job key of a complete store: a second run with the same one does nothing
 CONNECT_TIMEOUT = "20s"
+WORKER_WAIT = "600s"
 WRITE_EMPTY = True  # as writer.write_store: every chunk is written (the reader refuses missing ones)
 
 
@@ -85,6 +86,8 @@ class Job:
         for i, part in enumerate(parts):
             blocks += [Block(i, s.start, s.stop, offset + s.start) for s in time_blocks(part.ds[timed], time_block)]
             offset += part.ds.sizes["time"]
+        encoding = chunk_encoding(p0, lat_chunk, lon_chunk, level_chunk)
+        _check_whole_shards(encoding, timed, [b.offset for b in blocks])
         times = np.concatenate([p.ds["time"].values for p in parts])
         traj = np.concatenate([p.ds["trajectory"].values for p in parts]) if "trajectory" in p0.coords else None
         by = grouping(times) if climatology else None
@@ -97,8 +100,7 @@ class Job:
         for values in [times, traj] + [p0[d].values for d in ("level", "latitude", "longitude") if d in p0.coords]:
             if values is not None:
                 digest.update(np.ascontiguousarray(values).tobytes())
-        return cls(parts, out, check, digest.hexdigest()[:32], chunk_encoding(p0, lat_chunk, lon_chunk, level_chunk),
-                   blocks, times, traj, timed, by, coords, cells, (lat_chunk, lon_chunk, level_chunk))
+        return cls(parts, out, check, digest.hexdigest()[:32], encoding, blocks, times, traj, timed, by, coords, cells, (lat_chunk, lon_chunk, level_chunk))
 
     @property
     def tmp(self) -> str:
@@ -108,8 +110,36 @@ class Job:
         return os.path.join(root or self.tmp, STATE, kind, f"{index:08d}.json")
 
     def block_bytes(self, b: Block) -> int:
-        ds = self.parts[b.part].ds
-        return sum(ds[v].dtype.itemsize * ds[v].size // ds.sizes["time"] for v in self.timed) * (b.stop - b.start)
+        return sum(self.step_bytes(self.parts[b.part], v) for v in self.timed) * (b.stop - b.start)
+
+    @staticmethod
+    def step_bytes(part, var: str) -> int:
+        da = part.ds[var]
+        return da.dtype.itemsize * da.size // part.ds.sizes["time"]
+
+    def sum_over_times(self, var: str, times: np.ndarray) -> np.ndarray:
+        """Float64 sum of `var` at the given store time indices (increasing), read from the parts in runs of
+        consecutive steps (cfgrib reads every message between the first and last index of a list) of at most
+        BLOCK_BYTES, in time order whatever the worker."""
+        from .prepare import SourceError
+
+        bounds = np.cumsum([0] + [p.ds.sizes["time"] for p in self.parts])
+        which = np.searchsorted(bounds, times, side="right") - 1
+        total = None
+        for i, part in enumerate(self.parts):
+            local = times[which == i] - bounds[i]
+            batch = max(1, BLOCK_BYTES // max(1, self.step_bytes(part, var)))
+            runs = np.split(local, np.flatnonzero(np.diff(local) != 1) + 1) if len(local) else []
+            for run in runs:
+                for lo in range(0, len(run), batch):
+                    steps = slice(int(run[lo]), int(run[min(lo + batch, len(run)) - 1]) + 1)
+                    try:
+                        x = np.asarray(part.ds[var].isel(time=steps).values, np.float64).sum(axis=0)
+                    except Exception as e:  # engines raise many types for data they cannot decode
+                        raise SourceError(f"{', '.join(part.files)}: variable '{var}' cannot be read at time "
+                                          f"{part.ds['time'].values[steps.start]}: {type(e).__name__}: {e}") from None
+                    total = x if total is None else total + x
+        return total
 
     def step(self, t: int) -> xr.Dataset:
         """Time step t of the store, read from its part."""
@@ -119,6 +149,16 @@ class Job:
                 return part.ds[self.timed].isel(time=[t]).load()
             t -= n
         raise IndexError(t)
+
+
+def _check_whole_shards(encoding: dict, timed: list, starts: list) -> None:
+    """Tasks may write in parallel only to files no other task writes: every block must start on a shard
+    (or chunk) boundary of the time axis. writer.chunk_encoding gives one time step per shard today."""
+    for var in timed:
+        step = (encoding[var].get("shards") or encoding[var]["chunks"])[0]
+        if any(start % step for start in starts):
+            raise ValueError(f"variable '{var}': time shards of {step} steps do not divide the blocks of time steps; "
+                             f"choose --time-block as a multiple of {step}")
 
 
 # ---- the store's skeleton ------------------------------------------------------------------------------
@@ -214,35 +254,27 @@ def convert_block(k: int, job: Job, root: Optional[str] = None) -> dict:
 
 
 def average_cell(c: int, job: Job, root: Optional[str] = None) -> dict:
-    """The mean of each variable over the times of climatology cell c, read from the written store."""
+    """The mean of each variable over the times of climatology cell c, written to its region of the group.
+
+    The values are read from the sources, as the block tasks read them (the store holds exactly those values,
+    checked finite): a cell's times are scattered over the store, and the sources' chunks (one field per time
+    step, as in WB2's zarr or a netCDF/GRIB file) serve scattered times several times faster than the store's
+    small inner chunks do through zarr-python (bench/prepare.py)."""
     root = root or job.tmp
     record = job.record("climatology", c, root)
     if os.path.exists(record):
         return _read_json(record)
     index, times = job.clim_cells[c]
-    store = xr.open_zarr(root, chunks=None, consolidated=False)
-    means = {}
+    p0, means = job.parts[0].ds, {}
     for var in job.timed:
-        da = store[var]
-        mean = (_sum_over_times(da, times) / len(times)).astype(da.dtype)
-        means[var] = (job.clim_by + da.dims[1:], mean[(None,) * len(job.clim_by)])
+        mean = (job.sum_over_times(var, times) / len(times)).astype(p0[var].dtype)
+        means[var] = (job.clim_by + p0[var].dims[1:], mean[(None,) * len(job.clim_by)])
     region = {g: slice(i, i + 1) for g, i in zip(job.clim_by, index)}
     xr.Dataset(means).to_zarr(root, group="climatology", region=region, consolidated=False,
                               write_empty_chunks=WRITE_EMPTY)
-    rec = {"cell": c, "bytes": int(sum(store[v].nbytes // len(job.times) for v in job.timed) * len(times))}
+    rec = {"cell": c, "bytes": int(sum(job.step_bytes(job.parts[0], v) for v in job.timed) * len(times))}
     _write_json(record, rec)
     return rec
-
-
-def _sum_over_times(da: xr.DataArray, times: np.ndarray) -> np.ndarray:
-    """Float64 sum of da at the given time indices, read about BLOCK_BYTES at a time (a cell's times are far
-    apart: one read each, in time order whatever the worker)."""
-    per_step = max(1, da.nbytes // da.sizes["time"])
-    batch = max(1, BLOCK_BYTES // per_step)
-    total = np.zeros(da.shape[1:], np.float64)
-    for i in range(0, len(times), batch):
-        total += np.asarray(da.isel(time=times[i:i + batch]).values, np.float64).sum(axis=0)
-    return total
 
 
 # ---- statistics as a reduction ---------------------------------------------------------------------------
@@ -307,13 +339,15 @@ def statistics(job: Job, records: list[dict], store: xr.Dataset) -> dict:
 # ---- running it ------------------------------------------------------------------------------------------
 @contextmanager
 def dask_client(workers: int = 1, scheduler: Optional[str] = None):
-    """A Client of the cluster at `scheduler`, or of a LocalCluster of `workers` single-threaded processes
-    (the work is numpy and codecs holding the GIL part of the time: processes, not threads)."""
+    """A Client of the cluster at `scheduler` (an address, or the scheduler file `dask scheduler
+    --scheduler-file` wrote), or of a LocalCluster of `workers` single-threaded processes (the work is numpy
+    and codecs holding the GIL part of the time: processes, not threads)."""
     from distributed import Client, LocalCluster
 
     if scheduler:
+        where = {"scheduler_file": scheduler} if os.path.isfile(scheduler) else {"address": scheduler}
         try:
-            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
+            client = Client(**where, timeout=CONNECT_TIMEOUT)
         except Exception as e:  # OSError, TimeoutError, ValueError for a malformed address
             raise ClusterError(f"--scheduler {scheduler}: cannot be reached ({type(e).__name__}: {e})") from None
         try:
@@ -341,10 +375,15 @@ class _Tasks:
         from distributed.scheduler import KilledWorker
 
         if self._job_future is None:
+            try:  # workers of a batch job may still be starting
+                self.client.wait_for_workers(1, timeout=WORKER_WAIT)
+            except TimeoutError:
+                raise ClusterError(f"no Dask worker joined the scheduler {self.client.scheduler.address} within "
+                                   f"{WORKER_WAIT}") from None
             self._job_future = self.client.scatter(self.job, broadcast=True, hash=False)
         futures = self.client.map(fn, indices, job=self._job_future, pure=False)
         try:
-            for fut in as_completed(futures):
+            for fut in as_completed(futures, loop=self.client.loop):  # not the default client's loop
                 on_done(fut.result())  # re-raises a task's SourceError here
                 fut.release()
         except KilledWorker as e:
@@ -479,11 +518,10 @@ def describe_plan(job: Job, workers: int) -> str:
         t0 = time.perf_counter()
         rec = convert_block(0, job, root=path)
         write_rate = rec["bytes"] / (time.perf_counter() - t0)
-        store = xr.open_zarr(path, chunks=None, consolidated=False)
         b = job.blocks[0]
         t0 = time.perf_counter()
         for var in job.timed:
-            _sum_over_times(store[var], np.arange(b.offset, b.offset + b.stop - b.start))
+            job.sum_over_times(var, np.arange(b.offset, b.offset + b.stop - b.start))
         read_rate = rec["bytes"] / (time.perf_counter() - t0)
     seconds = total / write_rate / workers + (total / read_rate / workers if job.clim_by else 0.0)
     lines.append(f"measured here, one worker: {write_rate / 1e6:.1f} MB/s converting, {read_rate / 1e6:.1f} MB/s "

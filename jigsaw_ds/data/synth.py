@@ -29,12 +29,14 @@ LEVELS = (500, 850)
 
 
 def synth_dataset(n_lat: int, n_lon: int, n_times: int, seed: int = 0, levels=LEVELS, step_hours: int = 6,
-                  waves: int = 4) -> xr.Dataset:
+                  waves: int = 4, start: int = 0) -> xr.Dataset:
+    """Time steps start .. start + n_times - 1 of the series of `seed` (pieces of one series can be made one at
+    a time and joined: bench/prepare.py writes a large source that way)."""
     rng = np.random.default_rng(seed)
     lat = np.linspace(90.0, -90.0, n_lat)
     lon = np.arange(n_lon) * 360.0 / n_lon
     phi, lam = np.deg2rad(lat)[:, None], np.deg2rad(lon)[None, :]
-    t = np.arange(n_times)[:, None, None]
+    t = np.arange(start, start + n_times)[:, None, None]
 
     def field(base, contrast, amp):
         out = base - contrast * np.sin(phi) ** 2 + 0 * lam
@@ -58,7 +60,8 @@ def synth_dataset(n_lat: int, n_lon: int, n_times: int, seed: int = 0, levels=LE
                              (np.sin(3 * lam) * np.cos(2 * phi) > 0.2).astype(np.float32))
     data["geopotential_at_surface"] = (("latitude", "longitude"),
                                        (2000.0 * np.clip(np.sin(2 * lam) * np.cos(phi), 0, None)).astype(np.float32))
-    coords = {"time": pd.date_range("2020-01-01", periods=n_times, freq=f"{step_hours}h").values,
+    times = pd.date_range("2020-01-01", periods=start + n_times, freq=f"{step_hours}h")[start:]
+    coords = {"time": times.values,
               "level": np.asarray(levels, dtype=np.int64), "latitude": lat, "longitude": lon}
     ds = xr.Dataset(data, coords=coords)
     ds.attrs["source"] = f"jigsaw-data synth seed={seed}"

@@ -22,9 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import ModelConfig
 from .. import forcings
 from ..grid import N_COORD_FEATURES
-from ..parallel.layers import (ColumnParallelLinear, JigsawModule, LayerNorm, RowParallelLinear, TokenMixing,
-                               TokenwiseLinear)
-from ..parallel.mappings import gather_from_group
+from ..parallel.layers import ColumnParallelLinear, LayerNorm, RowParallelLinear, TokenMixing, TokenwiseLinear
 from ..parallel.partition import TokenPartition
 from ..parallel.topology import JigsawGroups
 
@@ -51,26 +49,18 @@ def rollout(step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, steps
         yield state
 
 
-class ChannelMixing(JigsawModule):
-    """Per-token MLP, Megatron tensor parallel with sequence parallelism over the tensor group:
-    all-gather the band's tokens -> column-parallel Wc1 -> act -> row-parallel Wc2 -> reduce-scatter."""
+class ChannelMixing(nn.Module):
+    """Per-token MLP, Megatron tensor parallel with sequence parallelism over the tensor group: column-parallel
+    Wc1 on the band all-gathered from the own tokens -> act -> row-parallel Wc2 -> reduce-scatter to own tokens."""
 
     def __init__(self, dim, hidden, activation, groups, partition):
-        super().__init__(groups, partition)
-        self.act, self.dim = activation, dim
+        super().__init__()
+        self.act = activation
         self.fc1 = ColumnParallelLinear(dim, hidden, groups, partition)
         self.fc2 = RowParallelLinear(hidden, dim, groups, partition)
 
     def forward(self, x):
-        band = gather_from_group(x, self.groups.comm("tensor"))
-        return self.fc2(self.act(self.fc1(band)))
-
-    def collectives(self, micro_batch):
-        if self.groups.size("tensor") == 1:
-            return []
-        band = self.partition.n_tokens_of(self.groups.domain_rank, 0) * self.groups.size("tensor")
-        elements = band * micro_batch * self.dim
-        return [("all_gather/tensor", elements, "forward"), ("reduce_scatter/tensor", elements, "backward")]
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class MixerBlock(nn.Module):

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mappings import copy_to_group, gather_from_group, reduce_from_group, reduce_scatter_to_group
+from .mappings import copy_to_group, gather_from_group, gathered_linear, reduce_from_group, reduce_scatter_to_group
 from .partition import TokenPartition
 from .topology import JigsawGroups, Layout
 
@@ -300,10 +300,11 @@ class TokenwiseLinear(JigsawModule):
 
 
 class ColumnParallelLinear(JigsawModule):
-    """Megatron column-parallel linear: output features split over the tensor axis.
+    """Megatron column-parallel linear with sequence parallelism: output features split over the tensor axis.
 
-    Input: all tokens of the domain band (gathered over the tensor group); output: their Dc/TP features.
-    Weight and bias shards are stored flat over the domain group too and gathered just before use.
+    Input: the rank's own tokens; they are all-gathered over the tensor group into the domain band inside the
+    linear (`gathered_linear`), so backward keeps only the own tokens and gathers them again; output: the band's
+    Dc/TP features. Weight and bias shards are stored flat over the domain group too and gathered before use.
     """
 
     def __init__(self, d_in, d_out, groups, partition):
@@ -312,7 +313,15 @@ class ColumnParallelLinear(JigsawModule):
         self.bias = self.new_param((d_out,), FlatSharded("domain", tensor_dim=0), ParamInit("zeros"))
 
     def forward(self, x):
-        return F.linear(x, self.use(self.weight), self.use(self.bias))
+        return gathered_linear(x, self.use(self.weight), self.use(self.bias), self.groups.comm("tensor"))
+
+    def collectives(self, micro_batch):
+        if self.groups.size("tensor") == 1:
+            return []
+        band = self.partition.n_tokens_of(self.groups.domain_rank, 0) * self.groups.size("tensor")
+        elements = band * micro_batch * self.weight.full_shape[1]
+        return [("all_gather/tensor", elements, "forward"), ("all_gather/tensor", elements, "backward"),
+                ("reduce_scatter/tensor", elements, "backward")]
 
 
 class RowParallelLinear(JigsawModule):

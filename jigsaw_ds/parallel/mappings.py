@@ -10,11 +10,14 @@ parameter shards.
     all-reduce           identity             reduce_from_group    (partial sums -> replicated result)
     all-gather (dim 0)   reduce-scatter       gather_from_group    (own rows -> everybody's rows)
     reduce-scatter       all-gather (dim 0)   reduce_scatter_to_group (partial rows -> own rows, summed)
+    all-gather + linear  all-gather again,    gathered_linear      (sequence-parallel column linear: keeps only
+                         reduce-scatter                             the own rows for backward)
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from . import comm_stats
 
@@ -94,6 +97,27 @@ class _ReduceScatterToGroup(torch.autograd.Function):
         return _all_gather(grad, ctx.group), None
 
 
+class _GatheredLinear(torch.autograd.Function):
+    """y = all_gather(x) W^T + b, keeping only the own rows x for backward (Megatron's sequence-parallel column
+    linear): backward gathers x again for W's gradient and reduce-scatters the band's gradient back to the own
+    rows. Autograd of gather + linear would keep the whole gathered band, T times the own rows."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, group):
+        ctx.group, ctx.has_bias = group, bias is not None
+        ctx.save_for_backward(x, weight)
+        return F.linear(_all_gather(x, group), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        band = _all_gather(x, ctx.group)
+        grad_rows = grad.reshape(-1, grad.shape[-1])
+        grad_weight = grad_rows.t() @ band.reshape(-1, band.shape[-1])
+        grad_bias = grad_rows.sum(0) if ctx.has_bias else None
+        return _reduce_scatter(grad @ weight, ctx.group), grad_weight, grad_bias, None
+
+
 def copy_to_group(x, group):
     return x if group is None else _CopyToGroup.apply(x, group)
 
@@ -108,3 +132,8 @@ def gather_from_group(x, group):
 
 def reduce_scatter_to_group(x, group):
     return x if group is None else _ReduceScatterToGroup.apply(x, group)
+
+
+def gathered_linear(x, weight, bias, group):
+    """F.linear(gather_from_group(x, group), weight, bias) with only x kept for backward."""
+    return F.linear(x, weight, bias) if group is None else _GatheredLinear.apply(x, weight, bias, group)

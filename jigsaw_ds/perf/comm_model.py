@@ -10,8 +10,9 @@ size, all-gather = gathered output, reduce-scatter = input. What the walk gives,
 B, widths D, Dt, Dc, tensor size T, domain size DD, replica size M, e bytes per element:
 
   per block, token mixing   all_reduce/jigsaw   2 Dt B D e          (partial sums fwd, their grads bwd)
-  per block, channel mixing all_gather/tensor   n T B D e           (fwd; and bwd of the reduce-scatter)
-                            reduce_scatter/tensor n T B D e         (fwd; and bwd of the all-gather)
+  per block, channel mixing all_gather/tensor   3 n T B D e         (fc1's input fwd, again in its bwd; and the
+                                                                     bwd of fc2's reduce-scatter)
+                            reduce_scatter/tensor 2 n T B D e       (fc2's output fwd; fc1's input grad bwd)
                             all_gather/domain   DD ceil(s / DD) e   per weight shard of s elements (fwd)
                             reduce_scatter/domain  the same          (their gradients, bwd)
   embedding and head        all_gather/jigsaw, reduce_scatter/jigsaw  M ceil(s / M) e per weight

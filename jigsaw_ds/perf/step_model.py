@@ -30,7 +30,8 @@ Memory per rank (bytes), ZeRO stage s over the data group of size DP:
   weights  P e;  grads  P e (s <= 1) or P e / DP (s = 2)
   optimizer (fp32 master 4 + Adam m, v 8 + fp32 grad partition 4) P / DP for s >= 1, else 8 P (fp32) / 16 P
   activations saved for backward (elements, act dtype unless noted), per block:
-      (3 n + n_b) B D  +  2 Dt B D  +  2 n_b B Dc / T  +  4 n B (fp32 LayerNorm stats)
+      4 n B D  +  2 Dt B D  +  2 n_b B Dc / T  +  4 n B (fp32 LayerNorm stats)   (fc1 keeps its own tokens only:
+      the band, T times as many, is gathered again in backward, as Megatron's sequence-parallel linear does)
       + gathered channel weights 2 D Dc / T when DD > 1 (autograd keeps the gathered copy)
     embed: n B C_in p^2; head: 2 n B D + 2 n B fp32 (+ its gathered weight when M > 1); loss: B C_out h w fp32.
     With activation checkpointing (torch.utils.checkpoint around each MixerBlock) a block keeps only its
@@ -354,7 +355,8 @@ def activation_bytes(shape: ModelShape, layout: Layout, micro_batch: int, e: int
     n, p2 = own_tokens(shape, layout, domain_rank), c.patch ** 2
     nb = n * T
     D, Dt, Dc = c.embed_dim, c.token_hidden, c.channel_hidden
-    block_act = ((3 * n + nb) * B * D + 2 * Dt * B * D + 2 * nb * B * (Dc // T)) * e + 4 * n * B * 4
+    # own tokens only before fc1: the band is gathered again in backward (parallel.mappings.gathered_linear)
+    block_act = (4 * n * B * D + 2 * Dt * B * D + 2 * nb * B * (Dc // T)) * e + 4 * n * B * 4
     gathered_block = 2 * DD * math.ceil(D * (Dc // T) / DD) * e if DD > 1 else 0
     # the head's gathered weight is kept for its input gradient; the embedding's is not (its input needs none)
     gathered_ends = M * math.ceil(D * shape.c_out * p2 / M) * e if M > 1 else 0

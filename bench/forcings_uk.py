@@ -1,6 +1,6 @@
 """Forcings on real data: ERA5 2 m temperature over the UK (March 2019, hourly), +6 h forecasts.
 
-    python bench/forcings_uk.py [--steps 1500] [--out bench/results/forcings_uk.json]
+    python bench/forcings_uk.py [--steps 300] [--out bench/results/forcings_uk.json]
 
 The real series in ../shared/data/era5-2mt-2019-03-uk.grib (33 x 49 points at 0.25 deg, 744 hours) is ingested
 with `jigsaw-data prepare`; the first 24 days train, the last 7 are held out (data.val_fraction = 7/31, the
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--source", default=SOURCE)
     ap.add_argument("--work", default=os.path.join(ROOT, "runs", "forcings_uk"))
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)

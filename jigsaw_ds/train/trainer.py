@@ -92,18 +92,19 @@ class Trainer:
                                       "parameters_per_rank": sum(p.numel() for p in self.model.parameters())})
 
     # ---- reductions over the replica and the data axis -------------------------------------------------
-    def global_mean(self, local_part: torch.Tensor) -> float:
-        """Sum a loss's parts over the replica, average over data-parallel replicas (not counted as traffic)."""
+    def global_mean(self, local_part: torch.Tensor) -> torch.Tensor:
+        """Sum a loss's parts over the replica, average over data-parallel replicas (not counted as traffic);
+        stays on the device (reading it is a host synchronisation, done only where the value is logged)."""
         value = local_part.detach().float().clone()
         if self.groups.size("jigsaw") > 1:
             dist.all_reduce(value, group=self.groups.handles["jigsaw"])
         if self.groups.size("data") > 1:
             dist.all_reduce(value, group=self.groups.handles["data"])
             value /= self.groups.size("data")
-        return value.item()
+        return value
 
     # ---- one optimizer step ----------------------------------------------------------------------------
-    def train_step(self, batch) -> float:
+    def train_step(self, batch) -> torch.Tensor:
         """One optimizer step; with train.rollout_steps = K the loss is the mean over a K-step rollout,
         each prediction fed back with the static channels and the next step's forcings, gradient through all
         K steps."""
@@ -126,28 +127,34 @@ class Trainer:
         for x, y, forcings in DeviceBatches(make_loader(self.val_set, sampler, 0, 2), self.device):
             # one-step validation loss (first target of each item)
             pred = next(self.model.rollout(x, 1, forcings, step=self.engine))
-            model_loss += self.global_mean(self.loss_fn(pred.float(), y[:, 0]))
-            persistence += self.global_mean(self.loss_fn(x[:, :n_state].float(), y[:, 0]))
+            model_loss += self.global_mean(self.loss_fn(pred.float(), y[:, 0])).item()
+            persistence += self.global_mean(self.loss_fn(x[:, :n_state].float(), y[:, 0])).item()
         n = self.cfg.train.val_batches
         return model_loss / n, persistence / n
 
-    def _check_finite(self, step: int, loss: float, grad_norm, sampler: ReplicaBatches) -> None:
-        """Stop at the first non-finite loss or gradient norm, before the step's weights can be saved: the last
+    def _check_finite(self, window: "_Window", sampler: ReplicaBatches) -> None:
+        """Stop at the first non-finite loss or gradient norm of the steps since the last check (checks run at
+        every log, validation and checkpoint step), before any of their weights can be saved: the last
         checkpoint stays the last good one. Loss and norm are global, so every rank stops alike; the message
         names the step and the global batch's time steps (gathered over the data axis)."""
-        if math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm)):
+        bad = [(step, loss, norm) for step, loss, norm in zip(window.steps, window.losses, window.norms)
+               if not math.isfinite(loss) or (norm is not None and not math.isfinite(norm))]
+        if not bad:
             return
+        step, loss, norm = bad[0]
         own = [str(self.store.times[int(self.train_set.starts[i])])[:19]
                for i in sampler.indices_for_step(step - 1)]
         times = [own]
         if self.groups.size("data") > 1:
             times = [None] * self.groups.size("data")
             dist.all_gather_object(times, own, group=self.groups.handles["data"])
-        raise NonFiniteError(f"step {step}: loss {loss}, gradient norm {grad_norm}; the batch's input times "
+        raise NonFiniteError(f"step {step}: loss {loss}, gradient norm {norm}; the batch's input times "
                              f"{sorted(t for part in times for t in part)} (store '{self.store.path}'). Stopped before "
                              f"saving; the newest checkpoint is from before this step (--resume continues from it)")
 
     def fit(self) -> None:
+        """The loop. Loss and gradient norm stay on the device between sync steps (log, validation, checkpoint,
+        last): the host waits for the device only there, and times are taken over the steps between them."""
         cfg = self.cfg.train
         sampler = ReplicaBatches(len(self.train_set), cfg.global_batch, self.groups.data_rank,
                                  self.groups.size("data"), cfg.seed, start_step=self.start_step,
@@ -159,39 +166,64 @@ class Trainer:
             from tqdm import tqdm
             progress = tqdm(total=cfg.steps, initial=self.start_step, desc="train", dynamic_ncols=True)
         world = dist.get_world_size()
+        window = _Window()
         for step in range(self.start_step + 1, cfg.steps + 1):
             comm_stats.reset()
             t0 = time.perf_counter()
             batch = next(loader)
             t_data = time.perf_counter() - t0
             lr = self.engine.get_lr()[0]  # the optimizer's rate, which this step uses (engine.step advances it)
-            loss = self.train_step(batch)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            grad_norm = _float(self.engine.get_global_grad_norm())
-            self._check_finite(step, loss, grad_norm, sampler)
-            record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+            window.add(step, self.train_step(batch), self.engine.get_global_grad_norm(), t_data)
+            if progress:
+                progress.update(1)
+            validate = step % cfg.val_every == 0 or step == cfg.steps
+            save = (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps
+            if not (validate or save or step % cfg.log_every == 0):
+                continue
+            dt, t_data = window.sync()  # the one host synchronisation of the window
+            self._check_finite(window, sampler)
+            loss = window.losses[-1]
+            record = {"step": step, "loss": loss, "lr": lr, "grad_norm": window.norms[-1],
                       "step_time_s": dt, "samples_per_s": cfg.global_batch / dt,
                       "tflops_per_gpu": self.flops_per_step / dt / world / 1e12,
                       "data_wait_frac": t_data / dt, "peak_mem_gb": _peak_memory_gb(),
                       "comm_bytes": comm_stats.snapshot()}
             if cfg.peak_tflops:
                 record["mfu"] = record["tflops_per_gpu"] / cfg.peak_tflops
-            if step % cfg.val_every == 0 or step == cfg.steps:
+            if validate:
                 record["val_loss"], record["val_loss_persistence"] = self.validate()
-            if step % cfg.log_every == 0 or "val_loss" in record:
-                self.logger.log(record)
+            self.logger.log(record)
             if progress:
-                progress.update(1)
                 progress.set_postfix(loss=f"{loss:.4f}", **({"val": f"{record['val_loss']:.4f}",
                                                             "persist": f"{record['val_loss_persistence']:.4f}"}
-                                                           if "val_loss" in record else {}))
-            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
+                                                           if validate else {}))
+            if save:
                 self.ckpt.save(self.engine, step)
+            window = _Window()
         if progress:
             progress.close()
         self.logger.close()
+
+
+class _Window:
+    """The steps since the last host synchronisation: their device-side losses and gradient norms, data waits."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.steps, self.losses, self.norms, self.data_wait = [], [], [], 0.0
+
+    def add(self, step: int, loss: torch.Tensor, norm, t_data: float) -> None:
+        self.steps.append(step)
+        self.losses.append(loss)
+        self.norms.append(norm)
+        self.data_wait += t_data
+
+    def sync(self) -> tuple[float, float]:
+        """Read the values to the host (waits for the device); returns (seconds per step, data wait per step)."""
+        self.losses = torch.stack(self.losses).tolist()
+        self.norms = [_float(n) for n in self.norms]
+        n = len(self.steps)
+        return (time.perf_counter() - self.t0) / n, self.data_wait / n
 
 
 def _float(x):

@@ -24,8 +24,9 @@ Threads: the process runs on the first N cores (all its threads, tensorstore's i
 the reader gets read_threads = N and the floor a pool of N threads; N = 1 is one core, however many threads
 tensorstore starts. The M ranks are emulated one after the other: MB/s are decoded bytes of all M tiles over
 the time of all M reads, which is what one rank's share of a sample costs. Time = the best of --repeats reads
-of each time step (the machine may be shared), summed over time steps. The page cache is warm (the store was
-just written): this measures decode and copies, not the disk.
+of each time step (the machine may be shared), summed over time steps; wall time, and CPU time of the
+process (all threads), which does not count waiting for a core that another job holds. The page cache is
+warm (the store was just written): this measures decode and copies, not the disk.
 """
 import argparse
 import json
@@ -163,15 +164,17 @@ class Floor:
                 f.result()
 
 
-def best_total(fn, times: list, repeats: int) -> float:
-    """Sum over time steps of the best of `repeats` runs of fn(t)."""
-    best = {t: float("inf") for t in times}
+def best_total(fn, times: list, repeats: int) -> tuple[float, float]:
+    """Wall and CPU seconds (this process, all its threads): sums over time steps of the best of `repeats`
+    runs of fn(t), each taken separately. On a shared machine the CPU time is the steadier measure of the
+    work: it does not count time spent waiting for a core."""
+    wall, cpu = {t: float("inf") for t in times}, {t: float("inf") for t in times}
     for _ in range(repeats):
         for t in times:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn(t)
-            best[t] = min(best[t], time.perf_counter() - t0)
-    return sum(best.values())
+            wall[t], cpu[t] = min(wall[t], time.perf_counter() - t0), min(cpu[t], time.process_time() - c0)
+    return sum(wall.values()), sum(cpu.values())
 
 
 def bench_format(path: str, fmt: str, ranks: list, threads: int, times: list, repeats: int) -> list:
@@ -186,7 +189,8 @@ def bench_format(path: str, fmt: str, ranks: list, threads: int, times: list, re
     with ThreadPoolExecutor(threads) as pool:
         for m in ranks:
             part = TokenPartition(N_LAT, N_LON, PATCH, domain=m)
-            total = {"reader": 0.0, "normalised": 0.0, "floor": 0.0, "memcpy": 0.0}
+            kinds = ("reader", "normalised", "floor", "memcpy")
+            wall, cpu = dict.fromkeys(kinds, 0.0), dict.fromkeys(kinds, 0.0)
             decoded, rank_bytes, rank_ms = 0, [], []
             for d in range(m):
                 lat = part.lat_slice(d)
@@ -198,18 +202,23 @@ def bench_format(path: str, fmt: str, ranks: list, threads: int, times: list, re
                 counter = ReadCounter()
                 store.read_into(out, [times[-1]], lat, full, normalise=False)
                 rank_bytes.append(counter.bytes)
-                seconds = best_total(lambda t: store.read_into(out, [t], lat, full, normalise=False), times, repeats)
-                total["reader"] += seconds
-                rank_ms.append(seconds / len(times) * 1e3)
-                total["normalised"] += best_total(lambda t: store.read_into(out, [t], lat, full), times, repeats)
-                total["floor"] += best_total(lambda t: floor.read(check, t, lat, pool, threads), times, repeats)
-                total["memcpy"] += best_total(lambda t: np.copyto(check, out), times, repeats)
+                runs = {"reader": lambda t: store.read_into(out, [t], lat, full, normalise=False),
+                        "normalised": lambda t: store.read_into(out, [t], lat, full),
+                        "floor": lambda t: floor.read(check, t, lat, pool, threads),
+                        "memcpy": lambda t: np.copyto(check, out)}
+                for kind, fn in runs.items():
+                    w, c = best_total(fn, times, repeats)
+                    wall[kind] += w
+                    cpu[kind] += c
+                rank_ms.append(best_total(runs["reader"], times, 1)[0] / len(times) * 1e3)
                 decoded += out.nbytes * len(times)
-            row = {"M": m, "threads": threads, "MB_per_rank_max": max(rank_bytes) / 1e6, "rank_ms_max": max(rank_ms)}
-            row.update({f"{k}_MBps": decoded / v / 1e6 for k, v in total.items()})
+            row = {"M": m, "threads": threads, "MB_per_rank_max": max(rank_bytes) / 1e6, "rank_ms_max": max(rank_ms),
+                   "rank_bytes": rank_bytes}
+            row.update({f"{k}_MBps": decoded / v / 1e6 for k, v in wall.items()})
+            row.update({f"{k}_MB_per_cpu_s": decoded / v / 1e6 for k, v in cpu.items()})
             row["reader_vs_floor"] = row["reader_MBps"] / row["floor_MBps"]
+            row["reader_vs_floor_cpu"] = row["reader_MB_per_cpu_s"] / row["floor_MB_per_cpu_s"]
             row["floor_vs_memcpy"] = row["floor_MBps"] / row["memcpy_MBps"]
-            row["rank_bytes"] = rank_bytes
             rows.append(row)
     sample = sum(rows[0]["rank_bytes"]) / 1e6  # all tiles of one sample (M ranks together read it once)
     for row in rows:
@@ -219,14 +228,16 @@ def bench_format(path: str, fmt: str, ranks: list, threads: int, times: list, re
 
 def table(results: dict) -> str:
     lines = ["| format | disk MB/step | cores | M | MB read/rank | of sample (1/M) | reader MB/s | normalised MB/s | "
-             "floor MB/s | memcpy MB/s | reader/floor | floor/memcpy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "floor MB/s | memcpy MB/s | reader/floor | floor/memcpy | reader, floor MB per CPU s | reader/floor (CPU) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for fmt, res in results["formats"].items():
         for r in res["rows"]:
             lines.append(f"| {fmt} | {res['disk_MB_per_step']:.1f} | {r['threads']} | {r['M']} | "
                          f"{r['MB_per_rank_max']:.2f} | {r['fraction_per_rank_max']:.3f} ({1 / r['M']:.3f}) | "
                          f"{r['reader_MBps']:.0f} | {r['normalised_MBps']:.0f} | {r['floor_MBps']:.0f} | "
-                         f"{r['memcpy_MBps']:.0f} | {r['reader_vs_floor']:.2f} | {r['floor_vs_memcpy']:.3f} |")
+                         f"{r['memcpy_MBps']:.0f} | {r['reader_vs_floor']:.2f} | {r['floor_vs_memcpy']:.2f} | "
+                         f"{r['reader_MB_per_cpu_s']:.0f}, {r['floor_MB_per_cpu_s']:.0f} | "
+                         f"{r['reader_vs_floor_cpu']:.2f} |")
     return "\n".join(lines)
 
 

@@ -49,6 +49,21 @@ def default_read_threads(num_workers: int = 0) -> int:
     return max(1, len(os.sched_getaffinity(0)) // max(1, num_workers))
 
 
+def _keep_freed_memory() -> None:
+    """Let glibc keep freed blocks of up to 32 MB for reuse instead of handing them back to the kernel: a
+    read's file and chunk buffers (and the next batch's) then reuse warm pages, where fresh ones cost a page
+    fault and a zeroing each, 20-25% of a 0.25 deg read (perf). Process-wide; other allocators are left alone."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's maximum
+    libc.mallopt(m_trim_threshold, 1 * 2**30)
+
+
 def conversion_hint(path: str) -> str:
     return f"convert it with `jigsaw-data prepare {path} --out NEW.zarr`"
 
@@ -233,6 +248,8 @@ class WeatherStore:
             raise StoreError(f"data store '{self.path}': this process was forked from one that had read with "
                              f"tensorstore, which cannot work after fork(); start DataLoader workers with "
                              f"multiprocessing_context='forkserver' or 'spawn' (data.dataset.make_loader does)")
+        if _TS_PID is None:
+            _keep_freed_memory()
         _TS_PID = os.getpid()
         context = ts.Context({"cache_pool": {"total_bytes_limit": 0},
                               "cache_pool#index": {"total_bytes_limit": INDEX_CACHE_BYTES},

@@ -10,15 +10,9 @@ WeatherStore reads with), so tests and bench/io measure that directly instead of
 
 The counts are per process, over every store it reads: a DataLoader worker counts in its own process, so
 count with num_workers=0. Shard indexes are cached per process after their first read, chunk data is not.
-
-CountingStore counts what zarr-python (xarray) reads through a zarr Store; the training reader is not
-zarr-python, so its bytes are ReadCounter's.
 """
 from __future__ import annotations
 
-from zarr.storage import LocalStore, WrapperStore
-
-METADATA_KEYS = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
 FILE_METRICS = "/tensorstore/kvstore/file/"
 
 
@@ -46,46 +40,3 @@ class ReadCounter:
     @property
     def reads(self) -> int:
         return self._totals()[1] - self._base[1]
-
-
-class CountingStore(WrapperStore):
-    """A read-only zarr store that counts bytes and reads of chunk data and of metadata."""
-
-    def __init__(self, store):
-        super().__init__(store)
-        self.reset()
-
-    @classmethod
-    def local(cls, path: str) -> "CountingStore":
-        return cls(LocalStore(path, read_only=True))
-
-    def _with_store(self, store):
-        return type(self)(store)
-
-    def reset(self) -> None:
-        self.chunk_bytes = self.chunk_reads = self.meta_bytes = 0
-
-    def _count(self, key: str, buf) -> None:
-        if buf is None:
-            return
-        if key.rsplit("/", 1)[-1] in METADATA_KEYS:
-            self.meta_bytes += len(buf)
-        else:
-            self.chunk_bytes += len(buf)
-            self.chunk_reads += 1
-
-    async def get(self, key, prototype, byte_range=None):
-        buf = await self._store.get(key, prototype, byte_range)
-        self._count(key, buf)
-        return buf
-
-    async def get_partial_values(self, prototype, key_ranges):
-        key_ranges = list(key_ranges)
-        bufs = await self._store.get_partial_values(prototype, key_ranges)
-        for (key, _), buf in zip(key_ranges, bufs):
-            self._count(key, buf)
-        return bufs
-
-    async def _get_many(self, requests):
-        for key, prototype, byte_range in requests:  # through self.get, so every read is counted
-            yield key, await self.get(key, prototype, byte_range)

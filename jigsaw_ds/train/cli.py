@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from .. import config as jconfig
 from ..data.dataset import split_train_val
-from ..data.store import StoreError, WeatherStore
+from ..data.store import StoreError, WeatherStore, default_read_threads
 from ..model import input_channels
 from ..parallel.allocation import allocation_from_env, check_allocation_from_env, env_rank
 from ..parallel.partition import TokenPartition
@@ -105,7 +105,8 @@ class Run:
         so that the ranks together read the selection once."""
         cfg, layout = self.cfg, self.layout
         store = WeatherStore(cfg.data.store, cfg.data.variables, cfg.data.surface_variables, cfg.data.levels,
-                             cfg.model.static_variables)
+                             cfg.model.static_variables,
+                             read_threads=cfg.data.read_threads or default_read_threads(cfg.data.num_workers))
         traj_lengths = np.bincount(np.unique(store.trajectory, return_inverse=True)[1])
         jconfig.check_against_grid(cfg, store.n_lat, store.n_lon, int(traj_lengths.max()))
         self.train_starts, self.val_starts = split_train_val(store, cfg.data.lead_steps * cfg.train.rollout_steps,
@@ -124,8 +125,8 @@ class Run:
 
 
 def plan_run(args) -> Run:
-    """Everything that can be checked before torch.distributed starts, in one place; rank 0 then takes the
-    run directory's lock (train/run_lock.py), the first thing written."""
+    """Everything that can be checked before torch.distributed starts, in one place (each rank checks its own
+    tile of the store, so a rank can fail where others pass: nothing is written here)."""
     cfg = jconfig.load(args.config, args.set)
     for warning in check_allocation_from_env(cfg.parallel.domain, cfg.parallel.tensor, cfg.train.global_batch):
         print(f"jigsaw-train: warning: {warning}", file=sys.stderr)
@@ -147,15 +148,22 @@ def plan_run(args) -> Run:
             raise jconfig.ConfigError(f"--init-from: {e}") from None
     if not args.start_over:
         check_out_dir(cfg, args.resume)
-    if allocation.rank == 0:
-        note = run_lock.acquire(cfg.train.out_dir)
-        if note:
-            print(f"jigsaw-train: {note}", file=sys.stderr)
-        if args.start_over:
-            moved = move_aside(cfg.train.out_dir)
-            if moved:
-                print(f"jigsaw-train: --start-over: moved the earlier run's outputs to {moved}", file=sys.stderr)
     return run
+
+
+def take_run_dir(cfg: jconfig.JigsawConfig, start_over: bool) -> str:
+    """Rank 0, once every rank has passed plan_run: the run directory's lock (train/run_lock.py), the first
+    thing written, then --start-over's move. Returns why the directory cannot be used, or ''."""
+    try:
+        note = run_lock.acquire(cfg.train.out_dir)
+    except run_lock.RunDirBusy as e:
+        return str(e)
+    if note:
+        print(f"jigsaw-train: {note}", file=sys.stderr)
+    moved = move_aside(cfg.train.out_dir) if start_over else ""
+    if moved:
+        print(f"jigsaw-train: --start-over: moved the earlier run's outputs to {moved}", file=sys.stderr)
+    return ""
 
 
 def check_out_dir(cfg: jconfig.JigsawConfig, resume: bool) -> None:
@@ -224,6 +232,10 @@ def main(argv=None) -> int:
     from .trainer import NonFiniteError, Trainer
 
     rank, world, _ = init_distributed()
+    refusal = [take_run_dir(run.cfg, args.start_over) if rank == 0 else None]  # every rank has passed plan_run
+    dist.broadcast_object_list(refusal, src=0)
+    if refusal[0]:
+        _fail(refusal[0])
     if run.store is None:  # the config asks for a generated store that does not exist yet
         if rank == 0:
             generate_store(run.cfg)

@@ -1,4 +1,4 @@
-"""jigsaw-data prepare: real ERA5 files ingested exactly, other conventions, several files, bad input, bytes.
+"""jigsaw-data prepare: real ERA5 files ingested exactly, other conventions, several files, bad input.
 
 The real files are in ../shared/data (see its README); every stored value is compared with a direct xarray
 read of the source. Small synthetic sources cover what the real files do not (ascending latitude, a
@@ -15,7 +15,6 @@ import zarr
 
 from jigsaw_ds.data import parallel_prepare
 from jigsaw_ds.data.cli import main as cli_main
-from jigsaw_ds.data.counting import CountingStore
 from jigsaw_ds.data.prepare import SourceError, prepare
 from jigsaw_ds.data.store import STATS_ATTR, StoreError, WeatherStore
 from jigsaw_ds.data.synth import synth_dataset
@@ -285,7 +284,7 @@ def test_interrupted_ingest_keeps_the_old_store_until_the_new_one_is_complete(tm
     assert "is complete" in capsys.readouterr().err and os.stat(os.path.join(out, "zarr.json")).st_mtime_ns == mtime
 
 
-# ---- the command and byte counting ---------------------------------------------------------------------
+# ---- the command ---------------------------------------------------------------------------------------
 def test_cli_prepare_and_its_errors(tmp_path, capsys):
     path = netcdf(small_source(), tmp_path / "s.nc")
     assert cli_main(["prepare", path, "--out", str(tmp_path / "s.zarr"), "--levels", "850", "--lat-chunk", "8"]) == 0
@@ -294,20 +293,6 @@ def test_cli_prepare_and_its_errors(tmp_path, capsys):
     assert cli_main(["prepare", path, "--out", str(tmp_path / "t.zarr"), "--levels", "700"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("jigsaw-data prepare: error: ") and "no level 700 hPa" in err and "\n" not in err
-
-
-def test_counted_bytes_are_the_chunks_of_the_tile(tmp_path):
-    out = prepare([netcdf(small_source(n_lat=12), tmp_path / "s.nc")], str(tmp_path / "s.zarr"), lat_chunk=4,
-                  lon_chunk=8, climatology=False)
-    store = WeatherStore(out, ["temperature"], ["2m_temperature"], [500, 850])
-    counter = CountingStore.local(out)
-    store.read_through(counter)
-    counter.reset()
-    store.read_raw([1, 3], slice(4, 12), slice(8, 16))  # latitude chunks 1-2, longitude chunk 1
-    expected = [f"temperature/c/{t}/0/{i}/1" for t in (1, 3) for i in (1, 2)] + \
-               [f"2m_temperature/c/{t}/{i}/1" for t in (1, 3) for i in (1, 2)]
-    assert counter.chunk_reads == len(expected)
-    assert counter.chunk_bytes == sum(os.path.getsize(os.path.join(out, k)) for k in expected)
 
 
 # ---- sources that used to pass with wrong results ------------------------------------------------------

@@ -33,7 +33,7 @@ import xarray as xr
 import zarr
 
 from .climatology import grouping, store_groups
-from .store import STATS_ATTR, all_channels
+from .store import STATS_ATTR, all_channels, channel_stats, static_stats
 from .writer import BLOCK_BYTES, chunk_encoding, time_blocks
 
 STATE = ".jigsaw-prepare"  # inside STORE.partial: job.json (the job key), blocks/, climatology/
@@ -319,11 +319,7 @@ def _channel(ds: xr.Dataset, ch) -> np.ndarray:
 def statistics(job: Job, records: list[dict], store: xr.Dataset) -> dict:
     """The store's jigsaw_stats from the block records (combined in block order) and its static fields; the
     same quantities and rules as store.compute_stats, which tests compare it with."""
-    stats = {}
-    for var, da in store.data_vars.items():
-        if "time" not in da.dims:
-            x = np.asarray(da.values, np.float64)
-            stats[var] = {"mean": float(x.mean()), "std": float(x.std()) or 1.0, "tendency_std": 0.0}
+    stats = static_stats(store)
     total: dict = {}
     for rec in sorted(records, key=lambda r: r["block"]):
         for name, m in rec["moments"].items():
@@ -331,8 +327,7 @@ def statistics(job: Job, records: list[dict], store: xr.Dataset) -> dict:
             total[name] = (_combine(a, m[:3]), _combine(b, m[3:]))
     for ch in all_channels(store):
         (n, mean, ss), (tn, _, tss) = total[ch.name]
-        stats[ch.name] = {"mean": mean, "std": float(np.sqrt(ss / n)) or 1.0,
-                          "tendency_std": float(np.sqrt(tss / tn)) if tn else 1.0}
+        stats[ch.name] = channel_stats(mean, float(np.sqrt(ss / n)), float(np.sqrt(tss / tn)) if tn else None)
     return stats
 
 

@@ -62,15 +62,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written (the run stops; the newest complete checkpoint stays)."""
 
 
-def _failure_on_any_rank(write, *args) -> str:
+def _failure_on_any_rank(device, write, *args) -> str:
     """Run write(*args) on every rank; '' if it succeeded everywhere, else what failed. An OSError (ENOSPC, EIO,
-    quota) on one rank must not leave the others waiting in the next collective: the outcome is all-reduced."""
+    quota) on one rank must not leave the others waiting in the next collective: the outcome is all-reduced
+    (on `device`, the engine's: NCCL reduces CUDA tensors only)."""
     error = ""
     try:
         write(*args)
     except OSError as e:
         error = f"{type(e).__name__}: {e.strerror or e} on rank {dist.get_rank()}"
-    failed = torch.tensor([1.0 if error else 0.0])
+    failed = torch.tensor([1.0 if error else 0.0], device=device)
     dist.all_reduce(failed)
     return (error or "a write failed on another rank") if failed.item() else ""
 
@@ -90,7 +91,7 @@ class CheckpointManager:
         if dist.get_rank() == 0 and os.path.exists(folder):
             shutil.rmtree(folder)  # an unfinished earlier attempt at the same step
         dist.barrier()
-        failure = _failure_on_any_rank(self._write_shards, engine, tag, step)  # a full disk fails some ranks, or all
+        failure = _failure_on_any_rank(engine.device, self._write_shards, engine, tag, step)  # a full disk fails some ranks, or all
         if not failure:
             self.commit(folder, step)
         dist.barrier()

@@ -92,7 +92,8 @@ def _stale(held: dict) -> str:
 def release(out_dir: str) -> None:
     """Remove the lock if this process holds it."""
     path = os.path.join(out_dir, LOCK)
-    if _read(path).get("pid") == os.getpid() and _read(path).get("host") == socket.gethostname():
+    held = _read(path)
+    if held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
         try:
             os.remove(path)
         except FileNotFoundError:

@@ -1,6 +1,7 @@
 """Checkpoints: crash during a save, bitwise same-layout resume, layout-free export/import across layouts."""
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -29,9 +30,11 @@ def configs(tmp, store, out_dir, stage=1, bf16=False, **ds_extra):
     return ["--config", str(tmp / "j.json"), "--deepspeed_config", str(tmp / name)]
 
 
-def train(args, nproc, extra=(), env=None, script=None):
-    """jigsaw-train (or a test script that wraps it) on nproc ranks."""
+def train(args, nproc=1, extra=(), env=None, script=None):
+    """jigsaw-train (or a test script that wraps it: a .py path and its arguments) on nproc ranks."""
     script = script or [os.path.join(BIN, "jigsaw-train")]
+    if nproc == 1 and script[0].endswith(".py"):
+        script = [sys.executable] + script
     cmd = script if nproc == 1 else \
         [os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", str(nproc), *script]
     return subprocess.run(cmd + args + list(extra), cwd=ROOT, env=dict(spawn_env(), **(env or {})),

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 import zarr
 
 from conftest import BIN, ROOT, spawn_env
+from test_checkpoint import train
 from jigsaw_ds.checkpoint import cli as ckpt_cli
 from jigsaw_ds.checkpoint.layout_free import FORMAT
 from jigsaw_ds.checkpoint.manager import verify
@@ -45,15 +45,6 @@ def write_configs(tmp, store, out_dir, steps=4, ckpt_every=1, **ds_changes):
     (tmp / "j.json").write_text(json.dumps(conf))
     (tmp / "ds.json").write_text(json.dumps({k: v for k, v in ds.items() if v is not None}))
     return ["--config", str(tmp / "j.json"), "--deepspeed_config", str(tmp / "ds.json")]
-
-
-def train(args, nproc=1, script=None, timeout=600):
-    script = script or [os.path.join(BIN, "jigsaw-train")]
-    if nproc == 1 and script[0].endswith(".py"):
-        script = [sys.executable] + script
-    cmd = script if nproc == 1 else [os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", str(nproc),
-                                     *script]
-    return subprocess.run(cmd + args, cwd=ROOT, env=spawn_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def one_error(proc_or_text, code=2) -> str:

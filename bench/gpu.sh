@@ -24,8 +24,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD
 
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
-  python3 -c 'import torch, deepspeed, megatron.core, zarr, tensorstore; print("torch", torch.__version__, "deepspeed",
-deepspeed.__version__, "zarr", zarr.__version__, "tensorstore", tensorstore.__version__)'
+  python3 -c 'import torch, deepspeed, megatron.core, zarr, tensorstore; from importlib.metadata import version as v; print("torch", torch.__version__, "deepspeed",
+deepspeed.__version__, "zarr", zarr.__version__, "tensorstore", v("tensorstore"))'
   nproc; free -g | head -2; df -h /dev/shm /tmp; } >>"$LOG" 2>&1
 
 # DataLoader workers pass batches through /dev/shm (about 1.2 GB per batch of 2 at 0.25 deg, 2 in flight per

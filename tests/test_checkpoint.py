@@ -1,6 +1,8 @@
-"""Checkpoints: crash during a save, bitwise same-layout resume, layout-free export/import across layouts."""
+"""Checkpoints: crash during a save, bitwise same-layout resume, resume at other layouts and ZeRO stages,
+offline export (to the bit) and import of the layout-free file."""
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -72,29 +74,71 @@ def test_resume_after_crash_is_bitwise(crashed_run):
     assert [after[s] for s in (4, 5, 6)] == [before[s] for s in (4, 5, 6)]  # bitwise
 
 
+@pytest.mark.parametrize("layout, stage", [((1, 1, 1), 1), ((2, 1, 2), 2), ((1, 4, 1), 1), ((4, 1, 1), 2)],
+                         ids=["serial", "2x1x2-zero2", "1x4x1", "4x1x1-zero2"])
+def test_resume_at_another_layout_continues_the_run(crashed_run, tmp_path, synth_store, layout, stage):
+    """The (1,2,2) ZeRO-1 checkpoint of step 3, resumed at another world size, layout and ZeRO stage: each rank
+    reads only the boxes its new ZeRO fragments need; the next 3 losses are the uninterrupted run's."""
+    tmp, _, reference = crashed_run
+    data, domain, tensor = layout
+    shutil.copytree(tmp / "run", tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000006", ignore_errors=True)  # resume step 3
+    args = configs(tmp_path, synth_store, tmp_path / "run", stage)
+    proc = train(args, data * domain * tensor, ["--resume", "--set", f"parallel.domain={domain}", "--set",
+                                                f"parallel.tensor={tensor}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(step 3); saved at layout {'data': 1, 'domain': 2, 'tensor': 2} by 4 ranks" in proc.stdout
+    got = losses(tmp_path / "run")
+    for s in (4, 5, 6):  # step 4 checks weights; 5 and 6 check Adam moments, step count and LR schedule
+        assert got[s] == pytest.approx(reference[s], rel=1e-5), (s, got[s], reference[s])
+
+
 @pytest.fixture(scope="module")
 def exported(crashed_run):
+    """`jigsaw-ckpt export` of the (1,2,2) checkpoint of step 3: one process, no process group."""
     tmp, _, _ = crashed_run
     out = tmp / "step3.pt"
-    run([os.path.join(BIN, "jigsaw-ckpt"), "export", str(tmp / "run"), "--tag", "step_00000003", "--out", str(out)])
+    folder = tmp / "run" / "checkpoints" / "step_00000003"
+    run([os.path.join(BIN, "jigsaw-ckpt"), "export", str(folder), "--out", str(out)])
     info = run([os.path.join(BIN, "jigsaw-ckpt"), "info", str(out)]).stdout
     assert "step 3" in info and "'domain': 2, 'tensor': 2" in info and "Adam state: yes" in info
+    info = run([os.path.join(BIN, "jigsaw-ckpt"), "info", str(folder)]).stdout
+    assert "step 3, saved at layout {'data': 1, 'domain': 2, 'tensor': 2}" in info
+    assert "by 4 ranks" in info and "Adam state: yes, optimizer step 3" in info
     return out
 
 
-@pytest.mark.parametrize("layout, stage", [((1, 1, 1), 2), ((2, 1, 2), 1), ((1, 4, 1), 2)],
-                         ids=["serial-zero2", "2x1x2-zero1", "1x4x1-zero2"])
-def test_import_at_another_layout_continues_the_run(crashed_run, exported, tmp_path, synth_store, layout, stage):
+def test_exported_file_continues_the_run_at_another_layout(crashed_run, exported, tmp_path, synth_store):
     tmp, _, reference = crashed_run
-    data, domain, tensor = layout
-    args = configs(tmp_path, synth_store, tmp_path / "run", stage)
-    proc = train(args, data * domain * tensor, ["--set", f"parallel.domain={domain}", "--set",
-                                                f"parallel.tensor={tensor}", "--init-from", str(exported)])
+    args = configs(tmp_path, synth_store, tmp_path / "run", 2)
+    proc = train(args, 2, ["--set", "parallel.domain=1", "--set", "parallel.tensor=2", "--init-from", str(exported)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = losses(tmp_path / "run")
     assert sorted(got) == [4, 5, 6]
-    for s in (4, 5, 6):  # step 4 checks weights; 5 and 6 check Adam moments, step count and LR schedule
+    for s in (4, 5, 6):
         assert got[s] == pytest.approx(reference[s], rel=1e-5), (s, got[s], reference[s])
+
+
+def test_export_equals_the_serial_model_to_the_bit(tmp_path, synth_store):
+    """A (1,2,2) run at learning rate 0 keeps its initial weights; exported from its sharded checkpoint they
+    are the serial model's, bit for bit (boxes of ZeRO fragments, DCP's resharding, the Split tags)."""
+    args = configs(tmp_path, synth_store, tmp_path / "run")
+    ds = json.loads(open(args[3]).read())
+    ds["optimizer"]["params"]["lr"] = 0.0
+    ds.pop("scheduler")
+    open(args[3], "w").write(json.dumps(ds))
+    proc = train(args, 4, ["--set", "train.steps=1", "--set", "train.ckpt_every=1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run([os.path.join(BIN, "jigsaw-ckpt"), "export", str(tmp_path / "run"), "--out", str(tmp_path / "w.pt")])
+    state = torch.load(tmp_path / "w.pt", map_location="cpu", weights_only=False)
+    shape = state["config"]["model_shape"]
+    serial = WeatherMixer(ModelConfig(patch=4, embed_dim=32, token_hidden=32, channel_hidden=64, depth=2),
+                          shape["n_lat"], shape["n_lon"], shape["in_channels"], shape["out_channels"], seed=3)
+    expected = dict(serial.named_parameters())
+    assert sorted(state["model"]) == sorted(expected)
+    for name, p in expected.items():
+        assert torch.equal(state["model"][name], p.detach()), name
+    assert all(state["optimizer"]["exp_avg"][n].abs().sum() > 0 for n in ("embed.weight", "blocks.0.token_mixing.w1"))
 
 
 def test_incompatible_model_is_refused_naming_tensor_and_shapes(exported):

@@ -1,10 +1,8 @@
-"""Layout-free checkpoints: full tensors in, any layout and ZeRO stage out.
+"""Layout-free checkpoint files: full tensors in one torch file, for inference, small models and exchange.
 
-Export gathers, for every parameter, its fp32 weight and Adam moments (exp_avg, exp_avg_sq) from
-DeepSpeed's ZeRO partitions (deepspeed.utils.safe_get_full_*: full over the data axis), then over the
-model replica with the parameter's Split tag (`Split.assemble`, the inverse of `Split.local_shard`: the
-same metadata that drives gradient reduction). Import cuts the full tensors with `local_shard` at the new
-layout and writes them back through safe_set_full_*.
+`jigsaw-ckpt export` writes one from a sharded checkpoint in one process (sharded.read_full). Import
+(`jigsaw-train --init-from FILE`) cuts the full tensors with each parameter's Split (`local_shard`) at the
+new layout and writes them into DeepSpeed's ZeRO partitions through safe_set_full_*.
 
 File format (torch.save of a dict; `format` = FORMAT):
   step, config (resolved run config: jigsaw, deepspeed, layout, model_shape), model {name: tensor},
@@ -17,7 +15,6 @@ import os
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
 from ..parallel.topology import JigsawGroups
 
@@ -51,40 +48,6 @@ def build_model(run_config: dict, groups: Optional[JigsawGroups] = None):
     shape = run_config["model_shape"]
     return WeatherMixer(cfg.model, shape["n_lat"], shape["n_lon"], shape["in_channels"], shape["out_channels"],
                         groups, seed=cfg.train.seed)
-
-
-def _gather_pieces(local: torch.Tensor, groups: JigsawGroups) -> dict:
-    """Every replica rank's piece of one tensor, on every rank of the replica."""
-    if groups.size("jigsaw") == 1:
-        return {(0, 0): local}
-    out = [None] * groups.size("jigsaw")
-    dist.all_gather_object(out, ((groups.domain_rank, groups.tensor_rank), local.cpu()),
-                           group=groups.handles["jigsaw"])
-    return dict(out)
-
-
-def export_state(engine, model, groups: JigsawGroups, step: int, run_config: dict) -> dict:
-    """Collective over the whole world; returns the full state on every rank (rank 0 writes it)."""
-    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
-
-    zero = _zero_optimizer(engine)
-    if zero.optimizer.state:
-        _link_adam_state(zero)
-    state = {"format": FORMAT, "step": step, "config": run_config, "model": {},
-             "buffers": {k: v.cpu() for k, v in model.named_buffers()},
-             "optimizer": {key: {} for key in ADAM_STATES}, "scheduler": None}
-    for name, p in model.named_parameters():
-        def full(local):
-            return p.jigsaw_split.assemble(_gather_pieces(local.detach().float().cpu(), groups), p.full_shape,
-                                           groups.layout, model.partition)
-        hp = safe_get_full_fp32_param(p)
-        state["model"][name] = full(hp if hp is not None else p)
-        for key in ADAM_STATES:
-            state["optimizer"][key][name] = full(safe_get_full_optimizer_state(p, key)) if zero.optimizer.state else None
-    state["optimizer"]["step"] = _adam_step(zero)
-    if engine.lr_scheduler is not None:
-        state["scheduler"] = engine.lr_scheduler.state_dict()
-    return state
 
 
 def _adam_step(zero) -> int:
@@ -143,11 +106,16 @@ def import_state(engine, model, groups: JigsawGroups, state: dict) -> int:
         for key in ADAM_STATES:
             if state["optimizer"][key].get(name) is not None:  # None: exported before any step
                 safe_set_full_optimizer_state(p, local(state["optimizer"][key][name]), key)
-    if state["scheduler"] is not None and engine.lr_scheduler is not None:
-        sched = engine.lr_scheduler
-        sched.load_state_dict(state["scheduler"])
-        # the scheduler's state holds its position only: put the LR it implies into the optimizer now, as
-        # DeepSpeed's own resume does by restoring param_groups (else the next step runs at the initial LR)
-        for group, lr in zip(sched.optimizer.param_groups, sched.get_lr()):
-            group["lr"] = lr
+    restore_scheduler(engine, state["scheduler"])
     return int(state["step"])
+
+
+def restore_scheduler(engine, scheduler_state) -> None:
+    """Put a saved LR scheduler position into the engine's scheduler, and the LR it implies into the optimizer
+    now, as DeepSpeed's own resume does by restoring param_groups (else the next step runs at the initial LR)."""
+    if scheduler_state is None or engine.lr_scheduler is None:
+        return
+    sched = engine.lr_scheduler
+    sched.load_state_dict(scheduler_state)
+    for group, lr in zip(sched.optimizer.param_groups, sched.get_lr()):
+        group["lr"] = lr

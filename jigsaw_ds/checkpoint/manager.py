@@ -1,15 +1,15 @@
-"""Checkpoints through DeepSpeed's save/load, made atomic with a manifest.
+"""Training checkpoints made atomic with a manifest, in the sharded format of sharded.py.
 
-A checkpoint is `checkpoints/step_XXXXXXXX/` as DeepSpeed writes it (model and ZeRO-partitioned optimizer
-states of every rank, client state with the step). It counts as complete only once rank 0 has written
-`MANIFEST.json` (every file with its size and sha256) after all ranks finished writing; then `latest`
-moves to it (write aside, rename). A crash during a save leaves a folder without manifest, which `load`
-skips: it takes the newest checkpoint whose manifest matches its files and says which ones it refused.
-Only the newest `keep` complete checkpoints are kept.
+A checkpoint is `checkpoints/step_XXXXXXXX/`: every rank's DCP files and DCP's `.metadata`, then rank 0's
+`jigsaw.json`. It counts as complete only once rank 0 has written `MANIFEST.json` (every file with its size
+and the sha256 its writer computed) after all ranks finished writing; then `latest` moves to it (write aside,
+rename). A crash during a save leaves a folder without manifest, which `load` skips, saying so. Finding the
+newest complete checkpoint reads manifests and file sizes only; each rank then hashes just the files it reads
+(sharded._VerifyingReader), and a damaged one makes the load fall back to the next older checkpoint. Only the
+newest `keep` complete checkpoints are kept.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,45 +17,40 @@ import shutil
 import torch
 import torch.distributed as dist
 
-MANIFEST = "MANIFEST.json"
+from . import sharded
+from .sharded import MANIFEST, CorruptCheckpoint, sha256
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _files(folder: str) -> list[str]:
-    out = []
-    for root, _, names in os.walk(folder):
-        out += [os.path.relpath(os.path.join(root, n), folder) for n in names if n != MANIFEST]
-    return sorted(out)
-
-
-def verify(folder: str) -> str:
-    """'' if the checkpoint folder is complete and intact, else why not."""
+def read_manifest(folder: str) -> tuple[dict, str]:
+    """(the manifest's file list, '') if the checkpoint folder is complete: manifest and jigsaw.json present,
+    every listed file there with its listed size (hashes are checked by whoever reads a file); else ({}, why)."""
     if not os.path.isdir(folder):
-        return "it does not exist"
+        return {}, "it does not exist"
     path = os.path.join(folder, MANIFEST)
     if not os.path.exists(path):
-        return "no manifest (the save did not finish)"
+        return {}, "no manifest (the save did not finish)"
     try:
         with open(path) as f:
             manifest = json.load(f)
     except json.JSONDecodeError:
-        return "manifest is not valid JSON"
+        return {}, "manifest is not valid JSON"
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        return "manifest has no file list"
+        return {}, "manifest has no file list"
+    if sharded.META not in manifest["files"]:
+        return {}, (f"not a sharded checkpoint ({sharded.META} missing: written by a jigsaw_ds before the "
+                    f"DCP format; export it with that version's `jigsaw-ckpt export` and use --init-from FILE)")
     for name, meta in manifest["files"].items():
         fp = os.path.join(folder, name)
         if not os.path.exists(fp):
-            return f"file {name} is missing"
-        if os.path.getsize(fp) != meta["bytes"] or _sha256(fp) != meta["sha256"]:
-            return f"file {name} does not match its manifest (size or checksum)"
-    return ""
+            return {}, f"file {name} is missing"
+        if os.path.getsize(fp) != meta["bytes"]:
+            return {}, f"file {name} does not match its manifest (size)"
+    return manifest["files"], ""
+
+
+def verify(folder: str) -> str:
+    """'' if the checkpoint folder is complete (read_manifest), else why not."""
+    return read_manifest(folder)[1]
 
 
 class CheckpointError(RuntimeError):
@@ -85,15 +80,19 @@ class CheckpointManager:
             return []
         return sorted(t for t in os.listdir(self.root) if t.startswith("step_") and not t.endswith(".old"))
 
-    def save(self, engine, step: int) -> str:
+    def save(self, engine, model, groups, step: int, run_config: dict) -> str:
         tag = f"step_{step:08d}"
         folder = os.path.join(self.root, tag)
         if dist.get_rank() == 0 and os.path.exists(folder):
             shutil.rmtree(folder)  # an unfinished earlier attempt at the same step
         dist.barrier()
-        failure = _failure_on_any_rank(engine.device, self._write_shards, engine, tag, step)  # a full disk fails some ranks, or all
+        written = {}
+        failure = _failure_on_any_rank(engine.device, self._write_shards, folder, engine, model, groups, written)
         if not failure:
-            self.commit(folder, step)
+            files = [None] * dist.get_world_size()
+            dist.all_gather_object(files, written)  # each writer's own hashes: rank 0 hashes only its own files
+            self.commit(folder, {name: meta for part in files for name, meta in part.items()},
+                        sharded.meta_of(engine, model, step, run_config))
         dist.barrier()
         if failure:
             if dist.get_rank() == 0:
@@ -102,18 +101,20 @@ class CheckpointManager:
                                   f"removed and the newest complete one is kept: free space, then --resume")
         return folder
 
-    def _write_shards(self, engine, tag: str, step: int) -> None:
-        engine.save_checkpoint(self.root, tag=tag, client_state={"step": step}, save_latest=False)
+    def _write_shards(self, folder: str, engine, model, groups, written: dict) -> None:
+        written.update(sharded.save(folder, engine, model, groups))
 
-    def commit(self, folder: str, step: int) -> None:
-        """Called on every rank once all shards are written; rank 0 makes the checkpoint count: manifest,
-        then `latest`, then retention."""
+    def commit(self, folder: str, files: dict, meta: dict) -> None:
+        """Called on every rank once all shards are written; rank 0 makes the checkpoint count: jigsaw.json,
+        manifest, then `latest`, then retention."""
         if dist.get_rank() != 0:
             return
         tag = os.path.basename(folder)
-        files = {n: {"bytes": os.path.getsize(os.path.join(folder, n)), "sha256": _sha256(os.path.join(folder, n))}
-                 for n in _files(folder)}
-        write_atomic(os.path.join(folder, MANIFEST), json.dumps({"step": step, "files": files}, indent=1))
+        write_atomic(os.path.join(folder, sharded.META), json.dumps(meta, indent=1))
+        for name in (".metadata", sharded.META):  # written by rank 0 (DCP's coordinator) itself
+            path = os.path.join(folder, name)
+            files[name] = {"bytes": os.path.getsize(path), "sha256": sha256(path)}
+        write_atomic(os.path.join(folder, MANIFEST), json.dumps({"step": meta["step"], "files": files}, indent=1))
         write_atomic(os.path.join(self.root, "latest"), tag)
         # retention counts back from the checkpoint just written: a newer tag left by a refused or
         # abandoned timeline is neither counted nor removed here (the next save of its step replaces it)
@@ -121,30 +122,88 @@ class CheckpointManager:
         for old in complete[:-self.keep]:
             shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
 
-    def latest_complete(self) -> tuple[str, list[str]]:
-        """(newest intact tag or '', reasons for each newer tag refused)."""
-        refused = []
+    def complete(self) -> tuple[list[tuple[str, dict]], list[str]]:
+        """([(tag, manifest files)] of the complete checkpoints, newest first; reasons for each one refused)."""
+        good, refused = [], []
         for tag in reversed(self.tags()):
-            why = verify(os.path.join(self.root, tag))
-            if not why:
-                return tag, refused
-            refused.append(f"{tag}: {why}")
-        return "", refused
+            files, why = read_manifest(os.path.join(self.root, tag))
+            if why:
+                refused.append(f"{tag}: {why}")
+            else:
+                good.append((tag, files))
+        return good, refused
 
-    def load(self, engine) -> int:
-        """Load the newest complete checkpoint; returns its step (0 if there is none)."""
-        tag, refused = self.latest_complete()
-        if dist.get_rank() == 0:
+    def latest_complete(self) -> tuple[str, list[str]]:
+        """(newest complete tag or '', reasons for each newer tag refused)."""
+        good, refused = self.complete()
+        if not good:
+            return "", refused
+        return good[0][0], [r for r in refused if r.split(":")[0] > good[0][0]]
+
+    def load(self, engine, model, groups) -> int:
+        """Load the newest complete checkpoint that reads back intact, at this run's layout (whatever layout
+        wrote it); returns its step (0 if there is none)."""
+        good, refused = self.complete()
+        say = (lambda line: print(line, flush=True)) if dist.get_rank() == 0 else (lambda line: None)
+        for tag, files in good:
             for line in refused:
-                print(f"jigsaw-train: refusing checkpoint {line}")
+                if line.split(":")[0] > tag:
+                    say(f"jigsaw-train: refusing checkpoint {line}")
+            refused = [r for r in refused if r.split(":")[0] < tag]
+            try:
+                meta = sharded.load(os.path.join(self.root, tag), files, engine, model, groups)
+            except CorruptCheckpoint as e:  # raised on every rank alike (DCP gathers the ranks' errors)
+                say(f"jigsaw-train: refusing checkpoint {tag}: {e}")
+                continue
+            engine.global_steps, engine.global_samples = meta["step"], meta["step"] * engine.train_batch_size()
+            layout = meta["config"].get("layout")
+            say(f"jigsaw-train: resumed from {os.path.join(self.root, tag)} (step {meta['step']}); saved at layout "
+                f"{layout} by {meta['world']} ranks")
+            return int(meta["step"])
+        if good:  # complete checkpoints, every one damaged: starting over would overwrite the run
+            raise CheckpointError(f"no checkpoint in {self.root} reads back intact (each refused above); nothing "
+                                  f"was changed: restore the files, or pass --start-over")
+        for line in refused:
+            say(f"jigsaw-train: refusing checkpoint {line}")
+        say(f"jigsaw-train: no complete checkpoint in {self.root}; starting from step 0")
+        return 0
+
+
+def find_checkpoint(path: str) -> tuple[str, dict]:
+    """(checkpoint folder, its manifest's files) for PATH = a checkpoint folder or a run directory (its newest
+    complete checkpoint); ValueError saying why not."""
+    if os.path.exists(os.path.join(path, MANIFEST)) or os.path.exists(os.path.join(path, sharded.META)):
+        folder = path
+    else:
+        root = os.path.join(path, "checkpoints")
+        tag, refused = CheckpointManager(root, 1).latest_complete()
         if not tag:
-            if dist.get_rank() == 0:
-                print(f"jigsaw-train: no complete checkpoint in {self.root}; starting from step 0")
-            return 0
-        _, client = engine.load_checkpoint(self.root, tag=tag)
-        if dist.get_rank() == 0:
-            print(f"jigsaw-train: resumed from {os.path.join(self.root, tag)} (step {client['step']})")
-        return int(client["step"])
+            raise ValueError(f"{path}: neither a checkpoint folder nor a run directory with a complete checkpoint "
+                             f"({'; '.join(refused) or 'no ' + root})")
+        folder = os.path.join(root, tag)
+    files, why = read_manifest(folder)
+    if why:
+        raise ValueError(f"checkpoint {folder} is refused: {why}")
+    return folder, files
+
+
+def load_full(path: str, moments: bool = True) -> dict:
+    """The layout-free state (layout_free.py's structure) of a layout-free FILE, or of a sharded checkpoint
+    (a checkpoint folder or a run directory), read in this one process."""
+    from .layout_free import load_file
+
+    if os.path.isdir(path):
+        return sharded.read_full(*find_checkpoint(path), moments=moments)
+    return load_file(path)
+
+
+def source_config(path: str) -> dict:
+    """The run config of a checkpoint source (FILE, checkpoint folder or run directory), tensors unread."""
+    from .layout_free import load_file
+
+    if os.path.isdir(path):
+        return sharded.read_meta(find_checkpoint(path)[0])["config"]
+    return load_file(path, mmap=True)["config"]
 
 
 def write_atomic(path: str, text: str) -> None:

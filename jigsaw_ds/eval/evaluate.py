@@ -1,9 +1,10 @@
 """jigsaw-eval: autoregressive rollouts scored with WeatherBench2's metrics against persistence and climatology.
 
-    jigsaw-eval --checkpoint FILE --data STORE --out DIR [--lead-steps K] [--inits N]
+    jigsaw-eval --checkpoint RUN_DIR|CKPT_DIR|FILE --data STORE --out DIR [--lead-steps K] [--inits N]
 
-FILE is a layout-free checkpoint (`jigsaw-ckpt export RUN_DIR --out FILE`), so a model trained at any
-layout is evaluated on one process. Initial times are the held-out part of the store (the validation
+The checkpoint is a run directory (its newest complete checkpoint), one checkpoint folder, or a layout-free
+FILE (`jigsaw-ckpt export`): a model trained at any layout is read into one process (issue 16 makes this
+parallel). Initial times are the held-out part of the store (the validation
 split the trainer used: last trajectories, or last times) whose whole rollout stays in one trajectory.
 Writes to DIR:
   forecast.zarr  WeatherBench2 forecast layout: dims time (initialisation), prediction_timedelta,
@@ -29,7 +30,8 @@ import torch
 import xarray as xr
 
 from ..quiet import quiet_libraries
-from ..checkpoint.layout_free import build_model, load_file
+from ..checkpoint.layout_free import build_model
+from ..checkpoint.manager import load_full
 from ..config import ConfigError, from_dict
 from ..data.climatology import Climatology
 from ..data.dataset import PairDataset, split_train_val
@@ -46,8 +48,8 @@ class EvalError(ValueError):
 
 def load_model(path: str):
     """Serial WeatherMixer, jigsaw config and the run's resolved config (grid, channel names) from a
-    layout-free checkpoint."""
-    state = load_file(path)
+    layout-free checkpoint file, a checkpoint folder or a run directory (its newest complete checkpoint)."""
+    state = load_full(path, moments=False)
     model = build_model(state["config"])
     model.load_full_state_dict({**state["model"], **state["buffers"]})
     return model.eval(), from_dict(state["config"]["jigsaw"]), state["config"]
@@ -232,7 +234,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
 def main(argv=None) -> int:
     quiet_libraries(0)
     ap = argparse.ArgumentParser(prog="jigsaw-eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="layout-free checkpoint file (jigsaw-ckpt export)")
+    ap.add_argument("--checkpoint", required=True, help="run directory, checkpoint folder or layout-free file")
     ap.add_argument("--data", required=True, help="zarr store to evaluate on (held-out split)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--lead-steps", type=int, default=4, help="rollout length in model steps")

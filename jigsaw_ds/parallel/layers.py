@@ -79,6 +79,36 @@ class Split:
             view.copy_(full[chunk.region()])
         return local
 
+    def saves_chunks(self, full_shape, groups: JigsawGroups, partition: TokenPartition) -> bool:
+        """Whether this rank writes its chunks to a checkpoint: of the replica ranks that hold the same chunks
+        (a replicated parameter, a domain shard repeated over tensor ranks) only the lowest one does."""
+        mine = self.chunks(full_shape, groups, partition)
+        layout = groups.layout
+        for r in range(groups.jigsaw_rank):
+            other = JigsawGroups(layout, layout.rank(0, r // layout.tensor, r % layout.tensor))
+            if self.chunks(full_shape, other, partition) == mine:
+                return False
+        return True
+
+    def fragment_chunks(self, fragment: torch.Tensor, start: int, full_shape, groups: JigsawGroups,
+                        partition: TokenPartition) -> list[tuple[Chunk, torch.Tensor]]:
+        """The boxes of the full tensor that a flat range of this rank's local tensor holds, each with its
+        values as a view of `fragment` (the local tensor's row-major elements start .. start + len - 1).
+
+        This is how a ZeRO partition is saved and loaded: DeepSpeed gives each data-parallel rank a flat
+        range of every local parameter (its "fragment"); the chunk views' strides say where each element of a
+        chunk lies in the local tensor, so no index tensor is built. A chunk cut by the range gives at most
+        two partial rows per dimension besides its whole rows."""
+        stop = start + fragment.numel()
+        local = torch.empty(self.local_shape(full_shape, groups, partition), device="meta")
+        out = []
+        for chunk, view in zip(self.chunks(full_shape, groups, partition),
+                               self.chunk_views(local, full_shape, groups, partition)):
+            for offsets, sizes, at in _strided_boxes(view.shape, view.stride(), view.storage_offset(), start, stop):
+                data = fragment.as_strided(sizes, view.stride(), fragment.storage_offset() + at - start)
+                out.append((Chunk(tuple(o + c for o, c in zip(offsets, chunk.offsets)), tuple(sizes)), data))
+        return out
+
     def assemble(self, pieces: dict, full_shape, layout: Layout, partition: TokenPartition) -> torch.Tensor:
         """The full tensor from every replica rank's piece: pieces[(domain_rank, tensor_rank)] = local tensor."""
         full = torch.empty(full_shape, dtype=next(iter(pieces.values())).dtype)
@@ -227,6 +257,35 @@ def _flat_range_boxes(shape, start: int, stop: int) -> list[Chunk]:
         out.append(Chunk((first,) + (0,) * (len(shape) - 1), (whole_end - first,) + tuple(shape[1:])))
     if stop % row:
         out += inner(last, 0, stop % row)
+    return out
+
+
+def _strided_boxes(sizes, strides, offset: int, start: int, stop: int) -> list[tuple[tuple, tuple, int]]:
+    """Sub-boxes (offsets in the box, sizes, storage offset) of a strided box whose elements' storage positions
+    lie in [start, stop). The box's rows along each dim are disjoint and ascending (views made by narrow and
+    view of a row-major tensor), so the range takes a block of whole rows and cuts at most two rows."""
+    if not sizes:
+        return [((), (), offset)] if start <= offset < stop else []
+    span = lambda sz, st: sum((n - 1) * t for n, t in zip(sz, st)) + 1   # first to last element's position
+    if offset >= stop or offset + span(sizes, strides) <= start:
+        return []
+    if start <= offset and offset + span(sizes, strides) <= stop:
+        return [((0,) * len(sizes), tuple(sizes), offset)]
+    row = lambda i: [((i,) + o, (1,) + s, at)
+                     for o, s, at in _strided_boxes(sizes[1:], strides[1:], offset + i * strides[0], start, stop)]
+    if sizes[0] == 1:
+        return row(0)
+    t0, inner = strides[0], span(sizes[1:], strides[1:])
+    ceil_div = lambda a, b: -(-a // b)
+    first = max(0, ceil_div(start - offset - inner + 1, t0))            # rows first..last meet the range
+    last = min(sizes[0], ceil_div(stop - offset, t0)) - 1
+    lo = max(first, ceil_div(start - offset, t0))                       # rows lo..hi lie wholly inside
+    hi = min(last, (stop - offset - inner) // t0)
+    out = row(first) if first < lo else []
+    if hi >= lo:
+        out.append(((lo,) + (0,) * (len(sizes) - 1), (hi - lo + 1,) + tuple(sizes[1:]), offset + lo * t0))
+    if last > max(hi, first if first < lo else -1):
+        out += row(last)
     return out
 
 

@@ -42,7 +42,8 @@ def parse_args(argv):
     ap.add_argument("--start-over", action="store_true",
                     help="move the earlier run's outputs in out_dir aside (OUT/superseded-TIME/) and start at step 0")
     ap.add_argument("--init-from", default="", metavar="FILE",
-                    help="start from a layout-free checkpoint (jigsaw-ckpt export): weights, Adam state, step")
+                    help="start from a layout-free FILE (jigsaw-ckpt export: weights, Adam state, step) or from the "
+                         "weights of a checkpoint folder or run directory (fine-tuning: step 0)")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     return ap.parse_args(argv)
 
@@ -140,10 +141,10 @@ def plan_run(args) -> Run:
     else:
         run.open_store(allocation.rank)
     if args.init_from:
-        from ..checkpoint.layout_free import load_file
+        from ..checkpoint.manager import source_config
 
-        try:  # mmap: the config only, without reading the tensors
-            check_same_inputs(cfg, load_file(args.init_from, mmap=True)["config"], f"--init-from {args.init_from}")
+        try:
+            check_same_inputs(cfg, source_config(args.init_from), f"--init-from {args.init_from}")
         except ValueError as e:
             raise jconfig.ConfigError(f"--init-from: {e}") from None
     if not args.start_over:

@@ -13,8 +13,9 @@ import time
 import torch
 import torch.distributed as dist
 
+from ..checkpoint import sharded
 from ..checkpoint.layout_free import import_state, load_file
-from ..checkpoint.manager import CheckpointManager
+from ..checkpoint.manager import CheckpointManager, find_checkpoint
 from ..data.dataset import DeviceBatches, PairDataset, ReplicaBatches, make_loader
 from ..grid import lat_cell_weights
 from ..model import WeatherMixer, train_flops_per_sample
@@ -72,24 +73,32 @@ class Trainer:
         self.train_set, self.val_set = pairs(self.run.train_starts), pairs(self.run.val_starts)
 
     def _restore(self, resume: bool, init_from: str) -> int:
-        """The step to start after: the run's own newest complete checkpoint (--resume), else an --init-from
-        file's, else 0."""
+        """The step to start after: the run's own newest complete checkpoint (--resume, at any layout), else
+        an --init-from source's: a layout-free FILE (weights, Adam state, step) or a sharded checkpoint
+        (weights only: fine-tuning starts at step 0), else 0."""
         self.ckpt = CheckpointManager(os.path.join(self.cfg.train.out_dir, "checkpoints"), self.cfg.train.ckpt_keep)
-        step = self.ckpt.load(self.engine) if resume else 0
+        step = self.ckpt.load(self.engine, self.model, self.groups) if resume else 0
         if init_from and not step:
-            step = import_state(self.engine, self.model, self.groups, load_file(init_from))
+            if os.path.isdir(init_from):
+                folder, files = find_checkpoint(init_from)
+                sharded.load(folder, files, self.engine, self.model, self.groups, weights_only=True)
+            else:
+                step = import_state(self.engine, self.model, self.groups, load_file(init_from))
         elif init_from and self.rank0:  # a requeued job: its own checkpoint is newer than the file
             print(f"jigsaw-train: --init-from {init_from} not used: resumed the run's own checkpoint (step {step})")
         return step
+
+    def run_config(self) -> dict:
+        """The resolved run: config.json, and every checkpoint's jigsaw.json."""
+        return {"jigsaw": self.cfg.to_dict(), "deepspeed": self.run.ds_config, "layout": vars(self.run.layout),
+                "model_shape": self.run.model_shape, "channels": [c.name for c in self.store.channels],
+                "parameters_per_rank": sum(p.numel() for p in self.model.parameters())}
 
     def _open_logs(self) -> None:
         self.logger = MetricsLogger(self.cfg.train.out_dir, enabled=self.rank0, resume_step=self.start_step,
                                     monitor=self.engine.monitor)
         if self.rank0:
-            self.logger.write_config({"jigsaw": self.cfg.to_dict(), "deepspeed": self.run.ds_config,
-                                      "layout": vars(self.run.layout), "model_shape": self.run.model_shape,
-                                      "channels": [c.name for c in self.store.channels],
-                                      "parameters_per_rank": sum(p.numel() for p in self.model.parameters())})
+            self.logger.write_config(self.run_config())
 
     # ---- reductions over the replica and the data axis -------------------------------------------------
     def global_mean(self, local_part: torch.Tensor) -> torch.Tensor:
@@ -198,7 +207,7 @@ class Trainer:
                                                             "persist": f"{record['val_loss_persistence']:.4f}"}
                                                            if validate else {}))
             if save:
-                self.ckpt.save(self.engine, step)
+                self.ckpt.save(self.engine, self.model, self.groups, step, self.run_config())
             window = _Window()
         if progress:
             progress.close()

@@ -13,10 +13,10 @@ CRASH_STEP = int(sys.argv.pop(1))
 _commit = CheckpointManager.commit
 
 
-def commit_or_die(self, folder, step):
-    if step == CRASH_STEP:
+def commit_or_die(self, folder, files, meta):
+    if meta["step"] == CRASH_STEP:
         os._exit(17)
-    return _commit(self, folder, step)
+    return _commit(self, folder, files, meta)
 
 
 CheckpointManager.commit = commit_or_die

@@ -14,12 +14,12 @@ FULL_AT = int(sys.argv.pop(1))
 _write = CheckpointManager._write_shards
 
 
-def write_or_fail(self, engine, tag, step):
-    if step == FULL_AT:
-        os.makedirs(os.path.join(self.root, tag), exist_ok=True)  # a partial folder, as a real failure leaves
-        open(os.path.join(self.root, tag, "half_written.pt"), "wb").close()
+def write_or_fail(self, folder, *args):
+    if folder.endswith(f"step_{FULL_AT:08d}"):
+        os.makedirs(folder, exist_ok=True)  # a partial folder, as a real failure leaves
+        open(os.path.join(folder, "half_written.distcp"), "wb").close()
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    return _write(self, engine, tag, step)
+    return _write(self, folder, *args)
 
 
 CheckpointManager._write_shards = write_or_fail

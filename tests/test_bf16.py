@@ -2,7 +2,9 @@
 Jigsaw collectives; both of DeepSpeed's bf16 optimizer wrappers (ZeRO-1's DeepSpeedZeroOptimizer with bf16
 gradients, as configs/ds_zero1_bf16.json; BF16_Optimizer when data_types.grad_accum_dtype is fp32); their
 checkpoints; layout-free export and import. NCCL is the one part of the GPU path that stays untested."""
+import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -40,24 +42,22 @@ def test_bf16_jigsaw_layout_matches_one_process_to_bf16_precision(runs):
     for s in fp32:
         assert jigsaw[s] == pytest.approx(serial[s], rel=1e-3), (s, jigsaw[s], serial[s])
         assert serial[s] == pytest.approx(fp32[s], rel=5e-3), (s, serial[s], fp32[s])
-    # what ran was bf16: module weights in bf16, bf16 optimizer files beside them
-    ckpt = dirs["bf16_1x2x2"] / "checkpoints" / "step_00000003"
-    module = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
-    assert module["blocks.0.token_mixing.w1"].dtype == torch.bfloat16
-    assert optimizer_wrapper(ckpt) == "DeepSpeedZeroOptimizer"
+    # what ran was bf16: module weights in bf16, DeepSpeed's ZeRO-1 wrapper (bf16 gradients)
+    meta = json.loads((dirs["bf16_1x2x2"] / "checkpoints" / "step_00000003" / "jigsaw.json").read_text())
+    assert meta["module_dtype"] == "torch.bfloat16" and meta["optimizer_wrapper"] == "DeepSpeedZeroOptimizer"
 
 
 def optimizer_wrapper(ckpt) -> str:
-    """Which of DeepSpeed's bf16 wrappers wrote a checkpoint (BF16_Optimizer's state has no zero_stage)."""
-    state = torch.load(ckpt / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", map_location="cpu", weights_only=False)
-    return "DeepSpeedZeroOptimizer" if "zero_stage" in state["optimizer_state_dict"] else "BF16_Optimizer"
+    """Which of DeepSpeed's bf16 wrappers trained the run that wrote a checkpoint."""
+    return json.loads((ckpt / "jigsaw.json").read_text())["optimizer_wrapper"]
 
 
 @pytest.fixture(scope="module")
 def exported(runs):
     tmp, dirs = runs
     out = tmp / "bf16_step3.pt"
-    run([os.path.join(BIN, "jigsaw-ckpt"), "export", str(dirs["bf16_1x2x2"]), "--tag", "step_00000003", "--out", str(out)])
+    run([os.path.join(BIN, "jigsaw-ckpt"), "export", str(dirs["bf16_1x2x2"] / "checkpoints" / "step_00000003"),
+         "--out", str(out)])
     state = torch.load(out, map_location="cpu", weights_only=False)
     assert state["model"]["blocks.0.token_mixing.w1"].dtype == torch.float32  # the fp32 master weights
     assert state["optimizer"]["step"] == 3 and state["optimizer"]["exp_avg"]["embed.weight"] is not None
@@ -84,3 +84,23 @@ def test_bf16_export_continues_the_run(runs, exported, tmp_path, synth_store, la
             assert got[s] == reference[s], (s, got[s], reference[s])
         else:
             assert got[s] == pytest.approx(reference[s], rel=2e-2), (s, got[s], reference[s])
+
+
+@pytest.mark.parametrize("layout", [(2, 2), (1, 4)], ids=["1x2x2-same", "1x1x4"])
+def test_bf16_resume_from_the_sharded_checkpoint(runs, tmp_path, synth_store, layout):
+    """--resume of the bf16 (1,2,2) checkpoint of step 3: bitwise at the same layout; at another layout to
+    bf16 precision (the fp32 master weights and moments are what the checkpoint holds)."""
+    _, dirs = runs
+    reference = losses(dirs["bf16_1x2x2"])
+    shutil.copytree(dirs["bf16_1x2x2"], tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000006")
+    args = configs(tmp_path, synth_store, tmp_path / "run", bf16=True, optimizer=FUSED_ADAMW)
+    proc = train(args, layout[0] * layout[1], ["--resume", "--set", f"parallel.domain={layout[0]}", "--set",
+                                               f"parallel.tensor={layout[1]}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = losses(tmp_path / "run")
+    for s in (4, 5, 6):
+        if layout == (2, 2):
+            assert got[s] == reference[s], (s, got[s], reference[s])
+        else:
+            assert got[s] == pytest.approx(reference[s], rel=1e-2), (s, got[s], reference[s])

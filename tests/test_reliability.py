@@ -20,7 +20,7 @@ from conftest import BIN, ROOT, spawn_env
 from test_checkpoint import train
 from jigsaw_ds.checkpoint import cli as ckpt_cli
 from jigsaw_ds.checkpoint.layout_free import FORMAT
-from jigsaw_ds.checkpoint.manager import verify
+from jigsaw_ds.checkpoint.manager import load_full, verify
 from jigsaw_ds.config import ModelConfig
 from jigsaw_ds.data.store import WeatherStore
 from jigsaw_ds.data.synth import synth_dataset
@@ -221,10 +221,10 @@ def test_checkpoint_readers_refuse_what_resume_refuses(good_run, tmp_path, capsy
     tmp, _, _ = good_run
     run = tmp_path / "run"
     shutil.copytree(tmp / "run", run)
-    shard = next((run / "checkpoints" / "step_00000001").glob("*model_states.pt"))
+    shard = next((run / "checkpoints" / "step_00000001").glob("*.distcp"))
     shard.write_bytes(shard.read_bytes()[:-10])
-    assert ckpt_cli.main(["export", str(run), "--out", str(tmp_path / "x.pt"), "--tag", "step_00000001"]) == 2
-    assert "step_00000001 is refused: file" in one_error(capsys.readouterr().err)
+    assert ckpt_cli.main(["export", str(run / "checkpoints" / "step_00000001"), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "step_00000001 is refused: file __0_0.distcp does not match its manifest" in one_error(capsys.readouterr().err)
     assert ckpt_cli.main(["export", str(run), "--out", str(tmp_path / "nowhere" / "x.pt")]) == 2
     assert "does not exist" in one_error(capsys.readouterr().err)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
@@ -232,6 +232,26 @@ def test_checkpoint_readers_refuse_what_resume_refuses(good_run, tmp_path, capsy
     assert "is not a layout-free jigsaw_ds checkpoint" in one_error(capsys.readouterr().err)
     (run / "checkpoints" / "step_00000002" / "MANIFEST.json").write_text("{}")
     assert verify(str(run / "checkpoints" / "step_00000002")) == "manifest has no file list"
+
+
+def test_a_flipped_byte_is_refused_naming_the_file(good_run, tmp_path, capsys):
+    """Same size, one byte changed in the newest checkpoint: the ranks that read the file find it (sha256);
+    --resume says so and continues from the checkpoint before; export and evaluation refuse it."""
+    tmp, store, _ = good_run
+    run = tmp_path / "run"
+    shutil.copytree(tmp / "run", run)
+    shard = run / "checkpoints" / "step_00000002" / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    assert verify(str(run / "checkpoints" / "step_00000002")) == ""  # sizes only: cheap for every rank
+    assert ckpt_cli.main(["export", str(run), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "__0_0.distcp does not match its manifest (size or sha256)" in one_error(capsys.readouterr().err)
+    proc = train(write_configs(tmp_path, store, run, steps=3) + ["--resume"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "refusing checkpoint step_00000002:" in proc.stdout and "__0_0.distcp does not match" in proc.stdout
+    assert "(step 1)" in proc.stdout
+    assert steps_logged(run) == [1, 2, 3]
 
 
 # ---- evaluation -------------------------------------------------------------------------------------------------
@@ -358,8 +378,7 @@ def test_kill_9_five_times_then_equal_to_an_uninterrupted_run(tmp_path, synth_st
     assert [r["step"] for r in got] == list(range(1, steps + 1))
     assert all(r["loss"] == ref[r["step"]] for r in got)
     tag = f"step_{steps:08d}"
-    for shard in sorted((tmp_path / "full" / "checkpoints" / tag).glob("*model_states.pt")):
-        a = torch.load(shard, map_location="cpu", weights_only=False)["module"]
-        b = torch.load(tmp_path / "killed" / "checkpoints" / tag / shard.name, map_location="cpu",
-                       weights_only=False)["module"]
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), shard.name
+    a, b = (load_full(str(tmp_path / name / "checkpoints" / tag)) for name in ("full", "killed"))
+    for part in ("model", "buffers"):
+        assert a[part].keys() == b[part].keys() and all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert all(torch.equal(a["optimizer"]["exp_avg_sq"][k], b["optimizer"]["exp_avg_sq"][k]) for k in a["model"])

@@ -82,15 +82,17 @@ def _link_adam_state(zero) -> None:
 
 
 def _init_zero_adam_state(engine, step: int) -> None:
-    """Create Adam's state on ZeRO's flat fp32 partitions (torch creates it lazily at the first step)."""
+    """Adam's state on ZeRO's flat fp32 partitions at `step` (torch creates it lazily at the first step): made
+    where missing, its moment buffers reused where present (a loader overwrites them; no second copy)."""
     zero = _zero_optimizer(engine)
     for flat, group in zip(fp32_partitions(zero), zero.optimizer.param_groups):
         # as torch.optim.AdamW keeps it: the step count on the parameter's device for fused/capturable
         # kernels, else on the CPU
         on_device = group.get("fused") or group.get("capturable")
         count = torch.tensor(float(step), dtype=torch.float32, device=flat.device if on_device else "cpu")
-        zero.optimizer.state[flat] = {"step": count, "exp_avg": torch.zeros_like(flat),
-                                      "exp_avg_sq": torch.zeros_like(flat)}
+        old = zero.optimizer.state.get(flat, {})
+        zero.optimizer.state[flat] = {"step": count, **{key: old[key] if key in old else torch.zeros_like(flat)
+                                                        for key in ADAM_STATES}}
     _link_adam_state(zero)
 
 

@@ -316,9 +316,10 @@ def main(argv=None):
     machine = dataclasses.replace(base, gemm_tflops={dtype_name: res["gemm_tflops"]},
                                   **({} if cuda else {"hbm_gbps": res["copy_gbps"], "gemm_efficiency": 1.0,
                                                       "hbm_efficiency": 1.0, "kernel_launch_us": 0.0}))
-    zero_stage = json.load(open(args.ds_config)).get("zero_optimization", {}).get("stage", 0)
-    setup = pm.TrainSetup(global_batch=args.batch, precision=dtype_name, zero_stage=zero_stage,
-                          checkpointing=args.checkpointing)
+    ds = json.load(open(args.ds_config))
+    ds["bf16"] = {"enabled": dtype_name == "bf16"}  # as run_step_bench runs it
+    setup = pm.TrainSetup.from_deepspeed(ds, global_batch=args.batch, checkpointing=args.checkpointing)
+    zero_stage = setup.zero_stage
     pred = pm.predict_step(shape, Layout(), machine, setup)
     flops = pred.flops_per_step
     save(model_flops_per_step=flops, **step,

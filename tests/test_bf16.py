@@ -9,7 +9,10 @@ import shutil
 import pytest
 import torch
 
-from conftest import BIN, run
+from conftest import BIN, ROOT, run
+from jigsaw_ds.config import from_dict
+from jigsaw_ds.parallel.topology import Layout
+from jigsaw_ds.perf.comm_model import step_comm_bytes
 from test_checkpoint import configs, losses, train
 
 
@@ -42,6 +45,18 @@ def test_bf16_jigsaw_layout_matches_one_process_to_bf16_precision(runs):
     for s in fp32:
         assert jigsaw[s] == pytest.approx(serial[s], rel=1e-3), (s, jigsaw[s], serial[s])
         assert serial[s] == pytest.approx(fp32[s], rel=5e-3), (s, serial[s], fp32[s])
+    # the Jigsaw sums travelled in fp32, the gathers in bf16: the counted bytes are the model's, exactly
+    record = json.loads(open(dirs["bf16_1x2x2"] / "metrics.jsonl").readline())
+    run_config = json.loads((dirs["bf16_1x2x2"] / "config.json").read_text())
+    shape = run_config["model_shape"]
+    model_bytes = lambda e: step_comm_bytes(from_dict(run_config["jigsaw"]).model, shape["n_lat"], shape["n_lon"],
+                                            shape["in_channels"], shape["out_channels"],
+                                            Layout(**run_config["layout"]), 4, 0, bytes_per_elem=e)
+    bf16_bytes, fp32_bytes = model_bytes(2), model_bytes(4)
+    assert record["comm_bytes"] == bf16_bytes
+    assert bf16_bytes["all_reduce/jigsaw"] == fp32_bytes["all_reduce/jigsaw"]
+    assert bf16_bytes["reduce_scatter/tensor"] == fp32_bytes["reduce_scatter/tensor"]
+    assert 2 * bf16_bytes["all_gather/tensor"] == fp32_bytes["all_gather/tensor"]
     # what ran was bf16: module weights in bf16, DeepSpeed's ZeRO-1 wrapper (bf16 gradients)
     meta = json.loads((dirs["bf16_1x2x2"] / "checkpoints" / "step_00000003" / "jigsaw.json").read_text())
     assert meta["module_dtype"] == "torch.bfloat16" and meta["optimizer_wrapper"] == "DeepSpeedZeroOptimizer"
@@ -104,3 +119,24 @@ def test_bf16_resume_from_the_sharded_checkpoint(runs, tmp_path, synth_store, la
             assert got[s] == reference[s], (s, got[s], reference[s])
         else:
             assert got[s] == pytest.approx(reference[s], rel=1e-2), (s, got[s], reference[s])
+
+
+def test_bf16_config_tracks_fp32_for_300_steps(tmp_path):
+    """configs/ds_zero1_bf16.json as shipped (bf16 weights and activations; fp32 gradient accumulation and
+    data-parallel reduction; the Jigsaw sums in fp32, parallel/mappings.py) against ds_zero1_fp32.json: the
+    quickstart model at (1,2,2), 300 steps, every logged loss within 2% of the fp32 run's."""
+    common = ["--config", os.path.join(ROOT, "configs", "quickstart.json"), "--set", f"data.store={tmp_path / 'synth.zarr'}",
+              "--set", "train.steps=300", "--set", "train.log_every=10", "--set", "train.val_every=300",
+              "--set", "train.ckpt_every=300", "--set", "train.progress=false"]
+    got = {}
+    for name in ("fp32", "bf16"):
+        proc = train(common + ["--deepspeed_config", os.path.join(ROOT, "configs", f"ds_zero1_{name}.json"),
+                               "--set", f"train.out_dir={tmp_path / name}"], 4)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got[name] = losses(tmp_path / name)
+    meta = json.loads((tmp_path / "bf16" / "checkpoints" / "step_00000300" / "jigsaw.json").read_text())
+    assert meta["optimizer_wrapper"] == "BF16_Optimizer" and meta["module_dtype"] == "torch.bfloat16"
+    assert sorted(got["bf16"]) == sorted(got["fp32"]) and len(got["fp32"]) == 30
+    worst = max(abs(got["bf16"][s] / got["fp32"][s] - 1) for s in got["fp32"])
+    print(f"\nbf16 vs fp32 over 300 steps: worst relative loss difference {worst:.2e}")
+    assert worst < 0.02, {s: (got["bf16"][s], got["fp32"][s]) for s in got["fp32"]}

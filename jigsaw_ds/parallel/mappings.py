@@ -28,11 +28,26 @@ _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather
 _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
+# Sums travel in fp32: a bf16 all-reduce or reduce-scatter would round every partial sum (of partial
+# products over tokens, of gradient pieces) to 8 bits of mantissa on each hop of the ring. Gathers only move
+# values, so they keep the tensor's dtype.
+REDUCTIONS = ("all_reduce", "reduce_scatter")
+
+
+def payload_element_size(op: str, element_size: int) -> int:
+    """Bytes per element a collective moves for a tensor of `element_size` (perf/comm_model.py uses it too)."""
+    return max(element_size, 4) if op in REDUCTIONS else element_size
+
+
+def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
-    out = x.contiguous().clone()
+    out = x.to(_sum_dtype(x.dtype), memory_format=torch.contiguous_format, copy=True)
     comm_stats.record("all_reduce", group, out.numel() * out.element_size())
     dist.all_reduce(out, group=group)
-    return out
+    return out.to(x.dtype)
 
 
 def _all_gather(x: torch.Tensor, group) -> torch.Tensor:
@@ -44,14 +59,15 @@ def _all_gather(x: torch.Tensor, group) -> torch.Tensor:
 
 
 def _reduce_scatter(x: torch.Tensor, group) -> torch.Tensor:
-    x = x.contiguous()
     size = dist.get_world_size(group)
     if x.shape[0] % size:
         raise ValueError(f"reduce-scatter of {x.shape[0]} rows over {size} ranks: rows must divide evenly")
+    dtype = x.dtype
+    x = x.to(_sum_dtype(dtype), memory_format=torch.contiguous_format)
     out = x.new_empty((x.shape[0] // size,) + tuple(x.shape[1:]))
     comm_stats.record("reduce_scatter", group, x.numel() * x.element_size())
     _reduce_scatter_single(out, x, group=group)
-    return out
+    return out.to(dtype)
 
 
 class _CopyToGroup(torch.autograd.Function):

@@ -7,7 +7,8 @@ real step and tests/test_parallel.py compares them.
 
 Keys match comm_stats.snapshot() ('all_reduce/jigsaw', ...). Payload convention as there: all-reduce = tensor
 size, all-gather = gathered output, reduce-scatter = input. What the walk gives, with n own tokens, micro-batch
-B, widths D, Dt, Dc, tensor size T, domain size DD, replica size M, e bytes per element:
+B, widths D, Dt, Dc, tensor size T, domain size DD, replica size M, e bytes per element (gathers: the
+tensor's; all-reduce and reduce-scatter: at least 4, since sums travel in fp32, parallel/mappings.py):
 
   per block, token mixing   all_reduce/jigsaw   2 Dt B D e          (partial sums fwd, their grads bwd)
   per block, channel mixing all_gather/tensor   3 n T B D e         (fc1's input fwd, again in its bwd; and the
@@ -29,6 +30,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..config import ModelConfig
+from ..parallel.mappings import payload_element_size
 from ..parallel.topology import JigsawGroups, Layout
 
 
@@ -65,9 +67,14 @@ def step_collectives(model, micro_batch: int) -> list[Collective]:
 def step_comm_bytes(cfg: ModelConfig, n_lat: int, n_lon: int, c_in: int, c_out: int, layout: Layout,
                     micro_batch: int, domain_rank: int = 0, bytes_per_elem: int = 4) -> dict[str, int]:
     model = meta_model(cfg, n_lat, n_lon, c_in, c_out, layout, domain_rank)
+    return sum_bytes(step_collectives(model, micro_batch), bytes_per_elem)
+
+
+def sum_bytes(collectives: list[Collective], bytes_per_elem: int) -> dict[str, int]:
+    """Bytes per key of a list of collectives of tensors with `bytes_per_elem` (sums travel in fp32)."""
     out: dict[str, int] = defaultdict(int)
-    for c in step_collectives(model, micro_batch):
-        out[c.key] += c.elements * bytes_per_elem
+    for c in collectives:
+        out[c.key] += c.elements * payload_element_size(c.key.split("/")[0], bytes_per_elem)
     return dict(sorted(out.items()))
 
 

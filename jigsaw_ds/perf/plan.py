@@ -50,15 +50,16 @@ def parse_args(argv):
 
 
 def setup_from_args(args, cfg: jconfig.JigsawConfig) -> TrainSetup:
-    precision, zero = "bf16", 1
+    ds = {"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}
     if args.deepspeed_config:
         with open(args.deepspeed_config) as f:
             ds = json.load(f)
-        precision = "bf16" if ds.get("bf16", {}).get("enabled") else "fp32"
-        zero = int(ds.get("zero_optimization", {}).get("stage", 0))
-    return TrainSetup(global_batch=args.global_batch or cfg.train.global_batch,
-                      precision=args.precision or precision, zero_stage=zero if args.zero < 0 else args.zero,
-                      checkpointing=args.checkpointing == "on", dataset_steps=args.dataset_steps)
+    setup = TrainSetup.from_deepspeed(ds, global_batch=args.global_batch or cfg.train.global_batch,
+                                      checkpointing=args.checkpointing == "on", dataset_steps=args.dataset_steps)
+    if args.precision:
+        setup = dataclasses.replace(setup, precision=args.precision,
+                                    grad_accum_fp32=setup.grad_accum_fp32 and args.precision == "bf16")
+    return setup if args.zero < 0 else dataclasses.replace(setup, zero_stage=args.zero)
 
 
 def plan_layout(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainSetup, accumulate: bool,

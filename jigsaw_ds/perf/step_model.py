@@ -82,7 +82,7 @@ from ..model import input_channels
 from ..model.flops import n_tokens, train_flops_per_sample
 from ..parallel.partition import TokenPartition, split_problems
 from ..parallel.topology import Layout
-from .comm_model import Collective, meta_model, params_per_rank, step_collectives
+from .comm_model import Collective, meta_model, params_per_rank, step_collectives, sum_bytes
 
 GB = 1e9
 BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -200,6 +200,15 @@ class TrainSetup:
     checkpointing: bool = False         # torch.utils.checkpoint around each MixerBlock
     store_bytes_per_value: int = 4      # float32 store (uncompressed bytes; compression is the loader's cost)
     dataset_steps: int = 0              # time steps in the training set (0: page cache not modelled)
+    grad_accum_fp32: bool = False       # bf16 with DeepSpeed's data_types.grad_accum_dtype fp32 (BF16_Optimizer):
+                                        # a full fp32 gradient buffer, gradients reduced over data in fp32
+
+    @classmethod
+    def from_deepspeed(cls, ds: dict, **kwargs) -> "TrainSetup":
+        """What a DeepSpeed JSON config implies: precision, ZeRO stage, fp32 gradient accumulation."""
+        bf16 = bool(ds.get("bf16", {}).get("enabled"))
+        return cls(precision="bf16" if bf16 else "fp32", zero_stage=int(ds.get("zero_optimization", {}).get("stage", 0)),
+                   grad_accum_fp32=bf16 and ds.get("data_types", {}).get("grad_accum_dtype") == "fp32", **kwargs)
 
     def micro(self, layout: Layout) -> int:
         return self.micro_batch or self.global_batch // layout.data
@@ -276,15 +285,8 @@ def _recomputed(collectives: list[Collective]) -> list[Collective]:
     return out
 
 
-def _sum_bytes(collectives: list[Collective], e: int) -> dict:
-    out: dict = {}
-    for c in collectives:
-        out[c.key] = out.get(c.key, 0) + c.elements * e
-    return out
-
-
 def _comm_bytes(shape, layout, micro, domain_rank, e):
-    return _sum_bytes(_collectives(shape, layout, micro, domain_rank), e)
+    return sum_bytes(_collectives(shape, layout, micro, domain_rank), e)
 
 
 def _params(shape, layout, domain_rank=0):
@@ -293,7 +295,7 @@ def _params(shape, layout, domain_rank=0):
 
 def recompute_comm_bytes(shape: ModelShape, layout: Layout, micro_batch: int, e: int, domain_rank: int = 0) -> dict:
     """Extra bytes per micro-step when each block's forward is recomputed in backward (checkpointing)."""
-    return _sum_bytes(_recomputed(_collectives(shape, layout, micro_batch, domain_rank)), e)
+    return sum_bytes(_recomputed(_collectives(shape, layout, micro_batch, domain_rank)), e)
 
 
 def collective_calls(shape: ModelShape, layout: Layout, checkpointing: bool = False) -> dict:
@@ -317,9 +319,10 @@ def data_parallel_bytes(params: int, layout: Layout, setup: TrainSetup) -> dict:
     if layout.data == 1:
         return {}
     volume = params * setup.e
+    grads = params * 4 if setup.grad_accum_fp32 else volume
     if setup.zero_stage >= 1:
-        return {"reduce_scatter/data": volume, "all_gather/data": volume}
-    return {"all_reduce/data": volume}
+        return {"reduce_scatter/data": grads, "all_gather/data": volume}
+    return {"all_reduce/data": grads}
 
 
 def read_bytes_per_rank(shape: ModelShape, layout: Layout, micro_batch: int, bytes_per_value: int = 4,
@@ -379,6 +382,8 @@ def memory_bytes(shape: ModelShape, layout: Layout, setup: TrainSetup, machine: 
     """Per-rank bytes: weights, grads, optimizer (ZeRO-partitioned over data), activations, reserved, total."""
     P, e, dp = params_held(shape, layout, domain_rank), setup.e, layout.data
     grads = P * e if setup.zero_stage <= 1 else math.ceil(P / dp) * e
+    if setup.grad_accum_fp32:
+        grads += 4 * P   # BF16_Optimizer's fp32 accumulation buffer, full on every rank
     if setup.zero_stage >= 1:
         optimizer = 16 * math.ceil(P / dp)           # fp32 master + m + v + fp32 grad partition
     else:

@@ -74,6 +74,21 @@ def test_resume_after_crash_is_bitwise(crashed_run):
     assert [after[s] for s in (4, 5, 6)] == [before[s] for s in (4, 5, 6)]  # bitwise
 
 
+def test_one_rank_killed_during_a_save(crashed_run, tmp_path, synth_store):
+    """Rank 1 alone dies while the checkpoint of step 6 is being written: the launcher ends the job; --resume
+    refuses the unfinished checkpoint, says why, and continues from step 3 bitwise."""
+    _, _, reference = crashed_run
+    args = configs(tmp_path, synth_store, tmp_path / "run")
+    proc = train(args, 4, script=[os.path.join(ROOT, "tests", "workers", "crash_before_manifest.py"), "6@1"])
+    assert proc.returncode != 0
+    assert not os.path.exists(tmp_path / "run" / "checkpoints" / "step_00000006" / "MANIFEST.json")
+    proc = train(args, 4, ["--resume"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "refusing checkpoint step_00000006: no manifest" in proc.stdout and "(step 3)" in proc.stdout
+    got = losses(tmp_path / "run")
+    assert [got[s] for s in (4, 5, 6)] == [reference[s] for s in (4, 5, 6)]
+
+
 @pytest.mark.parametrize("layout, stage", [((1, 1, 1), 1), ((2, 1, 2), 2), ((1, 4, 1), 1), ((4, 1, 1), 2)],
                          ids=["serial", "2x1x2-zero2", "1x4x1", "4x1x1-zero2"])
 def test_resume_at_another_layout_continues_the_run(crashed_run, tmp_path, synth_store, layout, stage):

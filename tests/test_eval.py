@@ -96,3 +96,59 @@ def test_climatology_groups_by_day_of_year_and_hour_when_covered():
     np.testing.assert_allclose(yearly.at(valid)[..., 0, 0, 0], [[206, 218]])  # March: month index 2
     leap_day_366 = np.array(["2004-12-31T06"], dtype="datetime64[h]")  # grouped with day 365
     np.testing.assert_allclose(yearly.at(leap_day_366)[..., 0, 0, 0], [1106])
+
+
+# ---- parallel evaluation: any layout computes the serial scores, no rank holds a whole field --------------------
+@pytest.fixture(scope="module")
+def serial_eval(tmp_path_factory, synth_store):
+    """A model trained 2 steps in one process (its sharded checkpoint), evaluated in one process."""
+    from test_checkpoint import configs, train
+
+    tmp = tmp_path_factory.mktemp("peval")
+    args = configs(tmp, synth_store, tmp / "run")
+    proc = train(args, 1, ["--set", "parallel.domain=1", "--set", "parallel.tensor=1", "--set", "train.steps=2",
+                           "--set", "train.ckpt_every=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run([os.path.join(BIN, "jigsaw-eval"), "--checkpoint", str(tmp / "run"), "--data", synth_store, "--out",
+         str(tmp / "serial"), "--lead-steps", "3", "--inits", "6", "--no-plots"])
+    return tmp, json.load(open(tmp / "serial" / "scores.json"))
+
+
+def test_streaming_scores_are_metrics_py_on_the_whole_arrays(serial_eval, synth_store):
+    """The running sums give WB2's formulas (metrics.py) applied to the full forecast and truth arrays."""
+    tmp, scores = serial_eval
+    fc = xr.open_zarr(tmp / "serial" / "forecast.zarr")
+    store = xr.open_zarr(synth_store)
+    assert fc["temperature"].dims[2] == "level"
+    for var in fc.data_vars:  # the source's units and names travel with the forecast
+        assert fc[var].attrs == store[var].attrs, var
+    valid = fc["time"] + fc["prediction_timedelta"]
+    truth = store["2m_temperature"].sel(time=valid)
+    got = {(r["lead_hours"], r["metric"]): r["model"] for r in scores["rows"] if r["channel"] == "2m_temperature"}
+    for name, metric in (("rmse", RMSE()), ("bias", Bias())):
+        expected = metric.compute(fc["2m_temperature"].astype("float64"), truth.astype("float64")).values
+        for k, lead in enumerate(fc["prediction_timedelta"].values):
+            hours = int(lead / np.timedelta64(1, "h"))
+            assert got[(hours, name)] == pytest.approx(float(expected[k]), rel=1e-5, abs=1e-7), (name, hours)
+    assert scores["throughput"]["forecast_steps_per_s"] > 0
+
+
+@pytest.mark.parametrize("layout", [(2, 1, 1), (1, 2, 1), (1, 2, 2)], ids=["2x1x1", "1x2x1", "1x2x2"])
+def test_parallel_eval_equals_the_serial_one(serial_eval, synth_store, tmp_path, layout):
+    tmp, serial = serial_eval
+    data, domain, tensor = layout
+    run([os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", str(data * domain * tensor),
+         os.path.join(BIN, "jigsaw-eval"), "--checkpoint", str(tmp / "run"), "--data", synth_store, "--out",
+         str(tmp_path / "out"), "--lead-steps", "3", "--inits", "6", "--no-plots", "--domain", str(domain),
+         "--tensor", str(tensor), "--batch", "2"])
+    got = json.load(open(tmp_path / "out" / "scores.json"))
+    assert got["throughput"]["layout"] == {"data": data, "domain": domain, "tensor": tensor}
+    assert len(got["rows"]) == len(serial["rows"])
+    for a, b in zip(got["rows"], serial["rows"]):
+        assert (a["channel"], a["lead_hours"], a["metric"]) == (b["channel"], b["lead_hours"], b["metric"])
+        for kind in ("model", "persistence", "climatology"):  # climatology's ACC is 0/0 (no anomaly): NaN in both
+            assert a[kind] == pytest.approx(b[kind], rel=1e-5, abs=1e-6, nan_ok=True), (a, b)
+    par, ser = xr.open_zarr(tmp_path / "out" / "forecast.zarr"), xr.open_zarr(tmp / "serial" / "forecast.zarr")
+    for var in ser.data_vars:
+        np.testing.assert_allclose(par[var].values, ser[var].values, rtol=1e-5, atol=1e-5)
+        assert np.isfinite(par[var].values).all()  # every rank's tile was written

@@ -265,6 +265,25 @@ def load(folder: str, files: dict, engine, model, groups, weights_only: bool = F
     return meta
 
 
+def load_module(folder: str, files: dict, model, groups) -> dict:
+    """The weights (and buffers) of a checkpoint straight into a model's parameters at its layout, without an
+    optimizer (inference: jigsaw-eval under the launcher); each rank reads the boxes of its own Jigsaw shards.
+    Collective; returns the checkpoint's meta."""
+    meta = read_meta(folder, files)
+    check_model(meta, model)
+    boxes = {}
+    for name, p in model.named_parameters():
+        split, args = p.jigsaw_split, (p.full_shape, groups, model.partition)
+        boxes[f"weights/{name}"] = (tuple(p.full_shape),
+                                    list(zip(split.chunks(*args), split.chunk_views(p.data, *args))))
+    plain = {f"buffers/{n}": b for n, b in model.named_buffers()}
+    try:
+        dcp.load(plain, storage_reader=_VerifyingReader(folder, files), planner=_BoxLoadPlanner(boxes))
+    except CheckpointException as e:
+        raise _unwrap(e) from None
+    return meta
+
+
 def read_full(folder: str, files: dict, moments: bool = True) -> dict:
     """The whole checkpoint as full tensors, in one process without a process group (export, evaluation): the
     layout-free file's structure (layout_free.py). Memory: the output plus one box in flight."""

@@ -1,58 +1,86 @@
-"""jigsaw-eval: autoregressive rollouts scored with WeatherBench2's metrics against persistence and climatology.
+"""jigsaw-eval: autoregressive rollouts scored with WeatherBench2's metrics against persistence and climatology,
+in one process or under the launcher at any layout.
 
     jigsaw-eval --checkpoint RUN_DIR|CKPT_DIR|FILE --data STORE --out DIR [--lead-steps K] [--inits N]
+    torchrun --nproc_per_node 8 -m jigsaw_ds.eval.evaluate ... --domain 2 --tensor 2     # data axis: 8 / 4
 
+The ranks split the initial times over the data axis and each field over domain x tensor as in training:
+each rank reads only its tile of the initial states, the truth and the climatology, rolls out its tile (the
+Jigsaw model at that layout, weights read straight from the sharded checkpoint: each rank its own shards),
+writes its tile of every forecast into forecast.zarr and keeps running sums of the scores (eval/streaming.py),
+reduced once at the end. No process holds a whole field; memory does not grow with initial times or leads.
 The checkpoint is a run directory (its newest complete checkpoint), one checkpoint folder, or a layout-free
-FILE (`jigsaw-ckpt export`): a model trained at any layout is read into one process (issue 16 makes this
-parallel). Initial times are the held-out part of the store (the validation
-split the trainer used: last trajectories, or last times) whose whole rollout stays in one trajectory.
+FILE (`jigsaw-ckpt export`). Initial times are the held-out part of the store (the validation split the
+trainer used: last trajectories, or last times) whose whole rollout stays in one trajectory.
 Writes to DIR:
   forecast.zarr  WeatherBench2 forecast layout: dims time (initialisation), prediction_timedelta,
-                 [level,] latitude, longitude; WB2 names and physical units
-  scores.json, scores.csv   RMSE, ACC and bias per channel and lead for model, persistence, climatology
+                 [level,] latitude, longitude; WB2 names, the source store's units and long names. Chunks:
+                 one time, one lead, a rank's columns and a latitude band that divides every rank's rows, so
+                 that no two ranks write one chunk
+  scores.json, scores.csv   RMSE, ACC and bias per channel and lead for model, persistence, climatology;
+                 throughput (initial times and forecast steps per second)
   rmse.png, acc.png, maps_<channel>.png   scores vs lead; truth / forecast / error maps at a few leads
+                 (read back decimated); skipped with a note when matplotlib is missing
 Climatology: per grid point mean of training times (never the held-out ones) by day of year and hour when
 they cover every day of the year twice per hour, else by hour of day, else one mean (data/climatology.py,
 the rule `prepare` uses for the store's climatology group), taken at the valid time. Every training time
-is read once for it; WB2's official climatology (1990-2019, smoothed over days of year) remains the
-reference for scores on real ERA5.
+is read once for it (each rank its tile); WB2's official climatology (1990-2019, smoothed over days of year)
+remains the reference for scores on real ERA5.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import math
 import os
 import sys
+import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import xarray as xr
 
-from ..quiet import quiet_libraries
-from ..checkpoint.layout_free import build_model
-from ..checkpoint.manager import load_full
+from ..checkpoint import sharded
+from ..checkpoint.layout_free import build_model, load_file
+from ..checkpoint.manager import find_checkpoint, source_config
 from ..config import ConfigError, from_dict
 from ..data.climatology import Climatology
 from ..data.dataset import PairDataset, split_train_val
 from ..data.store import WeatherStore
-from ..model import rollout as model_rollout
-from .metrics import METRICS
+from ..grid import lat_cell_weights
+from ..parallel.topology import Layout, init_distributed, initialize
+from ..quiet import quiet_libraries
+from .streaming import ScoreSums
 
-BASELINES = ("persistence", "climatology")
+KINDS = ("model", "persistence", "climatology")
+METRIC_NAMES = ("rmse", "bias", "acc")
 
 
 class EvalError(ValueError):
     """jigsaw-eval cannot do what it was asked; the message says why."""
 
 
-def load_model(path: str):
-    """Serial WeatherMixer, jigsaw config and the run's resolved config (grid, channel names) from a
-    layout-free checkpoint file, a checkpoint folder or a run directory (its newest complete checkpoint)."""
-    state = load_full(path, moments=False)
-    model = build_model(state["config"])
-    model.load_full_state_dict({**state["model"], **state["buffers"]})
-    return model.eval(), from_dict(state["config"]["jigsaw"]), state["config"]
+def load_model(path: str, groups=None):
+    """WeatherMixer at the layout of `groups` (default: one process), jigsaw config and the run's resolved config
+    (grid, channel names). A sharded checkpoint is read rank by rank, each its own shards (collective); a
+    layout-free FILE whole on every rank (small models)."""
+    if os.path.isdir(path):
+        folder, files = find_checkpoint(path)
+        run_config = source_config(folder)
+        model = build_model(run_config, groups)
+        if groups is None:  # one process without a process group: the full tensors, offline
+            state = sharded.read_full(folder, files, moments=False)
+            model.load_full_state_dict({**state["model"], **state["buffers"]})
+        else:
+            sharded.load_module(folder, files, model, groups)
+    else:
+        state = load_file(path)
+        run_config = state["config"]
+        model = build_model(run_config, groups)
+        model.load_full_state_dict({**state["model"], **state["buffers"]})
+    return model.eval(), from_dict(run_config["jigsaw"]), run_config
 
 
 def open_matching_store(data: str, cfg, run_config: dict) -> WeatherStore:
@@ -74,88 +102,109 @@ def open_matching_store(data: str, cfg, run_config: dict) -> WeatherStore:
     return store
 
 
-def check_finite(values: np.ndarray, store: WeatherStore, times: np.ndarray, what: str) -> None:
-    """values [n, K, C, H, W] at store time indices times [n, K]: refuse NaN/inf, naming channel and time."""
-    bad = ~np.isfinite(values).reshape(*values.shape[:3], -1).all(axis=-1)
+class TileError(EvalError):
+    """Bad values in a rank's own tile: raised by every rank of its replica; `say` on the replica's first rank,
+    which prints it (the other replicas are ended by the launcher)."""
+
+    def __init__(self, message: str, say: bool):
+        super().__init__(message)
+        self.say = say
+
+
+def check_finite(values: np.ndarray, store: WeatherStore, times: np.ndarray, what: str, groups) -> None:
+    """values [B, C, h, w] (this tile) at store time indices times [B]: refuse NaN/inf, naming channel and time.
+    Agreed over the replica (a collective), so that no rank is left waiting in the next one."""
+    bad = ~np.isfinite(values).reshape(*values.shape[:2], -1).all(axis=-1)
+    message = ""
     if bad.any():
-        i, k, c = np.argwhere(bad)[0]
-        raise EvalError(f"store '{store.path}': {what} of channel '{store.channels[c].name}' at time "
-                        f"{store.times[times[i, k]]} has NaN/inf")
+        b, c = np.argwhere(bad)[0]
+        message = (f"store '{store.path}': {what} of channel '{store.channels[c].name}' at time "
+                   f"{store.times[times[b]]} has NaN/inf")
+    if groups.size("jigsaw") > 1:
+        flag = torch.tensor([1.0 if message else 0.0])
+        dist.all_reduce(flag, group=groups.handles["jigsaw"])
+        if flag.item():
+            messages = [None] * groups.size("jigsaw")
+            dist.all_gather_object(messages, message, group=groups.handles["jigsaw"])
+            message = next(m for m in messages if m)
+    if message:
+        raise TileError(message, say=groups.jigsaw_rank == 0)
 
 
-@torch.no_grad()
-def rollout(model, dataset: PairDataset, k_steps: int, batch: int = 8) -> np.ndarray:
-    """[n_init, K, C, H, W] normalised forecasts: x_{k+1} = model([x_k, static]). Any model works that maps
-    [B, C_in, H, W] to the next state [B, C, H, W] and says C as `model.out_channels`."""
-    out = []
-    for lo in range(0, len(dataset), batch):
-        items = range(lo, min(lo + batch, len(dataset)))
-        x = torch.stack([dataset[i][0] for i in items])
-        forcings = dataset.forcings_for(items, k_steps)  # computed for every lead, advancing with time
-        out.append(np.stack([p.numpy() for p in model_rollout(model, x, k_steps, model.out_channels, forcings)],
-                            axis=1))
-    return np.concatenate(out)
+def forecast_chunks(part, groups) -> tuple[int, int]:
+    """(latitude, longitude) chunk sizes of forecast.zarr such that every rank's tile is whole chunks: the
+    rank's columns, and a band of rows dividing every domain rank's first row (its patch rows when the bands
+    are uneven)."""
+    starts = [part.lat_slice(d).start for d in range(groups.size("domain"))]
+    band = math.gcd(*[s for s in starts if s]) if any(starts) else part.n_lat
+    lon = part.lon_slice(0)
+    return band, lon.stop - lon.start
 
 
-def training_climatology(store: WeatherStore, train_times: np.ndarray) -> Climatology:
-    """The climatology baseline: mean physical state of the training times, by day of year and hour or by
-    hour (data.climatology.grouping decides from those times); one pass reading each of them once."""
-    full = slice(0, None)
-    return Climatology(store.times[train_times], lambda i: store.read_raw([int(train_times[i])], full, full)[0])
+def create_forecast_store(path: str, store: WeatherStore, init_times, leads, chunks: tuple[int, int]) -> None:
+    """The empty forecast.zarr (metadata only, values NaN until written): WB2 layout, the source's attributes."""
+    import dask.array as da
 
-
-def reference_forecasts(store: WeatherStore, inits: np.ndarray, train_starts: np.ndarray, lead: int,
-                        lead_steps: int):
-    """What every forecast is scored against, in physical units, [n_init, K, C, H, W] each:
-    (truth, persistence, climatology at the valid time, lead times as timedelta64)."""
-    full = slice(0, None)
-    valid = inits[:, None] + lead * np.arange(1, lead_steps + 1)[None, :]
-    truth = np.stack([store.read_raw(list(v), full, full) for v in valid])
-    persistence = np.repeat(store.read_raw(list(inits), full, full)[:, None], lead_steps, axis=1)
-    clim = training_climatology(store, train_starts).at(store.times[valid])
-    steps = np.diff(store.times)
-    step = steps[steps > np.timedelta64(0)].min()  # the store's time step (a gap is longer)
-    leads = np.array([(k + 1) * lead * step for k in range(lead_steps)]).astype("timedelta64[ns]")
-    return truth, persistence, clim, leads
-
-
-def to_dataset(values: np.ndarray, store: WeatherStore, init_times, leads) -> xr.Dataset:
-    """[n_init, K, C, H, W] physical values -> WB2 forecast layout, one variable per store variable."""
     coords = {"time": init_times, "prediction_timedelta": leads, "latitude": store.lat, "longitude": store.lon}
-    data = {}
+    data, encoding = {}, {}
+    n, k, (h, w) = len(init_times), len(leads), (len(store.lat), len(store.lon))
     for var in dict.fromkeys(c.var for c in store.channels):
         idx = [i for i, c in enumerate(store.channels) if c.var == var]
         if store.channels[idx[0]].level_index is None:
-            data[var] = (("time", "prediction_timedelta", "latitude", "longitude"), values[:, :, idx[0]])
+            dims, shape, chunk = ("time", "prediction_timedelta", "latitude", "longitude"), (n, k, h, w), (1, 1) + chunks
         else:
-            levels = [int(store.ds["level"].values[store.channels[i].level_index]) for i in idx]
-            coords["level"] = levels  # WB2 stores share one level axis; a config selects the same levels for all
-            data[var] = (("time", "prediction_timedelta", "level", "latitude", "longitude"),
-                         values[:, :, idx])
-    return xr.Dataset(data, coords=coords)
+            coords["level"] = [int(store.ds["level"].values[store.channels[i].level_index]) for i in idx]
+            dims = ("time", "prediction_timedelta", "level", "latitude", "longitude")
+            shape, chunk = (n, k, len(idx), h, w), (1, 1, len(idx)) + chunks
+        data[var] = xr.Variable(dims, da.full(shape, np.nan, dtype=np.float32, chunks=chunk), store.ds[var].attrs)
+        encoding[var] = {"chunks": chunk}
+    ds = xr.Dataset(data, coords=coords)
+    for name in ("latitude", "longitude", "level"):
+        if name in ds.coords and name in store.ds.coords:
+            ds[name].attrs.update(store.ds[name].attrs)
+    ds.to_zarr(path, mode="w", compute=False, encoding=encoding, consolidated=True)
 
 
-def score(forecasts: dict, truth: np.ndarray, clim: np.ndarray, store: WeatherStore, leads) -> list[dict]:
-    """Rows: channel, lead, metric, and one column per forecast (model, persistence, climatology)."""
-    dims = ("time", "prediction_timedelta", "latitude", "longitude")
-    coords = {"prediction_timedelta": leads, "latitude": store.lat, "longitude": store.lon}
+def write_forecast_tile(path: str, store: WeatherStore, first: int, k: int, values: np.ndarray, lat: slice,
+                        lon: slice) -> None:
+    """values [B, C, h, w] (physical) of initial times first.. first+B-1, lead k, into this rank's tile."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r+")
+    times = slice(first, first + values.shape[0])
+    for var in dict.fromkeys(c.var for c in store.channels):
+        idx = [i for i, c in enumerate(store.channels) if c.var == var]
+        if store.channels[idx[0]].level_index is None:
+            group[var][times, k, lat, lon] = values[:, idx[0]]
+        else:
+            group[var][times, k, :, lat, lon] = values[:, idx]
+
+
+def _lead_times(store: WeatherStore, lead: int, lead_steps: int) -> np.ndarray:
+    steps = np.diff(store.times)
+    step = steps[steps > np.timedelta64(0)].min()  # the store's time step (a gap is longer)
+    return np.array([(k + 1) * lead * step for k in range(lead_steps)]).astype("timedelta64[ns]")
+
+
+def scores_to_rows(scores: dict, store: WeatherStore, leads) -> list[dict]:
+    """Rows: channel, lead, metric, and one column per forecast kind."""
     rows = []
     for c, ch in enumerate(store.channels):
-        da = lambda a: xr.DataArray(a[:, :, c], dims=dims, coords=coords)
-        truth_c, clim_c = da(truth), da(clim)
-        results = {name: {m: metric.compute(da(f), truth_c, clim_c).values for m, metric in METRICS.items()}
-                   for name, f in forecasts.items()}
         for k, lead in enumerate(leads):
-            hours = int(lead / np.timedelta64(1, "h"))
-            for m in METRICS:
-                rows.append({"channel": ch.name, "lead_hours": hours, "metric": m,
-                             **{name: float(results[name][m][k]) for name in forecasts}})
+            for m in METRIC_NAMES:
+                rows.append({"channel": ch.name, "lead_hours": int(lead / np.timedelta64(1, "h")), "metric": m,
+                             **{kind: float(scores[kind][m][k, c]) for kind in scores}})
     return rows
 
 
-def plot(rows: list[dict], forecasts: dict, truth: np.ndarray, store: WeatherStore, leads, out: str) -> None:
-    import matplotlib
-
+def plot(rows: list[dict], store: WeatherStore, inits: np.ndarray, lead: int, leads, out: str) -> None:
+    """Scores against lead; maps of the first initial time read back from forecast.zarr and the store, every
+    few points (never a full field of every channel in memory)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("jigsaw-eval: matplotlib is not installed: plots skipped (pip install matplotlib)")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -164,7 +213,7 @@ def plot(rows: list[dict], forecasts: dict, truth: np.ndarray, store: WeatherSto
         fig, axes = plt.subplots(1, len(channels), figsize=(3.2 * len(channels), 3), squeeze=False)
         for ax, ch in zip(axes[0], channels):
             sel = [r for r in rows if r["channel"] == ch and r["metric"] == metric]
-            for name in forecasts:
+            for name in KINDS:
                 ax.plot([r["lead_hours"] for r in sel], [r[name] for r in sel], marker="o", label=name)
             ax.set_title(ch, fontsize=9)
             ax.set_xlabel("lead (h)")
@@ -173,11 +222,20 @@ def plot(rows: list[dict], forecasts: dict, truth: np.ndarray, store: WeatherSto
         fig.tight_layout()
         fig.savefig(os.path.join(out, f"{metric}.png"), dpi=80)
         plt.close(fig)
+    every = max(1, len(store.lon) // 360)
+    fc = xr.open_zarr(os.path.join(out, "forecast.zarr"))
     show = sorted({0, len(leads) // 2, len(leads) - 1})
-    for c, ch in enumerate(channels[:4]):
+    for c, ch in enumerate(store.channels[:4]):
         fig, axes = plt.subplots(len(show), 3, figsize=(10, 2.2 * len(show)), squeeze=False)
         for row, k in enumerate(show):
-            t, f = truth[0, k, c], forecasts["model"][0, k, c]
+            sel = {"time": 0, "prediction_timedelta": k, "latitude": slice(None, None, every),
+                   "longitude": slice(None, None, every)}
+            store_sel = {"time": int(inits[0]) + lead * (k + 1), "latitude": sel["latitude"], "longitude": sel["longitude"]}
+            if ch.level_index is not None:
+                sel["level"] = [x for x in store.channels if x.var == ch.var].index(ch)
+                store_sel["level"] = ch.level_index
+            f = fc[ch.var].isel(sel).values
+            t = store.ds[ch.var].isel(store_sel).values
             lim = np.abs(f - t).max()
             for ax, img, title, kw in ((axes[row][0], t, "truth", {}), (axes[row][1], f, "forecast", {}),
                                        (axes[row][2], f - t, "error", {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim})):
@@ -185,74 +243,118 @@ def plot(rows: list[dict], forecasts: dict, truth: np.ndarray, store: WeatherSto
                 ax.set_title(f"{title} +{int(leads[k] / np.timedelta64(1, 'h'))} h", fontsize=8)
                 ax.axis("off")
                 fig.colorbar(im, ax=ax, shrink=0.7)
-        fig.suptitle(ch)
+        fig.suptitle(ch.name)
         fig.tight_layout()
-        fig.savefig(os.path.join(out, f"maps_{ch}.png"), dpi=70)
+        fig.savefig(os.path.join(out, f"maps_{ch.name}.png"), dpi=70)
         plt.close(fig)
 
 
-def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int = 32, plots: bool = True) -> list[dict]:
-    for name, value in (("--lead-steps", lead_steps), ("--inits", n_inits)):
+def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int = 32, plots: bool = True,
+             domain: int = 1, tensor: int = 1, batch: int = 4) -> list[dict]:
+    """Collective over the launched ranks (one process: a world of one); returns the score rows on every rank."""
+    for name, value in (("--lead-steps", lead_steps), ("--inits", n_inits), ("--batch", batch)):
         if value < 1:
             raise EvalError(f"{name} must be >= 1, got {value}")
-    model, cfg, run_config = load_model(checkpoint)
+    rank, world, _ = init_distributed()
+    layout = Layout.for_world(world, domain, tensor)
+    groups = initialize(layout)
+    t_start = time.perf_counter()
+    model, cfg, run_config = load_model(checkpoint, groups)
     store = open_matching_store(data, cfg, run_config)
     lead = cfg.data.lead_steps
-    span = lead * lead_steps
     try:  # the trainer's cut (it does not depend on the span): held-out initial times, training times
         train_starts, _ = split_train_val(store, lead, cfg.data.val_fraction)
-        _, val_starts = split_train_val(store, span, cfg.data.val_fraction)
+        _, val_starts = split_train_val(store, lead * lead_steps, cfg.data.val_fraction)
     except ConfigError:
         raise EvalError(f"the split of '{data}' (data.val_fraction = {cfg.data.val_fraction}) leaves no held-out "
                         f"initial time that allows a {lead_steps}-step rollout (--lead-steps)") from None
     inits = val_starts[np.linspace(0, len(val_starts) - 1, min(n_inits, len(val_starts))).astype(int)]
-    full = slice(0, None)
-    dataset = PairDataset(store, inits, lead, full, full, cfg.model.coord_features,
-                          forcings=cfg.model.forcings, forcings_at_target=cfg.model.forcings_at_target)
-    mean, std = store.mean[:, None, None], store.std[:, None, None]
-    model_fc = rollout(model, dataset, lead_steps) * std + mean
-    truth, persistence, clim, leads = reference_forecasts(store, inits, train_starts, lead, lead_steps)
-    valid = inits[:, None] + lead * np.arange(1, lead_steps + 1)[None, :]
-    check_finite(truth, store, valid, "the truth")
-    check_finite(persistence[:, :1], store, inits[:, None], "an initial state")
-    forecasts = {"model": model_fc, "persistence": persistence, "climatology": clim}
+    leads = _lead_times(store, lead, lead_steps)
 
-    os.makedirs(out, exist_ok=True)
-    to_dataset(model_fc, store, store.times[inits], leads).to_zarr(os.path.join(out, "forecast.zarr"), mode="w")
-    rows = score(forecasts, truth, clim, store, leads)
-    with open(os.path.join(out, "scores.json"), "w") as f:
-        json.dump({"checkpoint": checkpoint, "data": data, "inits": len(inits), "rows": rows}, f, indent=1)
-    with open(os.path.join(out, "scores.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    if plots:
-        plot(rows, forecasts, truth, store, leads, out)
+    # this rank: a contiguous block of the initial times (data axis), a tile of the grid (domain x tensor)
+    d = groups.data_rank
+    first, last = d * len(inits) // layout.data, (d + 1) * len(inits) // layout.data
+    part = model.partition
+    lat, lon = part.lat_slice(groups.domain_rank), part.lon_slice(groups.tensor_rank)
+    weights = lat_cell_weights(store.lat)
+    sums = ScoreSums(KINDS, lead_steps, len(store.channels), weights[lat], float(weights.sum()) * len(store.lon), groups)
+    clim = Climatology(store.times[train_starts], lambda i: store.read_raw([int(train_starts[i])], lat, lon)[0])
+    mean, std = store.mean[None, :, None, None], store.std[None, :, None, None]
+
+    path = os.path.join(out, "forecast.zarr")
+    if rank == 0:
+        os.makedirs(out, exist_ok=True)
+        create_forecast_store(path, store, store.times[inits], leads, forecast_chunks(part, groups))
+    dist.barrier()
+    t_rollout = time.perf_counter()
+    dataset = PairDataset(store, inits, lead, lat, lon, cfg.model.coord_features,
+                          forcings=cfg.model.forcings, forcings_at_target=cfg.model.forcings_at_target)
+    with torch.no_grad():
+        for lo in range(first, last, batch):
+            items = list(range(lo, min(lo + batch, last)))
+            x = dataset.read_batch(items)[0]
+            initial = x[:, :len(store.channels)].numpy() * std + mean
+            check_finite(initial, store, inits[items], "an initial state", groups)
+            for k, pred in enumerate(model.rollout(x, lead_steps, dataset.forcings_for(items, lead_steps))):
+                valid = inits[items] + lead * (k + 1)
+                truth = store.read_raw(list(valid), lat, lon)
+                check_finite(truth, store, valid, "the truth", groups)
+                forecast = pred.numpy() * std + mean
+                sums.add(k, {"model": forecast, "persistence": initial, "climatology": clim.at(store.times[valid])},
+                         truth, clim.at(store.times[valid]))
+                write_forecast_tile(path, store, lo, k, forecast.astype(np.float32), lat, lon)
+    seconds = time.perf_counter() - t_rollout
+    rows = scores_to_rows(sums.finalize(), store, leads)
+    dist.barrier()
+    if rank == 0:
+        throughput = {"initial_times_per_s": len(inits) / seconds, "forecast_steps_per_s": len(inits) * lead_steps / seconds,
+                      "rollout_and_scoring_s": seconds, "total_s": time.perf_counter() - t_start,
+                      "layout": vars(layout)}
+        with open(os.path.join(out, "scores.json"), "w") as f:
+            json.dump({"checkpoint": checkpoint, "data": data, "inits": len(inits), "throughput": throughput,
+                       "rows": rows}, f, indent=1)
+        with open(os.path.join(out, "scores.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        if plots:
+            plot(rows, store, inits, lead, leads, out)
     return rows
 
 
 def main(argv=None) -> int:
-    quiet_libraries(0)
+    rank = int(os.environ.get("RANK", "0"))
+    quiet_libraries(rank)
     ap = argparse.ArgumentParser(prog="jigsaw-eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="run directory, checkpoint folder or layout-free file")
     ap.add_argument("--data", required=True, help="zarr store to evaluate on (held-out split)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--lead-steps", type=int, default=4, help="rollout length in model steps")
     ap.add_argument("--inits", type=int, default=32, help="number of initial times")
+    ap.add_argument("--domain", type=int, default=1, help="ranks splitting each field's latitude bands")
+    ap.add_argument("--tensor", type=int, default=1, help="ranks splitting its longitudes and the channel mixing")
+    ap.add_argument("--batch", type=int, default=4, help="initial times rolled out together per rank")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if "RANK" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
     try:
-        rows = evaluate(args.checkpoint, args.data, args.out, args.lead_steps, args.inits, not args.no_plots)
+        rows = evaluate(args.checkpoint, args.data, args.out, args.lead_steps, args.inits, not args.no_plots,
+                        args.domain, args.tensor, args.batch)
     except ValueError as e:  # EvalError, ConfigError, StoreError: bad input, said in one line
-        print(f"jigsaw-eval: error: {e}", file=sys.stderr)
+        if rank == 0 or getattr(e, "say", False):
+            print(f"jigsaw-eval: error: {e}", file=sys.stderr)
         return 2
-    print(f"{'channel':24s} {'lead h':>6s} {'model':>10s} {'persist':>10s} {'clim':>10s}   (RMSE)")
-    for r in rows:
-        if r["metric"] == "rmse":
-            print(f"{r['channel']:24s} {r['lead_hours']:6d} {r['model']:10.4g} {r['persistence']:10.4g} "
-                  f"{r['climatology']:10.4g}")
-    print(f"jigsaw-eval: wrote forecast.zarr, scores.json, scores.csv and plots to {args.out}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        print(f"{'channel':24s} {'lead h':>6s} {'model':>10s} {'persist':>10s} {'clim':>10s}   (RMSE)")
+        for r in rows:
+            if r["metric"] == "rmse":
+                print(f"{r['channel']:24s} {r['lead_hours']:6d} {r['model']:10.4g} {r['persistence']:10.4g} "
+                      f"{r['climatology']:10.4g}")
+        print(f"jigsaw-eval: wrote forecast.zarr, scores.json, scores.csv and plots to {args.out}")
     return 0
 
 

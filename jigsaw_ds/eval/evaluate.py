@@ -34,6 +34,7 @@ import csv
 import json
 import math
 import os
+import resource
 import sys
 import time
 
@@ -305,11 +306,12 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
                 write_forecast_tile(path, store, lo, k, forecast.astype(np.float32), lat, lon)
     seconds = time.perf_counter() - t_rollout
     rows = scores_to_rows(sums.finalize(), store, leads)
-    dist.barrier()
+    peak = [None] * world  # each process's peak resident memory (MB): bounded by its tile, not the globe
+    dist.all_gather_object(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if rank == 0:
         throughput = {"initial_times_per_s": len(inits) / seconds, "forecast_steps_per_s": len(inits) * lead_steps / seconds,
                       "rollout_and_scoring_s": seconds, "total_s": time.perf_counter() - t_start,
-                      "layout": vars(layout)}
+                      "layout": vars(layout), "peak_rss_mb_per_rank": peak}
         with open(os.path.join(out, "scores.json"), "w") as f:
             json.dump({"checkpoint": checkpoint, "data": data, "inits": len(inits), "throughput": throughput,
                        "rows": rows}, f, indent=1)

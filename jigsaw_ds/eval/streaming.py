@@ -42,7 +42,8 @@ class ScoreSums:
             parts.append(np.stack([(self.w * fa * oa).sum((2, 3)), (self.w * fa * fa).sum((2, 3)),
                                    (self.w * oa * oa).sum((2, 3))]))        # [3, B, C]
         sums = self._sum(np.stack(parts), "jigsaw")                          # [kinds, 3, B, C]
-        self.acc[:, k] += (sums[:, 0] / np.sqrt(sums[:, 1] * sums[:, 2])).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):  # the climatology's own ACC is 0/0: NaN, as in WB2
+            self.acc[:, k] += (sums[:, 0] / np.sqrt(sums[:, 1] * sums[:, 2])).sum(1)
         self.count[k] += truth.shape[0]
 
     def _sum(self, values: np.ndarray, axis: str) -> np.ndarray:

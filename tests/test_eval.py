@@ -66,7 +66,8 @@ def test_shallow_water_model_beats_persistence(tmp_path):
     rows = json.load(open(out / "scores.json"))["rows"]
     for channel in ("geopotential_500", "u_component_of_wind_500", "v_component_of_wind_500"):
         for lead in (6, 24, 72):
-            r = next(r for r in rows if r["channel"] == channel and r["lead_hours"] == lead and r["metric"] == "rmse")
+            r = next(r for r in rows if r["channel"] == channel and r["lead_hours"] == lead and r["metric"] == "rmse"
+                     and r["region"] == "global")
             assert r["model"] < r["persistence"], r
     fc = xr.open_zarr(out / "forecast.zarr")
     assert fc["geopotential"].dims == ("time", "prediction_timedelta", "level", "latitude", "longitude")
@@ -107,7 +108,8 @@ def serial_eval(tmp_path_factory, synth_store):
     tmp = tmp_path_factory.mktemp("peval")
     args = configs(tmp, synth_store, tmp / "run")
     proc = train(args, 1, ["--set", "parallel.domain=1", "--set", "parallel.tensor=1", "--set", "train.steps=2",
-                           "--set", "train.ckpt_every=2"])
+                           "--set", "train.ckpt_every=2", "--set",
+                           'data.variables=["temperature", "u_component_of_wind", "v_component_of_wind"]'])
     assert proc.returncode == 0, proc.stderr[-3000:]
     run([os.path.join(BIN, "jigsaw-eval"), "--checkpoint", str(tmp / "run"), "--data", synth_store, "--out",
          str(tmp / "serial"), "--lead-steps", "3", "--inits", "6", "--no-plots"])
@@ -124,13 +126,27 @@ def test_streaming_scores_are_metrics_py_on_the_whole_arrays(serial_eval, synth_
         assert fc[var].attrs == store[var].attrs, var
     valid = fc["time"] + fc["prediction_timedelta"]
     truth = store["2m_temperature"].sel(time=valid)
-    got = {(r["lead_hours"], r["metric"]): r["model"] for r in scores["rows"] if r["channel"] == "2m_temperature"}
+    got = {(r["lead_hours"], r["metric"]): r["model"] for r in scores["rows"]
+           if r["channel"] == "2m_temperature" and r["region"] == "global"}
     for name, metric in (("rmse", RMSE()), ("bias", Bias())):
         expected = metric.compute(fc["2m_temperature"].astype("float64"), truth.astype("float64")).values
         for k, lead in enumerate(fc["prediction_timedelta"].values):
             hours = int(lead / np.timedelta64(1, "h"))
             assert got[(hours, name)] == pytest.approx(float(expected[k]), rel=1e-5, abs=1e-7), (name, hours)
     assert scores["throughput"]["forecast_steps_per_s"] > 0
+    # WB2's regions (full-grid weights restricted to the region's rows) and the wind-vector RMSE, by hand
+    row = {(r["region"], r["channel"], r["lead_hours"], r["metric"]): r["model"] for r in scores["rows"]}
+    w = xr.DataArray(lat_cell_weights(fc["latitude"].values), dims=["latitude"], coords={"latitude": fc["latitude"]})
+    u, v = ("u_component_of_wind", "v_component_of_wind")
+    err2 = sum((fc[x].sel(level=500) - store[x].sel(level=500, time=valid)).astype("float64") ** 2 for x in (u, v))
+    tropics = (fc["latitude"] >= -20) & (fc["latitude"] <= 20)
+    for region, mask in (("global", True), ("tropics", tropics)):
+        wr = w.where(mask, 0.0)
+        expected = np.sqrt(((err2 * wr).sum(["latitude", "longitude"]) / (wr.sum() * fc.sizes["longitude"])).mean("time"))
+        for k, lead in enumerate(fc["prediction_timedelta"].values):
+            hours = int(lead / np.timedelta64(1, "h"))
+            assert row[(region, "wind_vector_500", hours, "rmse")] == pytest.approx(float(expected[k]), rel=1e-5)
+    assert {r["region"] for r in scores["rows"]} == {"global", "tropics", "extra_tropics_north", "extra_tropics_south"}
 
 
 @pytest.mark.parametrize("layout", [(2, 1, 1), (1, 2, 1), (1, 2, 2)], ids=["2x1x1", "1x2x1", "1x2x2"])
@@ -145,7 +161,8 @@ def test_parallel_eval_equals_the_serial_one(serial_eval, synth_store, tmp_path,
     assert got["throughput"]["layout"] == {"data": data, "domain": domain, "tensor": tensor}
     assert len(got["rows"]) == len(serial["rows"])
     for a, b in zip(got["rows"], serial["rows"]):
-        assert (a["channel"], a["lead_hours"], a["metric"]) == (b["channel"], b["lead_hours"], b["metric"])
+        assert [a[key] for key in ("region", "channel", "lead_hours", "metric")] == \
+            [b[key] for key in ("region", "channel", "lead_hours", "metric")]
         for kind in ("model", "persistence", "climatology"):  # climatology's ACC is 0/0 (no anomaly): NaN in both
             assert a[kind] == pytest.approx(b[kind], rel=1e-5, abs=1e-6, nan_ok=True), (a, b)
     par, ser = xr.open_zarr(tmp_path / "out" / "forecast.zarr"), xr.open_zarr(tmp / "serial" / "forecast.zarr")

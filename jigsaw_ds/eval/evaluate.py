@@ -188,13 +188,25 @@ def _lead_times(store: WeatherStore, lead: int, lead_steps: int) -> np.ndarray:
 
 
 def scores_to_rows(scores: dict, store: WeatherStore, leads) -> list[dict]:
-    """Rows: channel, lead, metric, and one column per forecast kind."""
+    """Rows: region, channel, lead, metric, and one column per forecast kind. Where the store has u and v of the
+    wind at a level (or at 10 m), a wind-vector RMSE row too: sqrt(<(u_f - u_o)^2 + (v_f - v_o)^2>), WB2's."""
+    names = [c.name for c in store.channels]
+    pairs = [(u, u.replace("u_component", "v_component"), u.replace("u_component_of_wind", "wind_vector"))
+             for u in names if "u_component_of_wind" in u and u.replace("u_component", "v_component") in names]
     rows = []
-    for c, ch in enumerate(store.channels):
-        for k, lead in enumerate(leads):
-            for m in METRIC_NAMES:
-                rows.append({"channel": ch.name, "lead_hours": int(lead / np.timedelta64(1, "h")), "metric": m,
-                             **{kind: float(scores[kind][m][k, c]) for kind in scores}})
+    for region, by_kind in scores.items():
+        for c, name in enumerate(names):
+            for k, lead in enumerate(leads):
+                hours = int(lead / np.timedelta64(1, "h"))
+                for m in METRIC_NAMES:
+                    rows.append({"region": region, "channel": name, "lead_hours": hours, "metric": m,
+                                 **{kind: float(by_kind[kind][m][k, c]) for kind in by_kind}})
+        for u, v, vector in pairs:
+            iu, iv = names.index(u), names.index(v)
+            for k, lead in enumerate(leads):
+                rows.append({"region": region, "channel": vector, "lead_hours": int(lead / np.timedelta64(1, "h")),
+                             "metric": "rmse", **{kind: float(np.sqrt(by_kind[kind]["se"][k, iu] + by_kind[kind]["se"][k, iv]))
+                                                  for kind in by_kind}})
     return rows
 
 
@@ -213,7 +225,7 @@ def plot(rows: list[dict], store: WeatherStore, inits: np.ndarray, lead: int, le
     for metric in ("rmse", "acc"):
         fig, axes = plt.subplots(1, len(channels), figsize=(3.2 * len(channels), 3), squeeze=False)
         for ax, ch in zip(axes[0], channels):
-            sel = [r for r in rows if r["channel"] == ch and r["metric"] == metric]
+            sel = [r for r in rows if r["channel"] == ch and r["metric"] == metric and r["region"] == "global"]
             for name in KINDS:
                 ax.plot([r["lead_hours"] for r in sel], [r[name] for r in sel], marker="o", label=name)
             ax.set_title(ch, fontsize=9)
@@ -277,8 +289,8 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
     first, last = d * len(inits) // layout.data, (d + 1) * len(inits) // layout.data
     part = model.partition
     lat, lon = part.lat_slice(groups.domain_rank), part.lon_slice(groups.tensor_rank)
-    weights = lat_cell_weights(store.lat)
-    sums = ScoreSums(KINDS, lead_steps, len(store.channels), weights[lat], float(weights.sum()) * len(store.lon), groups)
+    sums = ScoreSums(KINDS, lead_steps, len(store.channels), store.lat, lat_cell_weights(store.lat), lat,
+                     len(store.lon), groups)
     clim = Climatology(store.times[train_starts], lambda i: store.read_raw([int(train_starts[i])], lat, lon)[0])
     mean, std = store.mean[None, :, None, None], store.std[None, :, None, None]
 
@@ -353,7 +365,7 @@ def main(argv=None) -> int:
     if rank == 0:
         print(f"{'channel':24s} {'lead h':>6s} {'model':>10s} {'persist':>10s} {'clim':>10s}   (RMSE)")
         for r in rows:
-            if r["metric"] == "rmse":
+            if r["metric"] == "rmse" and r["region"] == "global":
                 print(f"{r['channel']:24s} {r['lead_hours']:6d} {r['model']:10.4g} {r['persistence']:10.4g} "
                       f"{r['climatology']:10.4g}")
         print(f"jigsaw-eval: wrote forecast.zarr, scores.json, scores.csv and plots to {args.out}")

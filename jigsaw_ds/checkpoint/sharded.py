@@ -96,13 +96,21 @@ def own_boxes(model, groups, keys, writing: bool) -> dict:
     return out
 
 
+def _box_view(views: dict, index: MetadataIndex):
+    """The tensor view of the box that a DCP index names (tensor name and box offsets), or None."""
+    return views.get((index.fqn, tuple(index.offset or ())))
+
+
+def _views(boxes: dict) -> dict:
+    return {(fqn, tuple(c.offsets)): t for fqn, (_, items) in boxes.items() for c, t in items}
+
+
 class _BoxSavePlanner(DefaultSavePlanner):
     """DCP's planner, plus write items for each box of `boxes` (plain state-dict entries as usual)."""
 
     def __init__(self, boxes: dict):
         super().__init__(flatten_state_dict=False)
-        self.views = {(fqn, tuple(c.offsets)): t for fqn, (_, items) in boxes.items() for c, t in items}
-        self.boxes = boxes
+        self.boxes, self.views = boxes, _views(boxes)
 
     def create_local_plan(self):
         plan = super().create_local_plan()
@@ -115,7 +123,7 @@ class _BoxSavePlanner(DefaultSavePlanner):
         return self.plan
 
     def lookup_object(self, index):
-        view = self.views.get((index.fqn, tuple(index.offset or ())))
+        view = _box_view(self.views, index)
         return view if view is not None else super().lookup_object(index)
 
 
@@ -124,8 +132,7 @@ class _BoxLoadPlanner(DefaultLoadPlanner):
 
     def __init__(self, boxes: dict):
         super().__init__(flatten_state_dict=False)
-        self.views = {(fqn, tuple(c.offsets)): t for fqn, (_, items) in boxes.items() for c, t in items}
-        self.boxes = boxes
+        self.boxes, self.views = boxes, _views(boxes)
 
     def create_local_plan(self):
         plan = super().create_local_plan()
@@ -142,7 +149,7 @@ class _BoxLoadPlanner(DefaultLoadPlanner):
         return self.plan
 
     def lookup_tensor(self, index):
-        view = self.views.get((index.fqn, tuple(index.offset or ())))
+        view = _box_view(self.views, index)
         return view if view is not None else super().lookup_tensor(index)
 
 

@@ -32,6 +32,7 @@ setup(
         "jigsaw-data=jigsaw_ds.data.cli:main",
         "jigsaw-ckpt=jigsaw_ds.checkpoint.cli:main",
         "jigsaw-eval=jigsaw_ds.eval.evaluate:main",
+        "jigsaw-forecast=jigsaw_ds.eval.evaluate:forecast_main",
         "jigsaw-plan=jigsaw_ds.perf.plan:main",
     ]},
 )

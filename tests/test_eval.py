@@ -169,3 +169,25 @@ def test_parallel_eval_equals_the_serial_one(serial_eval, synth_store, tmp_path,
     for var in ser.data_vars:
         np.testing.assert_allclose(par[var].values, ser[var].values, rtol=1e-5, atol=1e-5)
         assert np.isfinite(par[var].values).all()  # every rank's tile was written
+
+
+def test_forecast_from_given_times_past_the_store_end(serial_eval, synth_store, tmp_path):
+    """jigsaw-forecast (the same engine, no scoring) at (1,2,1): from one of the eval's initial times it gives
+    the eval's forecast; from the store's last time it runs past the store; an unknown time is one error."""
+    from jigsaw_ds.eval import evaluate as ev
+
+    tmp, _ = serial_eval
+    serial = xr.open_zarr(tmp / "serial" / "forecast.zarr")
+    last = xr.open_zarr(synth_store)["time"].values[-1]
+    times = [str(serial["time"].values[0])[:19], str(last)[:19]]
+    run([os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2", os.path.join(BIN, "jigsaw-forecast"),
+         "--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(tmp_path / "fc"), "--lead-steps", "3",
+         "--init-times", ",".join(times), "--domain", "2"])
+    fc = xr.open_zarr(tmp_path / "fc" / "forecast.zarr")
+    assert [str(t)[:19] for t in fc["time"].values] == times
+    np.testing.assert_allclose(fc["temperature"].isel(time=0).values, serial["temperature"].isel(time=0).values,
+                               rtol=1e-5, atol=1e-5)
+    assert np.isfinite(fc["temperature"].isel(time=1).values).all()  # leads past the store's end
+    assert not (tmp_path / "fc" / "scores.json").exists()
+    assert ev.forecast_main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(tmp_path / "x"),
+                             "--init-times", "1999-01-01T00"]) == 2

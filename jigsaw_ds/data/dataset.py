@@ -73,7 +73,8 @@ class PairDataset(torch.utils.data.Dataset):
         for this tile's coordinates (never read from the store)."""
         at_target = 1 if self.forcings_at_target else 0
         offsets = np.arange(steps + at_target) * self.lead
-        times = self.store.times[(self.starts[list(indices)][:, None] + offsets[None, :]).reshape(-1)]
+        # by the time step, not the store's index: a forecast may run past the store's last time
+        times = (self.store.times[self.starts[list(indices)]][:, None] + offsets[None, :] * self.store.time_step).reshape(-1)
         lat, lon = self.store.lat[self.lat], self.store.lon[self.lon]
         f = torch.from_numpy(forcing_channels(self.forcings, lat, lon, times))
         f = f.view(len(indices), steps + at_target, *f.shape[1:])

@@ -151,6 +151,10 @@ class WeatherStore:
         self.lon = ds["longitude"].values.astype(np.float64)
         self.times = ds["time"].values
         self.trajectory = trajectories(ds)
+        steps = np.diff(self.times)
+        steps = steps[steps > np.timedelta64(0)]
+        # the store's time step (a gap, or a new trajectory, is another step): leads and forcing times follow it
+        self.time_step = steps.min() if len(steps) else np.timedelta64(0, "ns")
         self.channels = self._select_channels(ds, variables, surface_variables, levels)
         self.static_variables = list(static_variables)
         for var in self.static_variables:

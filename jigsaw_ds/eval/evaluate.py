@@ -37,6 +37,7 @@ import os
 import resource
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 import torch
@@ -182,9 +183,7 @@ def write_forecast_tile(path: str, store: WeatherStore, first: int, k: int, valu
 
 
 def _lead_times(store: WeatherStore, lead: int, lead_steps: int) -> np.ndarray:
-    steps = np.diff(store.times)
-    step = steps[steps > np.timedelta64(0)].min()  # the store's time step (a gap is longer)
-    return np.array([(k + 1) * lead * step for k in range(lead_steps)]).astype("timedelta64[ns]")
+    return np.array([(k + 1) * lead * store.time_step for k in range(lead_steps)]).astype("timedelta64[ns]")
 
 
 def scores_to_rows(scores: dict, store: WeatherStore, leads) -> list[dict]:
@@ -262,12 +261,27 @@ def plot(rows: list[dict], store: WeatherStore, inits: np.ndarray, lead: int, le
         plt.close(fig)
 
 
+def given_inits(store: WeatherStore, init_times: list) -> np.ndarray:
+    """Store time indices of the given initial times; EvalError naming the first the store does not hold."""
+    out = []
+    for text in init_times:
+        t = np.datetime64(text, "ns")
+        hit = np.flatnonzero(store.times == t)
+        if not len(hit):
+            raise EvalError(f"initial time {text} is not a time of store '{store.path}' "
+                            f"({store.times[0]} .. {store.times[-1]}, every {store.time_step / np.timedelta64(1, 'h'):g} h)")
+        out.append(int(hit[0]))
+    return np.array(out)
+
+
 def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int = 32, plots: bool = True,
-             domain: int = 1, tensor: int = 1, batch: int = 4) -> list[dict]:
-    """Collective over the launched ranks (one process: a world of one); returns the score rows on every rank."""
+             domain: int = 1, tensor: int = 1, batch: int = 4, init_times: Optional[list] = None) -> list[dict]:
+    """Collective over the launched ranks (one process: a world of one); returns the score rows on every rank.
+    init_times (jigsaw-forecast): forecasts from those times only, no scoring (leads may run past the store)."""
     for name, value in (("--lead-steps", lead_steps), ("--inits", n_inits), ("--batch", batch)):
         if value < 1:
             raise EvalError(f"{name} must be >= 1, got {value}")
+    scoring = not init_times
     rank, world, _ = init_distributed()
     layout = Layout.for_world(world, domain, tensor)
     groups = initialize(layout)
@@ -275,13 +289,16 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
     model, cfg, run_config = load_model(checkpoint, groups)
     store = open_matching_store(data, cfg, run_config)
     lead = cfg.data.lead_steps
-    try:  # the trainer's cut (it does not depend on the span): held-out initial times, training times
-        train_starts, _ = split_train_val(store, lead, cfg.data.val_fraction)
-        _, val_starts = split_train_val(store, lead * lead_steps, cfg.data.val_fraction)
-    except ConfigError:
-        raise EvalError(f"the split of '{data}' (data.val_fraction = {cfg.data.val_fraction}) leaves no held-out "
-                        f"initial time that allows a {lead_steps}-step rollout (--lead-steps)") from None
-    inits = val_starts[np.linspace(0, len(val_starts) - 1, min(n_inits, len(val_starts))).astype(int)]
+    if scoring:
+        try:  # the trainer's cut (it does not depend on the span): held-out initial times, training times
+            train_starts, _ = split_train_val(store, lead, cfg.data.val_fraction)
+            _, val_starts = split_train_val(store, lead * lead_steps, cfg.data.val_fraction)
+        except ConfigError:
+            raise EvalError(f"the split of '{data}' (data.val_fraction = {cfg.data.val_fraction}) leaves no held-out "
+                            f"initial time that allows a {lead_steps}-step rollout (--lead-steps)") from None
+        inits = val_starts[np.linspace(0, len(val_starts) - 1, min(n_inits, len(val_starts))).astype(int)]
+    else:
+        inits = given_inits(store, init_times)
     leads = _lead_times(store, lead, lead_steps)
 
     # this rank: a contiguous block of the initial times (data axis), a tile of the grid (domain x tensor)
@@ -289,9 +306,10 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
     first, last = d * len(inits) // layout.data, (d + 1) * len(inits) // layout.data
     part = model.partition
     lat, lon = part.lat_slice(groups.domain_rank), part.lon_slice(groups.tensor_rank)
-    sums = ScoreSums(KINDS, lead_steps, len(store.channels), store.lat, lat_cell_weights(store.lat), lat,
-                     len(store.lon), groups)
-    clim = Climatology(store.times[train_starts], lambda i: store.read_raw([int(train_starts[i])], lat, lon)[0])
+    if scoring:
+        sums = ScoreSums(KINDS, lead_steps, len(store.channels), store.lat, lat_cell_weights(store.lat), lat,
+                         len(store.lon), groups)
+        clim = Climatology(store.times[train_starts], lambda i: store.read_raw([int(train_starts[i])], lat, lon)[0])
     mean, std = store.mean[None, :, None, None], store.std[None, :, None, None]
 
     path = os.path.join(out, "forecast.zarr")
@@ -300,7 +318,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
         create_forecast_store(path, store, store.times[inits], leads, forecast_chunks(part, groups))
     dist.barrier()
     t_rollout = time.perf_counter()
-    dataset = PairDataset(store, inits, lead, lat, lon, cfg.model.coord_features,
+    dataset = PairDataset(store, inits, lead, lat, lon, cfg.model.coord_features, rollout=0,  # inputs only
                           forcings=cfg.model.forcings, forcings_at_target=cfg.model.forcings_at_target)
     with torch.no_grad():
         for lo in range(first, last, batch):
@@ -309,60 +327,71 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
             initial = x[:, :len(store.channels)].numpy() * std + mean
             check_finite(initial, store, inits[items], "an initial state", groups)
             for k, pred in enumerate(model.rollout(x, lead_steps, dataset.forcings_for(items, lead_steps))):
-                valid = inits[items] + lead * (k + 1)
-                truth = store.read_raw(list(valid), lat, lon)
-                check_finite(truth, store, valid, "the truth", groups)
                 forecast = pred.numpy() * std + mean
-                sums.add(k, {"model": forecast, "persistence": initial, "climatology": clim.at(store.times[valid])},
-                         truth, clim.at(store.times[valid]))
+                if scoring:
+                    valid = inits[items] + lead * (k + 1)
+                    truth = store.read_raw(list(valid), lat, lon)
+                    check_finite(truth, store, valid, "the truth", groups)
+                    sums.add(k, {"model": forecast, "persistence": initial, "climatology": clim.at(store.times[valid])},
+                             truth, clim.at(store.times[valid]))
                 write_forecast_tile(path, store, lo, k, forecast.astype(np.float32), lat, lon)
     seconds = time.perf_counter() - t_rollout
-    rows = scores_to_rows(sums.finalize(), store, leads)
+    rows = scores_to_rows(sums.finalize(), store, leads) if scoring else []
     peak = [None] * world  # each process's peak resident memory (MB): bounded by its tile, not the globe
     dist.all_gather_object(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if rank == 0:
         throughput = {"initial_times_per_s": len(inits) / seconds, "forecast_steps_per_s": len(inits) * lead_steps / seconds,
                       "rollout_and_scoring_s": seconds, "total_s": time.perf_counter() - t_start,
                       "layout": vars(layout), "peak_rss_mb_per_rank": peak}
-        with open(os.path.join(out, "scores.json"), "w") as f:
+        with open(os.path.join(out, "scores.json" if scoring else "forecast.json"), "w") as f:
             json.dump({"checkpoint": checkpoint, "data": data, "inits": len(inits), "throughput": throughput,
                        "rows": rows}, f, indent=1)
-        with open(os.path.join(out, "scores.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        if plots:
+        if scoring:
+            with open(os.path.join(out, "scores.csv"), "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        if plots and scoring:
             plot(rows, store, inits, lead, leads, out)
     return rows
 
 
-def main(argv=None) -> int:
+def main(argv=None, forecast: bool = False) -> int:
     rank = int(os.environ.get("RANK", "0"))
     quiet_libraries(rank)
-    ap = argparse.ArgumentParser(prog="jigsaw-eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    prog = "jigsaw-forecast" if forecast else "jigsaw-eval"
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="run directory, checkpoint folder or layout-free file")
-    ap.add_argument("--data", required=True, help="zarr store to evaluate on (held-out split)")
+    ap.add_argument("--data", required=True, help="zarr store of the initial states" + ("" if forecast else
+                                                                                          " (held-out split)"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--lead-steps", type=int, default=4, help="rollout length in model steps")
-    ap.add_argument("--inits", type=int, default=32, help="number of initial times")
+    if forecast:
+        ap.add_argument("--init-times", required=True, help="comma-separated initial times of the store "
+                                                            "(e.g. 2020-01-05T00,2020-01-05T12)")
+    else:
+        ap.add_argument("--inits", type=int, default=32, help="number of initial times")
+        ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--domain", type=int, default=1, help="ranks splitting each field's latitude bands")
     ap.add_argument("--tensor", type=int, default=1, help="ranks splitting its longitudes and the channel mixing")
     ap.add_argument("--batch", type=int, default=4, help="initial times rolled out together per rank")
-    ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
     if "RANK" not in os.environ:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     try:
-        rows = evaluate(args.checkpoint, args.data, args.out, args.lead_steps, args.inits, not args.no_plots,
-                        args.domain, args.tensor, args.batch)
+        rows = evaluate(args.checkpoint, args.data, args.out, args.lead_steps, getattr(args, "inits", 1),
+                        not getattr(args, "no_plots", True), args.domain, args.tensor, args.batch,
+                        [t.strip() for t in args.init_times.split(",") if t.strip()] if forecast else None)
     except ValueError as e:  # EvalError, ConfigError, StoreError: bad input, said in one line
         if rank == 0 or getattr(e, "say", False):
-            print(f"jigsaw-eval: error: {e}", file=sys.stderr)
+            print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if rank == 0:
+    if rank == 0 and forecast:
+        print(f"jigsaw-forecast: wrote {os.path.join(args.out, 'forecast.zarr')} and forecast.json")
+    elif rank == 0:
         print(f"{'channel':24s} {'lead h':>6s} {'model':>10s} {'persist':>10s} {'clim':>10s}   (RMSE)")
         for r in rows:
             if r["metric"] == "rmse" and r["region"] == "global":
@@ -370,6 +399,11 @@ def main(argv=None) -> int:
                       f"{r['climatology']:10.4g}")
         print(f"jigsaw-eval: wrote forecast.zarr, scores.json, scores.csv and plots to {args.out}")
     return 0
+
+
+def forecast_main(argv=None) -> int:
+    """jigsaw-forecast: forecasts from given initial times, no scoring (the same engine as jigsaw-eval)."""
+    return main(argv, forecast=True)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ BIN = os.path.dirname(sys.executable)
 
 def spawn_env():
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # a child is not a rank of ours
+        env.pop(key, None)
     return env
 
 

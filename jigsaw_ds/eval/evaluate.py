@@ -378,6 +378,9 @@ def main(argv=None, forecast: bool = False) -> int:
     args = ap.parse_args(argv)
     if "RANK" not in os.environ:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # a process without a launcher gets a group of one on a free port (init_distributed): its variables are
+    # taken back at the end, so that a caller's later process groups and child processes do not inherit them
+    launcher = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     try:
         rows = evaluate(args.checkpoint, args.data, args.out, args.lead_steps, getattr(args, "inits", 1),
                         not getattr(args, "no_plots", True), args.domain, args.tensor, args.batch,
@@ -389,6 +392,9 @@ def main(argv=None, forecast: bool = False) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        for key, value in launcher.items():
+            if value is None:
+                os.environ.pop(key, None)
     if rank == 0 and forecast:
         print(f"jigsaw-forecast: wrote {os.path.join(args.out, 'forecast.zarr')} and forecast.json")
     elif rank == 0:

@@ -147,6 +147,13 @@ def test_streaming_scores_are_metrics_py_on_the_whole_arrays(serial_eval, synth_
             hours = int(lead / np.timedelta64(1, "h"))
             assert row[(region, "wind_vector_500", hours, "rmse")] == pytest.approx(float(expected[k]), rel=1e-5)
     assert {r["region"] for r in scores["rows"]} == {"global", "tropics", "extra_tropics_north", "extra_tropics_south"}
+    import csv
+
+    headline = list(csv.DictReader(open(tmp / "serial" / "headline.csv")))
+    assert [(h["channel"], int(h["lead_hours"])) for h in headline] == \
+        [(c, h) for c in ("temperature_850", "wind_vector_850", "2m_temperature") for h in (6, 12, 18)]
+    for h in headline:
+        assert float(h["rmse_model"]) == pytest.approx(row[("global", h["channel"], int(h["lead_hours"]), "rmse")])
 
 
 @pytest.mark.parametrize("layout", [(2, 1, 1), (1, 2, 1), (1, 2, 2)], ids=["2x1x1", "1x2x1", "1x2x2"])

@@ -17,8 +17,10 @@ Writes to DIR:
                  [level,] latitude, longitude; WB2 names, the source store's units and long names. Chunks:
                  one time, one lead, a rank's columns and a latitude band that divides every rank's rows, so
                  that no two ranks write one chunk
-  scores.json, scores.csv   RMSE, ACC and bias per channel and lead for model, persistence, climatology;
-                 throughput (initial times and forecast steps per second)
+  scores.json, scores.csv   RMSE, ACC and bias per region, channel and lead for model, persistence,
+                 climatology (and the wind-vector RMSE); throughput (initial times and forecast steps per second)
+  headline.csv   WB2's headline variables present (z500, t850, q700, wind vector 850, t2m, 10 m wind, msl):
+                 global RMSE of each forecast and the model's ACC per lead
   rmse.png, acc.png, maps_<channel>.png   scores vs lead; truth / forecast / error maps at a few leads
                  (read back decimated); skipped with a note when matplotlib is missing
 Climatology: per grid point mean of training times (never the held-out ones) by day of year and hour when
@@ -58,6 +60,9 @@ from .streaming import ScoreSums
 
 KINDS = ("model", "persistence", "climatology")
 METRIC_NAMES = ("rmse", "bias", "acc")
+# WeatherBench2's headline scores, where the store has them (global RMSE and ACC)
+HEADLINE = ("geopotential_500", "temperature_850", "specific_humidity_700", "wind_vector_850", "2m_temperature",
+            "10m_wind_vector", "mean_sea_level_pressure")
 
 
 class EvalError(ValueError):
@@ -209,6 +214,25 @@ def scores_to_rows(scores: dict, store: WeatherStore, leads) -> list[dict]:
     return rows
 
 
+def write_headline(rows: list[dict], path: str) -> None:
+    """headline.csv: WB2's headline variables present in the scores, one line per variable and lead: global
+    RMSE of the model, persistence and climatology, and the model's ACC."""
+    table = {}
+    for r in rows:
+        if r["region"] == "global" and r["channel"] in HEADLINE and r["metric"] in ("rmse", "acc"):
+            line = table.setdefault((HEADLINE.index(r["channel"]), r["lead_hours"]),
+                                    {"channel": r["channel"], "lead_hours": r["lead_hours"]})
+            if r["metric"] == "rmse":
+                line.update(rmse_model=r["model"], rmse_persistence=r["persistence"], rmse_climatology=r["climatology"])
+            else:
+                line["acc_model"] = r["model"]
+    fields = ["channel", "lead_hours", "rmse_model", "rmse_persistence", "rmse_climatology", "acc_model"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(table[key] for key in sorted(table))
+
+
 def plot(rows: list[dict], store: WeatherStore, inits: np.ndarray, lead: int, leads, out: str) -> None:
     """Scores against lead; maps of the first initial time read back from forecast.zarr and the store, every
     few points (never a full field of every channel in memory)."""
@@ -351,6 +375,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
+            write_headline(rows, os.path.join(out, "headline.csv"))
         if plots and scoring:
             plot(rows, store, inits, lead, leads, out)
     return rows

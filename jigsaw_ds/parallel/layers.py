@@ -3,8 +3,8 @@
 A parameter's `Split` is the one source of truth for its layout, and owns everything that follows from it:
   - `local_shape` and `chunks`: which regions of the full (serial) tensor this rank's piece holds, in the
     order of its storage (exact offsets and sizes, uneven token splits included). From them alone follow
-    `local_shard` (cut a full tensor: init, loading a serial state dict, tests, checkpoint import) and
-    `assemble` (put every rank's piece back together: checkpoint export), and a checkpoint's global metadata;
+    `local_shard` (cut a full tensor: init, loading a serial state dict, tests, checkpoint import) and a
+    checkpoint's global metadata (`fragment_chunks`, `saves_chunks`: DCP puts the pieces back together);
   - `materialize`: what the forward pass uses. A replicated parameter passes through copy_to_group, so its
     gradient is summed inside autograd over the ranks that see different tokens; a flat shard is
     all-gathered just before use and its gradient reduce-scattered back;
@@ -34,7 +34,7 @@ from torch import nn
 
 from .mappings import copy_to_group, gather_from_group, gathered_linear, reduce_from_group, reduce_scatter_to_group
 from .partition import TokenPartition
-from .topology import JigsawGroups, Layout
+from .topology import JigsawGroups
 
 
 class Chunk(NamedTuple):
@@ -108,16 +108,6 @@ class Split:
                 data = fragment.as_strided(sizes, view.stride(), fragment.storage_offset() + at - start)
                 out.append((Chunk(tuple(o + c for o, c in zip(offsets, chunk.offsets)), tuple(sizes)), data))
         return out
-
-    def assemble(self, pieces: dict, full_shape, layout: Layout, partition: TokenPartition) -> torch.Tensor:
-        """The full tensor from every replica rank's piece: pieces[(domain_rank, tensor_rank)] = local tensor."""
-        full = torch.empty(full_shape, dtype=next(iter(pieces.values())).dtype)
-        for (d, t), piece in pieces.items():
-            groups = JigsawGroups(layout, layout.rank(0, d, t))
-            for chunk, view in zip(self.chunks(full_shape, groups, partition),
-                                   self.chunk_views(piece, full_shape, groups, partition)):
-                full[chunk.region()] = view
-        return full
 
 
 @dataclass(frozen=True)

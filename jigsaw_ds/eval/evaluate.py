@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import xarray as xr
+import zarr
 
 from ..checkpoint import sharded
 from ..checkpoint.layout_free import build_model, load_file
@@ -69,19 +70,15 @@ class EvalError(ValueError):
     """jigsaw-eval cannot do what it was asked; the message says why."""
 
 
-def load_model(path: str, groups=None):
-    """WeatherMixer at the layout of `groups` (default: one process), jigsaw config and the run's resolved config
-    (grid, channel names). A sharded checkpoint is read rank by rank, each its own shards (collective); a
-    layout-free FILE whole on every rank (small models)."""
+def load_model(path: str, groups):
+    """WeatherMixer at the layout of `groups`, jigsaw config and the run's resolved config (grid, channel names).
+    A sharded checkpoint is read rank by rank, each its own shards (collective); a layout-free FILE whole on
+    every rank (small models)."""
     if os.path.isdir(path):
         folder, files = find_checkpoint(path)
         run_config = source_config(folder)
         model = build_model(run_config, groups)
-        if groups is None:  # one process without a process group: the full tensors, offline
-            state = sharded.read_full(folder, files, moments=False)
-            model.load_full_state_dict({**state["model"], **state["buffers"]})
-        else:
-            sharded.load_module(folder, files, model, groups)
+        sharded.load_module(folder, files, model, groups)
     else:
         state = load_file(path)
         run_config = state["config"]
@@ -148,6 +145,15 @@ def forecast_chunks(part, groups) -> tuple[int, int]:
     return band, lon.stop - lon.start
 
 
+def store_variables(store: WeatherStore) -> list[tuple[str, list[int], bool]]:
+    """(variable, its channel indices, whether it has levels) of the selected channels, in store order."""
+    out = []
+    for var in dict.fromkeys(c.var for c in store.channels):
+        idx = [i for i, c in enumerate(store.channels) if c.var == var]
+        out.append((var, idx, store.channels[idx[0]].level_index is not None))
+    return out
+
+
 def create_forecast_store(path: str, store: WeatherStore, init_times, leads, chunks: tuple[int, int]) -> None:
     """The empty forecast.zarr (metadata only, values NaN until written): WB2 layout, the source's attributes."""
     import dask.array as da
@@ -155,9 +161,8 @@ def create_forecast_store(path: str, store: WeatherStore, init_times, leads, chu
     coords = {"time": init_times, "prediction_timedelta": leads, "latitude": store.lat, "longitude": store.lon}
     data, encoding = {}, {}
     n, k, (h, w) = len(init_times), len(leads), (len(store.lat), len(store.lon))
-    for var in dict.fromkeys(c.var for c in store.channels):
-        idx = [i for i, c in enumerate(store.channels) if c.var == var]
-        if store.channels[idx[0]].level_index is None:
+    for var, idx, levels in store_variables(store):
+        if not levels:
             dims, shape, chunk = ("time", "prediction_timedelta", "latitude", "longitude"), (n, k, h, w), (1, 1) + chunks
         else:
             coords["level"] = [int(store.ds["level"].values[store.channels[i].level_index]) for i in idx]
@@ -172,19 +177,16 @@ def create_forecast_store(path: str, store: WeatherStore, init_times, leads, chu
     ds.to_zarr(path, mode="w", compute=False, encoding=encoding, consolidated=True)
 
 
-def write_forecast_tile(path: str, store: WeatherStore, first: int, k: int, values: np.ndarray, lat: slice,
+def write_forecast_tile(group, variables: list, first: int, k: int, values: np.ndarray, lat: slice,
                         lon: slice) -> None:
-    """values [B, C, h, w] (physical) of initial times first.. first+B-1, lead k, into this rank's tile."""
-    import zarr
-
-    group = zarr.open_group(path, mode="r+")
+    """values [B, C, h, w] (physical) of initial times first.. first+B-1, lead k, into this rank's tile of the
+    open forecast.zarr `group`; variables: store_variables of its store."""
     times = slice(first, first + values.shape[0])
-    for var in dict.fromkeys(c.var for c in store.channels):
-        idx = [i for i, c in enumerate(store.channels) if c.var == var]
-        if store.channels[idx[0]].level_index is None:
-            group[var][times, k, lat, lon] = values[:, idx[0]]
-        else:
+    for var, idx, levels in variables:
+        if levels:
             group[var][times, k, :, lat, lon] = values[:, idx]
+        else:
+            group[var][times, k, lat, lon] = values[:, idx[0]]
 
 
 def _lead_times(store: WeatherStore, lead: int, lead_steps: int) -> np.ndarray:
@@ -341,6 +343,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
         os.makedirs(out, exist_ok=True)
         create_forecast_store(path, store, store.times[inits], leads, forecast_chunks(part, groups))
     dist.barrier()
+    forecast_group, variables = zarr.open_group(path, mode="r+"), store_variables(store)
     t_rollout = time.perf_counter()
     dataset = PairDataset(store, inits, lead, lat, lon, cfg.model.coord_features, rollout=0,  # inputs only
                           forcings=cfg.model.forcings, forcings_at_target=cfg.model.forcings_at_target)
@@ -356,9 +359,10 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
                     valid = inits[items] + lead * (k + 1)
                     truth = store.read_raw(list(valid), lat, lon)
                     check_finite(truth, store, valid, "the truth", groups)
-                    sums.add(k, {"model": forecast, "persistence": initial, "climatology": clim.at(store.times[valid])},
-                             truth, clim.at(store.times[valid]))
-                write_forecast_tile(path, store, lo, k, forecast.astype(np.float32), lat, lon)
+                    climatology = clim.at(store.times[valid])
+                    sums.add(k, {"model": forecast, "persistence": initial, "climatology": climatology}, truth,
+                             climatology)
+                write_forecast_tile(forecast_group, variables, lo, k, forecast.astype(np.float32), lat, lon)
     seconds = time.perf_counter() - t_rollout
     rows = scores_to_rows(sums.finalize(), store, leads) if scoring else []
     peak = [None] * world  # each process's peak resident memory (MB): bounded by its tile, not the globe

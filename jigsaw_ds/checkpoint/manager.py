@@ -122,49 +122,41 @@ class CheckpointManager:
         for old in complete[:-self.keep]:
             shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
 
-    def complete(self) -> tuple[list[tuple[str, dict]], list[str]]:
-        """([(tag, manifest files)] of the complete checkpoints, newest first; reasons for each one refused)."""
-        good, refused = [], []
-        for tag in reversed(self.tags()):
-            files, why = read_manifest(os.path.join(self.root, tag))
-            if why:
-                refused.append(f"{tag}: {why}")
-            else:
-                good.append((tag, files))
-        return good, refused
+    def candidates(self) -> list[tuple[str, dict, str]]:
+        """(tag, manifest files, why it is refused or '') of every checkpoint folder, newest first."""
+        return [(tag, *read_manifest(os.path.join(self.root, tag))) for tag in reversed(self.tags())]
 
     def latest_complete(self) -> tuple[str, list[str]]:
         """(newest complete tag or '', reasons for each newer tag refused)."""
-        good, refused = self.complete()
-        if not good:
-            return "", refused
-        return good[0][0], [r for r in refused if r.split(":")[0] > good[0][0]]
+        refused = []
+        for tag, _, why in self.candidates():
+            if not why:
+                return tag, refused
+            refused.append(f"{tag}: {why}")
+        return "", refused
 
     def load(self, engine, model, groups) -> int:
         """Load the newest complete checkpoint that reads back intact, at this run's layout (whatever layout
         wrote it); returns its step (0 if there is none)."""
-        good, refused = self.complete()
         say = (lambda line: print(line, flush=True)) if dist.get_rank() == 0 else (lambda line: None)
-        for tag, files in good:
-            for line in refused:
-                if line.split(":")[0] > tag:
-                    say(f"jigsaw-train: refusing checkpoint {line}")
-            refused = [r for r in refused if r.split(":")[0] < tag]
-            try:
-                meta = sharded.load(os.path.join(self.root, tag), files, engine, model, groups)
-            except CorruptCheckpoint as e:  # raised on every rank alike (DCP gathers the ranks' errors)
-                say(f"jigsaw-train: refusing checkpoint {tag}: {e}")
+        any_complete = False
+        for tag, files, why in self.candidates():
+            if not why:
+                any_complete = True
+                try:
+                    meta = sharded.load(os.path.join(self.root, tag), files, engine, model, groups)
+                except CorruptCheckpoint as e:  # raised on every rank alike (DCP gathers the ranks' errors)
+                    why = str(e)
+            if why:
+                say(f"jigsaw-train: refusing checkpoint {tag}: {why}")
                 continue
             engine.global_steps, engine.global_samples = meta["step"], meta["step"] * engine.train_batch_size()
-            layout = meta["config"].get("layout")
             say(f"jigsaw-train: resumed from {os.path.join(self.root, tag)} (step {meta['step']}); saved at layout "
-                f"{layout} by {meta['world']} ranks")
+                f"{meta['config'].get('layout')} by {meta['world']} ranks")
             return int(meta["step"])
-        if good:  # complete checkpoints, every one damaged: starting over would overwrite the run
+        if any_complete:  # complete checkpoints, every one damaged: starting over would overwrite the run
             raise CheckpointError(f"no checkpoint in {self.root} reads back intact (each refused above); nothing "
                                   f"was changed: restore the files, or pass --start-over")
-        for line in refused:
-            say(f"jigsaw-train: refusing checkpoint {line}")
         say(f"jigsaw-train: no complete checkpoint in {self.root}; starting from step 0")
         return 0
 

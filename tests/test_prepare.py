@@ -130,12 +130,14 @@ def test_wb2_zarr_with_ascending_latitude_wrapped_longitude_and_transposed_dims(
     ds = ds.isel(latitude=slice(None, None, -1))  # ascending
     ds = ds.roll(longitude=4, roll_coords=True)  # 270 ... 337.5, 0 ... 247.5: wraps through 0 deg E
     ds = ds.transpose("time", "level", "longitude", "latitude")
+    ds["level"].attrs = {"units": "hPa", "long_name": "pressure_level"}  # as in WB2's ERA5 stores
     ds.to_zarr(str(tmp_path / "wb2.zarr"))
     out = prepare([str(tmp_path / "wb2.zarr")], str(tmp_path / "s.zarr"), lat_chunk=8, climatology=False)
     store = xr.open_zarr(out, chunks=None)
     lon = ds["longitude"].values
     np.testing.assert_array_equal(store["longitude"].values, np.where(lon >= 270, lon - 360, lon))  # same points
     np.testing.assert_array_equal(store["latitude"].values, ds["latitude"].values)
+    assert store["level"].attrs == ds["level"].attrs  # kept, so that forecast.zarr carries them too
     for var in ds.data_vars:
         assert store[var].dims[-2:] == ("latitude", "longitude")
         np.testing.assert_array_equal(store[var].values, ds[var].transpose(*store[var].dims).values)

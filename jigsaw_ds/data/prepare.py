@@ -153,7 +153,7 @@ def to_wb2(ds: xr.Dataset, path: str, member: int) -> Source:
         ds[var].encoding = {}  # the store's dtype is the decoded values' dtype, not the file's packing
     ds = ds.transpose(*[d for d in DIMS if d in ds.dims])
     if "level" in ds.dims:
-        ds = ds.assign_coords(level=_integer_levels(src, ds["level"].values))
+        ds = ds.assign_coords(level=("level", _integer_levels(src, ds["level"].values), ds["level"].attrs))  # units kept
     src.ds = ds
     return src
 

@@ -10,7 +10,8 @@
 #   2. step.json     bench/step.py, configs/era5_025deg.json on one GPU, bf16, eager, with the bare stack
 #   3. step_fp32grad.json  the same step with DeepSpeed's fp32 gradient accumulation (data_types.grad_accum_dtype)
 #   4. step_ckpt.json     activation checkpointing, batch 4
-#   5. step_compile.json  engine.compile()
+#   5. forecast.json      jigsaw-forecast's engine on the 0.25 deg config, fp32 and bf16: forecast steps/s
+#   6. step_compile.json  engine.compile()
 # Results go to $OUT (the device tool's folder) or bench/results/gpu/; the log to gpu.log beside them.
 set -u
 cd "$(dirname "$0")/.."
@@ -53,6 +54,7 @@ step check 150 python3 bench/gpu_check.py --out "$OUT/check.json"
 step eager 170 python3 bench/step.py --workers $workers --out "$OUT/step.json"
 step fp32grad 90 python3 bench/step.py --skip-bare --workers $workers --ds-config $fp32grad --out "$OUT/step_fp32grad.json"
 step ckpt 90 python3 bench/step.py --skip-bare --checkpointing --batch 4 --workers $workers --out "$OUT/step_ckpt.json"
+step forecast 120 python3 bench/forecast.py --out "$OUT/forecast.json"
 step compile 180 python3 bench/step.py --compile --workers $workers --out "$OUT/step_compile.json"
 echo "=== done $(date -u +%T)" | tee -a "$LOG"
-grep -E "^(run|cpu|cuda|all|FAILED)|^(what|dense|bare|DeepSpeed|data wait|perf model|weights|peak)|=== " "$LOG" | tail -60
+grep -E "^(run|cpu|cuda|all|FAILED|fp32:|bf16:)|^(what|dense|bare|DeepSpeed|data wait|perf model|weights|peak)|=== " "$LOG" | tail -60

@@ -73,7 +73,7 @@ def test_shallow_water_model_beats_persistence(tmp_path):
     assert fc["geopotential"].dims == ("time", "prediction_timedelta", "level", "latitude", "longitude")
     assert fc.sizes["prediction_timedelta"] == 12 and fc.sizes["time"] == 16
     assert int(fc["prediction_timedelta"].values[-1] / np.timedelta64(1, "h")) == 72
-    for name in ("scores.csv", "rmse.png", "acc.png", "maps_geopotential_500.png"):
+    for name in ("scores.csv", "rmse.png", "acc.png", "maps_geopotential_500.png", "spectra.png", "scores_model.nc"):
         assert (out / name).stat().st_size > 0
 
 
@@ -156,6 +156,116 @@ def test_streaming_scores_are_metrics_py_on_the_whole_arrays(serial_eval, synth_
         assert float(h["rmse_model"]) == pytest.approx(row[("global", h["channel"], int(h["lead_hours"]), "rmse")])
 
 
+def var_level(name: str):
+    """("temperature", 850) for "temperature_850", ("2m_temperature", None) for a surface channel."""
+    head, _, tail = name.rpartition("_")
+    return (head, int(tail)) if tail.isdigit() and head else (name, None)
+
+
+def wb2_zonal_spectrum(values: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """WeatherBench2's ZonalEnergySpectrum.compute on [..., latitude, longitude] (numpy, whole rows)."""
+    f = np.fft.rfft(values, axis=-1, norm="forward")
+    twos = np.concatenate([[1.0], np.full(f.shape[-1] - 1, 2.0)])
+    return np.real(f * np.conj(f)) * twos * (2 * np.pi * 6_371_000.0 * np.cos(np.deg2rad(lat)))[:, None]
+
+
+def test_spectra_and_netcdf_results_in_wb2s_form(serial_eval, synth_store):
+    """spectra.nc: WB2's zonal energy spectrum of the whole forecast and truth rows, mean over 30-60 deg N/S
+    (cos-weighted) and initial times; scores_<kind>.nc: WB2's results layout holding the same numbers as the rows."""
+    tmp, scores = serial_eval
+    fc, store = xr.open_zarr(tmp / "serial" / "forecast.zarr"), xr.open_zarr(synth_store)
+    spectra = xr.open_dataset(tmp / "serial" / "spectra.nc")
+    assert set(spectra.data_vars) == {"temperature_850", "u_component_of_wind_850", "v_component_of_wind_850",
+                                      "2m_temperature"}
+    assert list(spectra["lead_time"].values) == list(fc["prediction_timedelta"].values)  # 3 leads: all shown
+    lat = fc["latitude"].values
+    w = np.where((np.abs(lat) >= 30) & (np.abs(lat) <= 60), np.cos(np.deg2rad(lat)), 0.0)
+    for name in spectra.data_vars:
+        var, level = var_level(name)
+        sel = {"level": level} if level else {}
+        for j, lead in enumerate(spectra["lead_time"].values):
+            f = fc[var].sel(prediction_timedelta=lead, **sel).values.astype(np.float64)
+            o = store[var].sel(time=fc["time"].values + lead, **sel).values.astype(np.float64)
+            for source, values in (("forecast", f), ("truth", o)):
+                expected = (wb2_zonal_spectrum(values, lat) * w[:, None]).sum(1).mean(0) / w.sum()
+                np.testing.assert_allclose(spectra[name].sel(source=source).isel(lead_time=j).values, expected,
+                                           rtol=1e-5, err_msg=f"{name} {source} lead {j}")
+    row = {(r["region"], r["channel"], r["lead_hours"], r["metric"]): r for r in scores["rows"]}
+    for kind in ("model", "persistence", "climatology"):
+        res = xr.open_dataset(tmp / "serial" / f"scores_{kind}.nc")
+        assert res["temperature"].dims == ("metric", "region", "lead_time", "level")
+        assert res["2m_temperature"].dims == ("metric", "region", "lead_time")
+        assert list(res["metric"].values) == ["rmse", "mse", "bias", "acc"]
+        for k, lead in enumerate(res["lead_time"].values):
+            hours = int(lead / np.timedelta64(1, "h"))
+            for region in ("global", "tropics"):
+                for metric in ("rmse", "bias"):
+                    got = res["temperature"].sel(metric=metric, region=region, level=850).values[k]
+                    assert got == pytest.approx(row[(region, "temperature_850", hours, metric)][kind], rel=1e-6)
+                mse = res["2m_temperature"].sel(metric="mse", region=region).values[k]
+                assert mse == pytest.approx(row[(region, "2m_temperature", hours, "rmse")][kind] ** 2, rel=1e-6)
+                vec = res["wind_vector"].sel(metric="rmse", region=region, level=500).values[k]
+                assert vec == pytest.approx(row[(region, "wind_vector_500", hours, "rmse")][kind], rel=1e-6)
+
+
+def wb2_climatology(store: xr.Dataset, variables) -> xr.Dataset:
+    """A climatology in WB2's layout (hour, dayofyear, level, latitude, longitude) that varies with day and hour,
+    stored with ascending latitudes and longitudes from -180 (the store: descending, 0..360)."""
+    doy = xr.DataArray(np.arange(1, 367), dims="dayofyear", coords={"dayofyear": np.arange(1, 367)})
+    hour = xr.DataArray([0, 6, 12, 18], dims="hour", coords={"hour": [0, 6, 12, 18]})
+    clim = xr.Dataset({v: (store[v].mean("time").load() + 0.05 * doy + 0.1 * hour).astype("float32")
+                       for v in variables})
+    clim = clim.isel(latitude=slice(None, None, -1))
+    clim = clim.assign_coords(longitude=(clim["longitude"] + 180) % 360 - 180).sortby("longitude")
+    return clim.transpose("hour", "dayofyear", ...)
+
+
+def test_acc_against_a_given_wb2_climatology(serial_eval, synth_store, tmp_path, capsys):
+    """--climatology: ACC and the climatology forecast use the given WB2-format store at each valid time's
+    (day of year, hour), equal to metrics.py on the whole arrays; its tiles are the full field's; a climatology
+    that lacks a variable is one error naming it."""
+    from jigsaw_ds.data.climatology import GivenClimatology
+    from jigsaw_ds.data.store import WeatherStore
+    from jigsaw_ds.eval import evaluate as ev
+
+    tmp, _ = serial_eval
+    store = xr.open_zarr(synth_store)
+    variables = ["temperature", "u_component_of_wind", "v_component_of_wind", "2m_temperature"]
+    wb2_climatology(store, variables).to_zarr(tmp_path / "clim.zarr")
+    args = ["--checkpoint", str(tmp / "run"), "--data", synth_store, "--lead-steps", "3", "--inits", "6", "--no-plots"]
+    assert ev.main(args + ["--out", str(tmp_path / "out"), "--climatology", str(tmp_path / "clim.zarr")]) == 0
+    got = json.load(open(tmp_path / "out" / "scores.json"))
+    row = {(r["channel"], r["lead_hours"], r["metric"]): r for r in got["rows"] if r["region"] == "global"}
+    fc = xr.open_zarr(tmp_path / "out" / "forecast.zarr")
+    clim = xr.open_zarr(tmp_path / "clim.zarr").sortby("latitude", ascending=False)
+    clim = clim.assign_coords(longitude=clim["longitude"] % 360).sortby("longitude")  # the store's grid order
+    valid = fc["time"] + fc["prediction_timedelta"]
+    for var, level in (("temperature", 850), ("2m_temperature", None)):
+        sel = {"level": level} if level else {}
+        truth = store[var].sel(time=valid, **sel).astype("float64")
+        c = clim[var].sel(dayofyear=valid.dt.dayofyear, hour=valid.dt.hour, **sel).astype("float64")
+        acc = ACC().compute(fc[var].sel(**sel).astype("float64"), truth, c).values
+        rmse = RMSE().compute(c, truth).values
+        name = f"{var}_{level}" if level else var
+        for k, lead in enumerate(fc["prediction_timedelta"].values):
+            hours = int(lead / np.timedelta64(1, "h"))
+            assert row[(name, hours, "acc")]["model"] == pytest.approx(float(acc[k]), rel=1e-5)
+            assert row[(name, hours, "rmse")]["climatology"] == pytest.approx(float(rmse[k]), rel=1e-5)
+    # each rank's tile of the climatology is that tile of the whole field (uneven bands, both halves of the row)
+    ws = WeatherStore(synth_store, ["temperature"], ["2m_temperature"], [500, 850])
+    times = ws.times[[3, 50]]
+    whole = GivenClimatology(str(tmp_path / "clim.zarr"), ws, slice(0, 33), slice(0, 64)).at(times)
+    for rows in (slice(0, 12), slice(12, 33)):
+        for cols in (slice(0, 32), slice(32, 64)):
+            tile = GivenClimatology(str(tmp_path / "clim.zarr"), ws, rows, cols).at(times)
+            np.testing.assert_array_equal(tile, whole[..., rows, cols])
+    xr.open_zarr(tmp_path / "clim.zarr").drop_vars("temperature").to_zarr(tmp_path / "partial.zarr")
+    capsys.readouterr()
+    assert ev.main(args + ["--out", str(tmp_path / "x"), "--climatology", str(tmp_path / "partial.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "has no variable 'temperature'" in err and "partial.zarr" in err, err
+
+
 @pytest.mark.parametrize("layout", [(2, 1, 1), (1, 2, 1), (1, 2, 2)], ids=["2x1x1", "1x2x1", "1x2x2"])
 def test_parallel_eval_equals_the_serial_one(serial_eval, synth_store, tmp_path, layout):
     tmp, serial = serial_eval
@@ -176,6 +286,9 @@ def test_parallel_eval_equals_the_serial_one(serial_eval, synth_store, tmp_path,
     for var in ser.data_vars:
         np.testing.assert_allclose(par[var].values, ser[var].values, rtol=1e-5, atol=1e-5)
         assert np.isfinite(par[var].values).all()  # every rank's tile was written
+    par, ser = xr.open_dataset(tmp_path / "out" / "spectra.nc"), xr.open_dataset(tmp / "serial" / "spectra.nc")
+    for var in ser.data_vars:  # the tensor group's partial DFTs add up to the whole row's
+        np.testing.assert_allclose(par[var].values, ser[var].values, rtol=1e-5)
 
 
 def test_forecast_from_given_times_past_the_store_end(serial_eval, synth_store, tmp_path):
@@ -196,5 +309,14 @@ def test_forecast_from_given_times_past_the_store_end(serial_eval, synth_store, 
                                rtol=1e-5, atol=1e-5)
     assert np.isfinite(fc["temperature"].isel(time=1).values).all()  # leads past the store's end
     assert not (tmp_path / "fc" / "scores.json").exists()
+    # bf16 autocast (one process): the forecast's change from the initial state within 2% of fp32's
+    assert ev.forecast_main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(tmp_path / "bf16"),
+                             "--lead-steps", "3", "--init-times", times[0], "--precision", "bf16"]) == 0
+    bf16 = xr.open_zarr(tmp_path / "bf16" / "forecast.zarr")["temperature"].isel(time=0).values.astype(np.float64)
+    fp32 = serial["temperature"].isel(time=0).values.astype(np.float64)
+    initial = xr.open_zarr(synth_store)["temperature"].sel(time=serial["time"].values[0]).values[None]
+    change = np.linalg.norm(bf16 - fp32) / np.linalg.norm(fp32 - initial)
+    assert 0 < change < 0.02, change
+    assert json.load(open(tmp_path / "bf16" / "forecast.json"))["throughput"]["precision"] == "bf16"
     assert ev.forecast_main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(tmp_path / "x"),
                              "--init-times", "1999-01-01T00"]) == 2

@@ -66,3 +66,76 @@ def store_groups(times: np.ndarray, by: tuple[str, ...]) -> tuple[dict, list[tup
     cell = np.stack([np.searchsorted(coords[g], values[g]) for g in by], axis=1)
     cells, inverse = np.unique(cell, axis=0, return_inverse=True)
     return coords, [(tuple(int(i) for i in c), np.flatnonzero(inverse.ravel() == k)) for k, c in enumerate(cells)]
+
+
+class ClimatologyError(ValueError):
+    """A given climatology store does not fit the data it is to be used with; the message says how."""
+
+
+def _matching_indices(want: np.ndarray, have: np.ndarray, what: str, path: str, periodic: bool = False) -> object:
+    """Index into `have` of each value of `want` (degrees, to 1e-3; longitudes modulo 360): a slice where they
+    are consecutive (a plain read), else an index array."""
+    diff = want[:, None] - have[None, :]
+    if periodic:
+        diff = (diff + 180.0) % 360.0 - 180.0
+    idx = np.abs(diff).argmin(axis=1)
+    bad = np.abs(diff[np.arange(len(want)), idx]) > 1e-3
+    if bad.any():
+        raise ClimatologyError(f"climatology '{path}' has no {what} {want[bad][0]:g} of the data's grid "
+                               f"(its {what}s: {have[0]:g} .. {have[-1]:g}, {len(have)} values)")
+    step = np.diff(idx)
+    if len(idx) == 1 or (step == step[0]).all() and abs(step[0]) == 1:
+        return slice(int(idx[0]), int(idx[-1]) + 1) if len(idx) == 1 or step[0] == 1 else \
+            slice(int(idx[0]), (int(idx[-1]) - 1) if idx[-1] > 0 else None, -1)
+    return idx
+
+
+class GivenClimatology:
+    """A WeatherBench2-format climatology store (variables with WB2 names and dims hour, dayofyear, [level,]
+    latitude, longitude: WB2's 1990-2019 ERA5 climatology, or one made the same way), read tile by tile at the
+    (day of year, hour) of each valid time, as WB2 does. The same `at` as Climatology; the store may hold its
+    latitudes in the other order and its longitudes as 0..360 or -180..180."""
+
+    def __init__(self, path: str, store, rows: slice, cols: slice):
+        import xarray as xr
+
+        try:
+            ds = xr.open_zarr(path, chunks=None)
+        except Exception as e:  # missing path, not a zarr store
+            raise ClimatologyError(f"cannot open climatology '{path}' as a zarr store: {e}") from None
+        self.path, self.ds = path, ds
+        for dim in ("hour", "dayofyear", "latitude", "longitude"):
+            if dim not in ds.dims:
+                raise ClimatologyError(f"climatology '{path}' has no '{dim}' dimension (WB2 layout: hour, dayofyear, "
+                                       f"[level,] latitude, longitude)")
+        self.rows = _matching_indices(np.asarray(store.lat)[rows], ds["latitude"].values, "latitude", path)
+        self.cols = _matching_indices(np.asarray(store.lon)[cols], ds["longitude"].values, "longitude", path, True)
+        self.reads = []  # per channel: (variable, {dim: index} for its level)
+        for ch in store.channels:
+            if ch.var not in ds.data_vars:
+                raise ClimatologyError(f"climatology '{path}' has no variable '{ch.var}' (channel {ch.name})")
+            sel = {}
+            if ch.level_index is not None:
+                level = int(store.ds["level"].values[ch.level_index])
+                hit = np.flatnonzero(ds["level"].values == level) if "level" in ds.dims else []
+                if not len(hit):
+                    raise ClimatologyError(f"climatology '{path}' has no level {level} of '{ch.var}' "
+                                           f"(channel {ch.name})")
+                sel["level"] = int(hit[0])
+            self.reads.append((ch.var, sel))
+        self.hours, self.days = ds["hour"].values.astype(int), ds["dayofyear"].values.astype(int)
+
+    def _field(self, time) -> np.ndarray:
+        t = pd.Timestamp(time)
+        hour, day = np.flatnonzero(self.hours == t.hour), np.flatnonzero(self.days == t.dayofyear)
+        if not len(hour) or not len(day):
+            raise ClimatologyError(f"climatology '{self.path}' has no (dayofyear {t.dayofyear}, hour {t.hour}) for "
+                                   f"valid time {t} (hours {list(self.hours)}, days {self.days[0]}..{self.days[-1]})")
+        return np.stack([self.ds[var].isel(hour=int(hour[0]), dayofyear=int(day[0]), **sel)
+                         .isel(latitude=self.rows, longitude=self.cols).transpose("latitude", "longitude").values
+                         for var, sel in self.reads])
+
+    def at(self, valid_times: np.ndarray) -> np.ndarray:
+        times = np.asarray(valid_times)
+        fields = [self._field(t) for t in times.ravel()]
+        return np.stack(fields).reshape(times.shape + fields[0].shape)

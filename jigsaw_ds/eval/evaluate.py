@@ -2,6 +2,7 @@
 in one process or under the launcher at any layout.
 
     jigsaw-eval --checkpoint RUN_DIR|CKPT_DIR|FILE --data STORE --out DIR [--lead-steps K] [--inits N]
+                [--device auto|cpu|cuda] [--precision fp32|bf16] [--climatology WB2_CLIM.zarr]
     torchrun --nproc_per_node 8 -m jigsaw_ds.eval.evaluate ... --domain 2 --tensor 2     # data axis: 8 / 4
 
 The ranks split the initial times over the data axis and each field over domain x tensor as in training:
@@ -9,6 +10,8 @@ each rank reads only its tile of the initial states, the truth and the climatolo
 Jigsaw model at that layout, weights read straight from the sharded checkpoint: each rank its own shards),
 writes its tile of every forecast into forecast.zarr and keeps running sums of the scores (eval/streaming.py),
 reduced once at the end. No process holds a whole field; memory does not grow with initial times or leads.
+On GPUs (--device auto: the rank's GPU where CUDA is present, NCCL) the rollout runs there, in fp32 or under
+bf16 autocast (--precision; the state fed back stays fp32); scores are summed on the host in float64.
 The checkpoint is a run directory (its newest complete checkpoint), one checkpoint folder, or a layout-free
 FILE (`jigsaw-ckpt export`). Initial times are the held-out part of the store (the validation split the
 trainer used: last trajectories, or last times) whose whole rollout stays in one trajectory.
@@ -21,13 +24,19 @@ Writes to DIR:
                  climatology (and the wind-vector RMSE); throughput (initial times and forecast steps per second)
   headline.csv   WB2's headline variables present (z500, t850, q700, wind vector 850, t2m, 10 m wind, msl):
                  global RMSE of each forecast and the model's ACC per lead
+  scores_model.nc, scores_persistence.nc, scores_climatology.nc   WB2's results layout: one variable per
+                 WB2 variable (and wind_vector, 10m_wind_vector), dims metric (rmse, mse, bias, acc), region,
+                 lead_time[, level] (skipped with a note when no netCDF writer is installed)
+  spectra.nc, spectra.png   WB2's zonal energy spectrum of the model and the truth at the first, middle and
+                 last lead, mean over 30-60 deg N and S (headline channels present; eval/streaming.py)
   rmse.png, acc.png, maps_<channel>.png   scores vs lead; truth / forecast / error maps at a few leads
                  (read back decimated); skipped with a note when matplotlib is missing
-Climatology: per grid point mean of training times (never the held-out ones) by day of year and hour when
-they cover every day of the year twice per hour, else by hour of day, else one mean (data/climatology.py,
-the rule `prepare` uses for the store's climatology group), taken at the valid time. Every training time
-is read once for it (each rank its tile); WB2's official climatology (1990-2019, smoothed over days of year)
-remains the reference for scores on real ERA5.
+Climatology (the climatology forecast and the anomalies of ACC): --climatology names a WB2-format store
+(dims hour, dayofyear, [level,] latitude, longitude; e.g. WB2's 1990-2019 ERA5 climatology), read tile by
+tile at each valid time. Without it: per grid point mean of training times (never the held-out ones) by day
+of year and hour when they cover every day of the year twice per hour, else by hour of day, else one mean
+(data/climatology.py, the rule `prepare` uses for the store's climatology group); every training time is then
+read once (each rank its tile).
 """
 from __future__ import annotations
 
@@ -51,19 +60,23 @@ from ..checkpoint import sharded
 from ..checkpoint.layout_free import build_model, load_file
 from ..checkpoint.manager import find_checkpoint, source_config
 from ..config import ConfigError, from_dict
-from ..data.climatology import Climatology
+from ..data.climatology import Climatology, GivenClimatology
 from ..data.dataset import PairDataset, split_train_val
 from ..data.store import WeatherStore
 from ..grid import lat_cell_weights
 from ..parallel.topology import Layout, init_distributed, initialize
 from ..quiet import quiet_libraries
-from .streaming import ScoreSums
+from .streaming import ScoreSums, ZonalSpectrumSums, reduce_sum
 
 KINDS = ("model", "persistence", "climatology")
 METRIC_NAMES = ("rmse", "bias", "acc")
 # WeatherBench2's headline scores, where the store has them (global RMSE and ACC)
 HEADLINE = ("geopotential_500", "temperature_850", "specific_humidity_700", "wind_vector_850", "2m_temperature",
             "10m_wind_vector", "mean_sea_level_pressure")
+# channels whose zonal spectra are kept, where the store has them (else its first channel)
+SPECTRUM_CHANNELS = ("geopotential_500", "temperature_850", "specific_humidity_700", "u_component_of_wind_850",
+                     "v_component_of_wind_850", "2m_temperature", "10m_u_component_of_wind", "mean_sea_level_pressure")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 class EvalError(ValueError):
@@ -125,9 +138,7 @@ def check_finite(values: np.ndarray, store: WeatherStore, times: np.ndarray, wha
         message = (f"store '{store.path}': {what} of channel '{store.channels[c].name}' at time "
                    f"{store.times[times[b]]} has NaN/inf")
     if groups.size("jigsaw") > 1:
-        flag = torch.tensor([1.0 if message else 0.0])
-        dist.all_reduce(flag, group=groups.handles["jigsaw"])
-        if flag.item():
+        if reduce_sum(np.array([1.0 if message else 0.0]), groups, "jigsaw")[0]:
             messages = [None] * groups.size("jigsaw")
             dist.all_gather_object(messages, message, group=groups.handles["jigsaw"])
             message = next(m for m in messages if m)
@@ -197,8 +208,7 @@ def scores_to_rows(scores: dict, store: WeatherStore, leads) -> list[dict]:
     """Rows: region, channel, lead, metric, and one column per forecast kind. Where the store has u and v of the
     wind at a level (or at 10 m), a wind-vector RMSE row too: sqrt(<(u_f - u_o)^2 + (v_f - v_o)^2>), WB2's."""
     names = [c.name for c in store.channels]
-    pairs = [(u, u.replace("u_component", "v_component"), u.replace("u_component_of_wind", "wind_vector"))
-             for u in names if "u_component_of_wind" in u and u.replace("u_component", "v_component") in names]
+    pairs = wind_vector_pairs(names)
     rows = []
     for region, by_kind in scores.items():
         for c, name in enumerate(names):
@@ -214,6 +224,80 @@ def scores_to_rows(scores: dict, store: WeatherStore, leads) -> list[dict]:
                              "metric": "rmse", **{kind: float(np.sqrt(by_kind[kind]["se"][k, iu] + by_kind[kind]["se"][k, iv]))
                                                   for kind in by_kind}})
     return rows
+
+
+def wind_vector_pairs(names: list[str]) -> list[tuple[str, str, str]]:
+    """(u, v, vector name) of the channels where both wind components are present (per level, and at 10 m)."""
+    return [(u, u.replace("u_component", "v_component"), u.replace("u_component_of_wind", "wind_vector"))
+            for u in names if "u_component_of_wind" in u and u.replace("u_component", "v_component") in names]
+
+
+def wb2_results(scores: dict, kind: str, store: WeatherStore, leads) -> xr.Dataset:
+    """One forecast kind's scores in WeatherBench2's results layout (evaluation.py there writes one such file
+    per evaluation): a variable per WB2 variable with dims metric, region, lead_time[, level]; wind_vector and
+    10m_wind_vector carry the vector RMSE (NaN under the other metrics), as WB2's RMSE metric adds them."""
+    metrics = {"rmse": "rmse", "mse": "se", "bias": "bias", "acc": "acc"}
+    regions = list(scores)
+    coords = {"metric": list(metrics), "region": regions, "lead_time": np.asarray(leads, "timedelta64[ns]")}
+    levels = np.asarray(store.ds["level"].values) if "level" in store.ds.coords else None
+
+    def array(values: np.ndarray, level_of: Optional[list]) -> xr.DataArray:  # values [metric, region, K, c]
+        if level_of is None:
+            return xr.DataArray(values[..., 0], dims=("metric", "region", "lead_time"), coords=coords)
+        return xr.DataArray(values, dims=("metric", "region", "lead_time", "level"),
+                            coords={**coords, "level": [int(v) for v in level_of]})
+
+    data = {}
+    for var, idx, has_levels in store_variables(store):
+        values = np.stack([np.stack([scores[r][kind][m][:, idx] for r in regions]) for m in metrics.values()])
+        data[var] = array(values, [levels[store.channels[i].level_index] for i in idx] if has_levels else None)
+    names = [c.name for c in store.channels]
+    vectors = {}
+    for u, v, vector in wind_vector_pairs(names):
+        ch = store.channels[names.index(u)]
+        rmse = np.stack([np.sqrt(scores[r][kind]["se"][:, names.index(u)] + scores[r][kind]["se"][:, names.index(v)])
+                         for r in regions])                                      # [region, K]
+        values = np.full((len(metrics),) + rmse.shape + (1,), np.nan)
+        values[0, ..., 0] = rmse
+        var = "10m_wind_vector" if ch.level_index is None else "wind_vector"
+        vectors.setdefault(var, []).append((values, None if ch.level_index is None else levels[ch.level_index]))
+    for var, parts in vectors.items():
+        data[var] = array(np.concatenate([p for p, _ in parts], axis=-1),
+                          None if parts[0][1] is None else [lev for _, lev in parts])
+    return xr.Dataset(data, attrs={"forecast": kind, "source": "jigsaw-eval"})
+
+
+def write_netcdf(ds: xr.Dataset, path: str) -> bool:
+    """ds to path; False (and a one-line note) where no netCDF writer is installed."""
+    try:
+        ds.to_netcdf(path)
+        return True
+    except (ImportError, ValueError) as e:
+        if "engine" not in str(e) and "netCDF" not in str(e) and "netcdf" not in str(e):
+            raise
+        print(f"jigsaw-eval: no netCDF writer is installed: {os.path.basename(path)} skipped "
+              f"(pip install netCDF4)")
+        return False
+
+
+def spectrum_channels(store: WeatherStore) -> list[int]:
+    names = [c.name for c in store.channels]
+    return [names.index(n) for n in SPECTRUM_CHANNELS if n in names] or [0]
+
+
+def spectra_dataset(spectra: dict, store: WeatherStore, channels: list[int], leads) -> xr.Dataset:
+    """spectra {kind: [leads, channels, K]} as one variable per channel, dims source (forecast, truth),
+    lead_time, zonal_wavenumber."""
+    k = next(iter(spectra.values())).shape[-1]
+    data = {store.channels[c].name: xr.DataArray(
+        np.stack([spectra["model"][:, j], spectra["truth"][:, j]]), dims=("source", "lead_time", "zonal_wavenumber"),
+        attrs={"long_name": f"zonal energy spectrum of {store.channels[c].name}",
+               "units": f"m ({store.ds[store.channels[c].var].attrs.get('units', '1')})^2"})
+        for j, c in enumerate(channels)}
+    return xr.Dataset(data, coords={"source": ["forecast", "truth"], "lead_time": np.asarray(leads, "timedelta64[ns]"),
+                                    "zonal_wavenumber": np.arange(k)},
+                      attrs={"latitudes": "mean over 30 <= |latitude| <= 60, weighted by cos(latitude)",
+                             "definition": "WeatherBench2 derived_variables.ZonalEnergySpectrum"})
 
 
 def write_headline(rows: list[dict], path: str) -> None:
@@ -235,9 +319,10 @@ def write_headline(rows: list[dict], path: str) -> None:
         writer.writerows(table[key] for key in sorted(table))
 
 
-def plot(rows: list[dict], store: WeatherStore, inits: np.ndarray, lead: int, leads, out: str) -> None:
+def plot(rows: list[dict], store: WeatherStore, inits: np.ndarray, lead: int, leads, out: str,
+         spectra: Optional[xr.Dataset] = None) -> None:
     """Scores against lead; maps of the first initial time read back from forecast.zarr and the store, every
-    few points (never a full field of every channel in memory)."""
+    few points (never a full field of every channel in memory); the spectra."""
     try:
         import matplotlib
     except ImportError:
@@ -285,6 +370,22 @@ def plot(rows: list[dict], store: WeatherStore, inits: np.ndarray, lead: int, le
         fig.tight_layout()
         fig.savefig(os.path.join(out, f"maps_{ch.name}.png"), dpi=70)
         plt.close(fig)
+    if spectra is not None:
+        names = list(spectra.data_vars)
+        fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
+        k = spectra["zonal_wavenumber"].values[1:]
+        for ax, name in zip(axes[0], names):
+            for j, lt in enumerate(spectra["lead_time"].values):
+                line, = ax.loglog(k, spectra[name].isel(source=0, lead_time=j).values[1:],
+                                  label=f"+{int(lt / np.timedelta64(1, 'h'))} h")
+                ax.loglog(k, spectra[name].isel(source=1, lead_time=j).values[1:], ls="--", color=line.get_color())
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("zonal wavenumber")
+        axes[0][0].set_ylabel("energy (forecast solid, truth dashed)")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "spectra.png"), dpi=80)
+        plt.close(fig)
 
 
 def given_inits(store: WeatherStore, init_times: list) -> np.ndarray:
@@ -300,19 +401,36 @@ def given_inits(store: WeatherStore, init_times: list) -> np.ndarray:
     return np.array(out)
 
 
+def compute_device(device: str, precision: str) -> torch.device:
+    """The device the rollout runs on: "auto" is this rank's GPU where CUDA is present, else the CPU."""
+    if precision not in PRECISIONS:
+        raise EvalError(f"--precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
+    if device not in ("auto", "cpu", "cuda"):
+        raise EvalError(f"--device must be auto, cpu or cuda, got '{device}'")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EvalError("--device cuda: this machine has no CUDA device (use --device cpu or auto)")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+
+
 def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int = 32, plots: bool = True,
-             domain: int = 1, tensor: int = 1, batch: int = 4, init_times: Optional[list] = None) -> list[dict]:
+             domain: int = 1, tensor: int = 1, batch: int = 4, init_times: Optional[list] = None,
+             device: str = "auto", precision: str = "fp32", climatology: Optional[str] = None) -> list[dict]:
     """Collective over the launched ranks (one process: a world of one); returns the score rows on every rank.
     init_times (jigsaw-forecast): forecasts from those times only, no scoring (leads may run past the store)."""
     for name, value in (("--lead-steps", lead_steps), ("--inits", n_inits), ("--batch", batch)):
         if value < 1:
             raise EvalError(f"{name} must be >= 1, got {value}")
+    compute_device(device, precision)  # bad options refused before any process group starts
     scoring = not init_times
-    rank, world, _ = init_distributed()
+    rank, world, _ = init_distributed(backend="gloo" if device == "cpu" else None)
+    on = compute_device(device, precision)  # after init_distributed: the rank's GPU is the current device
     layout = Layout.for_world(world, domain, tensor)
     groups = initialize(layout)
     t_start = time.perf_counter()
     model, cfg, run_config = load_model(checkpoint, groups)
+    model.to(on)
+    autocast = torch.autocast(on.type, dtype=PRECISIONS[precision], enabled=PRECISIONS[precision] is not None)
     store = open_matching_store(data, cfg, run_config)
     lead = cfg.data.lead_steps
     if scoring:
@@ -335,7 +453,13 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
     if scoring:
         sums = ScoreSums(KINDS, lead_steps, len(store.channels), store.lat, lat_cell_weights(store.lat), lat,
                          len(store.lon), groups)
-        clim = Climatology(store.times[train_starts], lambda i: store.read_raw([int(train_starts[i])], lat, lon)[0])
+        spectrum_leads, channels = sorted({0, lead_steps // 2, lead_steps - 1}), spectrum_channels(store)
+        spectra = ZonalSpectrumSums(("model", "truth"), spectrum_leads, channels, store.lat, lat, store.lon, lon,
+                                    groups)
+        if climatology:
+            clim = GivenClimatology(climatology, store, lat, lon)
+        else:
+            clim = Climatology(store.times[train_starts], lambda i: store.read_raw([int(train_starts[i])], lat, lon)[0])
     mean, std = store.mean[None, :, None, None], store.std[None, :, None, None]
 
     path = os.path.join(out, "forecast.zarr")
@@ -347,41 +471,52 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
     t_rollout = time.perf_counter()
     dataset = PairDataset(store, inits, lead, lat, lon, cfg.model.coord_features, rollout=0,  # inputs only
                           forcings=cfg.model.forcings, forcings_at_target=cfg.model.forcings_at_target)
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         for lo in range(first, last, batch):
             items = list(range(lo, min(lo + batch, last)))
             x = dataset.read_batch(items)[0]
             initial = x[:, :len(store.channels)].numpy() * std + mean
             check_finite(initial, store, inits[items], "an initial state", groups)
-            for k, pred in enumerate(model.rollout(x, lead_steps, dataset.forcings_for(items, lead_steps))):
-                forecast = pred.numpy() * std + mean
+            forcings = dataset.forcings_for(items, lead_steps)
+            forcings = forcings.to(on) if forcings is not None else None
+            for k, pred in enumerate(model.rollout(x.to(on), lead_steps, forcings)):
+                forecast = pred.float().cpu().numpy() * std + mean
                 if scoring:
                     valid = inits[items] + lead * (k + 1)
                     truth = store.read_raw(list(valid), lat, lon)
                     check_finite(truth, store, valid, "the truth", groups)
-                    climatology = clim.at(store.times[valid])
-                    sums.add(k, {"model": forecast, "persistence": initial, "climatology": climatology}, truth,
-                             climatology)
+                    clim_k = clim.at(store.times[valid])
+                    sums.add(k, {"model": forecast, "persistence": initial, "climatology": clim_k}, truth, clim_k)
+                    spectra.add(k, {"model": forecast, "truth": truth})
                 write_forecast_tile(forecast_group, variables, lo, k, forecast.astype(np.float32), lat, lon)
     seconds = time.perf_counter() - t_rollout
-    rows = scores_to_rows(sums.finalize(), store, leads) if scoring else []
+    if scoring:
+        scores = sums.finalize()
+        rows, spectrum = scores_to_rows(scores, store, leads), spectra.finalize()
+    else:
+        rows = []
     peak = [None] * world  # each process's peak resident memory (MB): bounded by its tile, not the globe
     dist.all_gather_object(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if rank == 0:
         throughput = {"initial_times_per_s": len(inits) / seconds, "forecast_steps_per_s": len(inits) * lead_steps / seconds,
                       "rollout_and_scoring_s": seconds, "total_s": time.perf_counter() - t_start,
-                      "layout": vars(layout), "peak_rss_mb_per_rank": peak}
+                      "layout": vars(layout), "device": str(on) if on.type == "cpu" else torch.cuda.get_device_name(on),
+                      "precision": precision, "peak_rss_mb_per_rank": peak}
         with open(os.path.join(out, "scores.json" if scoring else "forecast.json"), "w") as f:
-            json.dump({"checkpoint": checkpoint, "data": data, "inits": len(inits), "throughput": throughput,
-                       "rows": rows}, f, indent=1)
+            json.dump({"checkpoint": checkpoint, "data": data, "inits": len(inits), "climatology": climatology,
+                       "throughput": throughput, "rows": rows}, f, indent=1)
         if scoring:
             with open(os.path.join(out, "scores.csv"), "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
             write_headline(rows, os.path.join(out, "headline.csv"))
-        if plots and scoring:
-            plot(rows, store, inits, lead, leads, out)
+            for kind in KINDS:
+                write_netcdf(wb2_results(scores, kind, store, leads), os.path.join(out, f"scores_{kind}.nc"))
+            spectra_ds = spectra_dataset(spectrum, store, channels, leads[spectrum_leads])
+            write_netcdf(spectra_ds, os.path.join(out, "spectra.nc"))
+            if plots:
+                plot(rows, store, inits, lead, leads, out, spectra_ds)
     return rows
 
 
@@ -404,6 +539,11 @@ def main(argv=None, forecast: bool = False) -> int:
     ap.add_argument("--domain", type=int, default=1, help="ranks splitting each field's latitude bands")
     ap.add_argument("--tensor", type=int, default=1, help="ranks splitting its longitudes and the channel mixing")
     ap.add_argument("--batch", type=int, default=4, help="initial times rolled out together per rank")
+    ap.add_argument("--device", default="auto", help="auto (the rank's GPU where CUDA is present), cpu or cuda")
+    ap.add_argument("--precision", default="fp32", help="fp32, or bf16 (autocast; the state stays fp32)")
+    if not forecast:
+        ap.add_argument("--climatology", help="WB2-format climatology store (hour, dayofyear, [level,] latitude, "
+                                              "longitude) for ACC and the climatology forecast")
     args = ap.parse_args(argv)
     if "RANK" not in os.environ:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -413,7 +553,8 @@ def main(argv=None, forecast: bool = False) -> int:
     try:
         rows = evaluate(args.checkpoint, args.data, args.out, args.lead_steps, getattr(args, "inits", 1),
                         not getattr(args, "no_plots", True), args.domain, args.tensor, args.batch,
-                        [t.strip() for t in args.init_times.split(",") if t.strip()] if forecast else None)
+                        [t.strip() for t in args.init_times.split(",") if t.strip()] if forecast else None,
+                        args.device, args.precision, getattr(args, "climatology", None))
     except ValueError as e:  # EvalError, ConfigError, StoreError: bad input, said in one line
         if rank == 0 or getattr(e, "say", False):
             print(f"{prog}: error: {e}", file=sys.stderr)
@@ -432,7 +573,8 @@ def main(argv=None, forecast: bool = False) -> int:
             if r["metric"] == "rmse" and r["region"] == "global":
                 print(f"{r['channel']:24s} {r['lead_hours']:6d} {r['model']:10.4g} {r['persistence']:10.4g} "
                       f"{r['climatology']:10.4g}")
-        print(f"jigsaw-eval: wrote forecast.zarr, scores.json, scores.csv and plots to {args.out}")
+        print(f"jigsaw-eval: wrote forecast.zarr, scores (json, csv, nc), headline.csv, spectra and plots to "
+              f"{args.out}")
     return 0
 
 

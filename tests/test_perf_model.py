@@ -48,8 +48,21 @@ class FakeDist:
         pass
 
 
-def fake_all_gather(out, x, group=None):
+class DoneWork:
+    """What an async collective returns, already finished."""
+
+    def wait(self):
+        pass
+
+
+def fake_all_gather(out, x, group=None, async_op=False):
     out.copy_(x.repeat((group.size,) + (1,) * (x.dim() - 1)))
+    return DoneWork()
+
+
+def fake_reduce_scatter(out, x, group=None, async_op=False):
+    out.copy_(x[:out.shape[0]])
+    return DoneWork()
 
 
 @pytest.fixture
@@ -57,7 +70,7 @@ def one_rank(monkeypatch):
     """make(layout, domain_rank) -> JigsawGroups of that rank (tensor rank 0, data rank 0), emulated."""
     monkeypatch.setattr(mappings, "dist", FakeDist)
     monkeypatch.setattr(mappings, "_all_gather_single", fake_all_gather)
-    monkeypatch.setattr(mappings, "_reduce_scatter_single", lambda out, x, group=None: out.copy_(x[:out.shape[0]]))
+    monkeypatch.setattr(mappings, "_reduce_scatter_single", fake_reduce_scatter)
     keep = []
 
     def make(layout, domain_rank=0):

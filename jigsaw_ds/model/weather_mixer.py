@@ -22,7 +22,8 @@ from torch.utils.checkpoint import checkpoint
 from ..config import ModelConfig
 from .. import forcings
 from ..grid import N_COORD_FEATURES
-from ..parallel.layers import ColumnParallelLinear, LayerNorm, RowParallelLinear, TokenMixing, TokenwiseLinear
+from ..parallel.layers import (ColumnParallelLinear, LayerNorm, ReplicatedBucket, RowParallelLinear, TokenMixing,
+                               TokenwiseLinear, drop_prefetches, prefetch_weights)
 from ..parallel.partition import TokenPartition
 from ..parallel.topology import JigsawGroups
 
@@ -92,6 +93,7 @@ class WeatherMixer(nn.Module):
         self.blocks = nn.ModuleList(MixerBlock(cfg, *args) for _ in range(cfg.depth))
         self.head_norm = LayerNorm(cfg.embed_dim, *args)
         self.head = TokenwiseLinear(cfg.embed_dim, out_channels * p2, *args)
+        self.replicated = ReplicatedBucket.of(self, self.groups)
         scale = torch.ones(out_channels) if tendency_scale is None else torch.as_tensor(tendency_scale).float()
         self.register_buffer("tendency_scale", scale.clone())
         self.reset_parameters(seed)
@@ -148,14 +150,24 @@ class WeatherMixer(nn.Module):
         # Weights may be bf16; the state stays in the caller's precision (fp32): the residual
         # x + scale * tendency would otherwise round the state to 8 bits of mantissa, an error of the
         # order of a one-step change, and the output would carry it into the loss and the next rollout step.
+        self.replicated.bind()  # the replicated parameters' gradients: one all-reduce, at the end of backward
+        drop_prefetches(self, self.groups)
+        # each stage's sharded weights are gathered while the stage before it computes
+        stages = [*self.blocks, self.head]
+        prefetch_weights(stages[0], self.groups)
         h = self.embed(self.patchify(x.to(self.head_norm.weight.dtype)))
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            prefetch_weights(stages[i + 1], self.groups)
             if self.cfg.activation_checkpointing and torch.is_grad_enabled():
                 h = checkpoint(block, h, use_reentrant=False)  # keep only block inputs; recompute in backward
             else:
                 h = block(h)
         tendency = self.unpatchify(self.head(self.head_norm(h)), x.shape[2], x.shape[3])
         return x[:, :self.out_channels] + self.tendency_scale.view(1, -1, 1, 1) * tendency.to(x.dtype)
+
+    def collectives(self, micro_batch: int) -> list[tuple[str, int, str]]:
+        """What the model itself issues besides its layers (perf/comm_model.py walks it): the bucket's sum."""
+        return self.replicated.collectives()
 
     def rollout(self, x: torch.Tensor, steps: int, forcings: Optional[torch.Tensor] = None,
                 step: Optional[Callable] = None):

@@ -5,9 +5,10 @@ A parameter's `Split` is the one source of truth for its layout, and owns everyt
     order of its storage (exact offsets and sizes, uneven token splits included). From them alone follow
     `local_shard` (cut a full tensor: init, loading a serial state dict, tests, checkpoint import) and a
     checkpoint's global metadata (`fragment_chunks`, `saves_chunks`: DCP puts the pieces back together);
-  - `materialize`: what the forward pass uses. A replicated parameter passes through copy_to_group, so its
-    gradient is summed inside autograd over the ranks that see different tokens; a flat shard is
-    all-gathered just before use and its gradient reduce-scattered back;
+  - `materialize`: what the forward pass uses. Replicated parameters are used through the views that
+    `ReplicatedBucket` makes once per forward from one flat copy passed through copy_to_group, so their
+    gradients (each rank's sum over its own tokens) are summed over the replica by one all-reduce at the end
+    of backward; a flat shard is all-gathered just before use and its gradient reduce-scattered back;
   - `collectives`: what one use costs in communication (the analytic model walks these);
   - `megatron_attributes`: by which DeepSpeed's gradient norm counts a parameter on every model-parallel
     rank (sharded) or once (replicated).
@@ -32,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mappings import copy_to_group, gather_from_group, gathered_linear, reduce_from_group, reduce_scatter_to_group
+from .mappings import (copy_to_group, gather_from_group, gathered_linear, reduce_from_group, reduce_scatter_to_group,
+                       start_all_gather)
 from .partition import TokenPartition
 from .topology import JigsawGroups
 
@@ -124,11 +126,15 @@ class Replicated(Split):
         return [local]
 
     def materialize(self, p, groups):
-        return copy_to_group(p, groups.comm("jigsaw"))
+        if groups.comm("jigsaw") is None:
+            return p
+        view = getattr(p, "jigsaw_view", None)
+        if view is None:
+            raise RuntimeError("a Replicated parameter is used before its model's ReplicatedBucket.bind()")
+        return view
 
     def collectives(self, full_shape, groups):
-        # the gradient sum over the ranks that used it on different tokens (copy_to_group's backward)
-        return [("all_reduce/jigsaw", math.prod(full_shape), "backward")] if groups.size("jigsaw") > 1 else []
+        return []  # its gradient's sum is the bucket's one all-reduce (ReplicatedBucket.collectives)
 
 
 @dataclass(frozen=True)
@@ -216,7 +222,14 @@ class FlatSharded(Split):
         if group is None:
             return p
         shape = self.slab(p.full_shape, groups).sizes
-        return gather_from_group(p, group)[:math.prod(shape)].view(shape)
+        pending = p.__dict__.pop("jigsaw_prefetch", None)  # started by `prefetch`, else gathered now
+        return gather_from_group(p, group, pending)[:math.prod(shape)].view(shape)
+
+    def prefetch(self, p, groups) -> None:
+        """Start the all-gather of `materialize` now (async); its use waits for it."""
+        group = groups.comm(self.over)
+        if group is not None:
+            p.jigsaw_prefetch = start_all_gather(p, group)
 
     def collectives(self, full_shape, groups):
         k = groups.size(self.over)
@@ -293,6 +306,59 @@ class ParamInit:
         g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         bound = 1.0 / math.sqrt(self.fan_in)
         return (torch.rand(shape, generator=g) * 2 - 1) * bound
+
+
+def prefetch_weights(module: nn.Module, groups: JigsawGroups) -> None:
+    """Start the gathers of `module`'s flat-sharded weights, so that they run while the caller computes
+    something else (the model: the next block's weights during the current block). Each is waited for at the
+    weight's use in the same forward."""
+    if groups.layout.model_parallel == 1:  # nothing is gathered (and the serial forward stays compilable)
+        return
+    for p in module.parameters():
+        if isinstance(p.jigsaw_split, FlatSharded):
+            p.jigsaw_split.prefetch(p, groups)
+
+
+def drop_prefetches(module: nn.Module, groups: JigsawGroups) -> None:
+    """Forget gathers started but never used (a forward that stopped early): never stale weights later."""
+    if groups.layout.model_parallel == 1:
+        return
+    for p in module.parameters():
+        p.__dict__.pop("jigsaw_prefetch", None)
+
+
+class ReplicatedBucket:
+    """The Replicated parameters of a model, used through one flat copy per forward.
+
+    `bind()` (at the start of the model's forward) concatenates them, passes the copy through copy_to_group
+    and gives each parameter its view of it as `p.jigsaw_view` (what Replicated.materialize returns). In
+    backward, torch.cat's gradient reaches the copy only once every use of every replicated parameter has
+    added its part, so the sums over the replica's ranks (each used them on its own tokens) are one
+    all-reduce per forward, at the end of backward, instead of one per parameter and use. Megatron's
+    finalize_model_grads does the same for its sequence-parallel LayerNorm weights (outside autograd; here
+    inside, so that DeepSpeed's gradient hooks see finished gradients). The views stay bound until the next
+    bind: activation checkpointing recomputes blocks with them in backward.
+    """
+
+    def __init__(self, params: list[nn.Parameter], groups: JigsawGroups):
+        self.params, self.groups = params, groups
+
+    @classmethod
+    def of(cls, model: nn.Module, groups: JigsawGroups) -> "ReplicatedBucket":
+        return cls([p for p in model.parameters() if isinstance(p.jigsaw_split, Replicated)], groups)
+
+    def bind(self) -> None:
+        group = self.groups.comm("jigsaw")
+        if group is None:  # one rank: nothing to sum, Replicated.materialize gives the parameters themselves
+            return
+        flat = copy_to_group(torch.cat([p.reshape(-1) for p in self.params]), group)
+        for p, view in zip(self.params, flat.split([p.numel() for p in self.params])):
+            p.jigsaw_view = view.view(p.shape)
+
+    def collectives(self) -> list[tuple[str, int, str]]:
+        if self.groups.size("jigsaw") == 1 or not self.params:
+            return []
+        return [("all_reduce/jigsaw", sum(math.prod(p.full_shape) for p in self.params), "backward")]
 
 
 class JigsawModule(nn.Module):

@@ -12,8 +12,16 @@ parameter shards.
     reduce-scatter       all-gather (dim 0)   reduce_scatter_to_group (partial rows -> own rows, summed)
     all-gather + linear  all-gather again,    gathered_linear      (sequence-parallel column linear: keeps only
                          reduce-scatter                             the own rows for backward)
+
+Overlap: gathers and reduce-scatters can be started (async_op) and waited for later (`Pending`):
+gathered_linear's backward runs its input-gradient GEMM while the band is gathered again and its weight-
+gradient GEMM while the input gradient is reduce-scattered (as Megatron's LinearWithGradAccumulationAndAsync-
+Communication does), and gather_from_group takes an all-gather started ahead of the use (`start_all_gather`:
+the model prefetches the next block's weights while the current block computes).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -43,6 +51,17 @@ def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
+class Pending:
+    """A collective started with async_op: `wait()` returns its result, in the dtype the caller gave it."""
+
+    def __init__(self, out: torch.Tensor, work, dtype: torch.dtype):
+        self.out, self.work, self.dtype = out, work, dtype
+
+    def wait(self) -> torch.Tensor:
+        self.work.wait()
+        return self.out.to(self.dtype)
+
+
 def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
     out = x.to(_sum_dtype(x.dtype), memory_format=torch.contiguous_format, copy=True)
     comm_stats.record("all_reduce", group, out.numel() * out.element_size())
@@ -50,15 +69,18 @@ def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
     return out.to(x.dtype)
 
 
-def _all_gather(x: torch.Tensor, group) -> torch.Tensor:
-    x = x.contiguous()
+def start_all_gather(x: torch.Tensor, group) -> Pending:
+    x = x.detach().contiguous()
     out = x.new_empty((dist.get_world_size(group) * x.shape[0],) + tuple(x.shape[1:]))
     comm_stats.record("all_gather", group, out.numel() * out.element_size())
-    _all_gather_single(out, x, group=group)
-    return out
+    return Pending(out, _all_gather_single(out, x, group=group, async_op=True), x.dtype)
 
 
-def _reduce_scatter(x: torch.Tensor, group) -> torch.Tensor:
+def _all_gather(x: torch.Tensor, group) -> torch.Tensor:
+    return start_all_gather(x, group).wait()
+
+
+def start_reduce_scatter(x: torch.Tensor, group) -> Pending:
     size = dist.get_world_size(group)
     if x.shape[0] % size:
         raise ValueError(f"reduce-scatter of {x.shape[0]} rows over {size} ranks: rows must divide evenly")
@@ -66,8 +88,11 @@ def _reduce_scatter(x: torch.Tensor, group) -> torch.Tensor:
     x = x.to(_sum_dtype(dtype), memory_format=torch.contiguous_format)
     out = x.new_empty((x.shape[0] // size,) + tuple(x.shape[1:]))
     comm_stats.record("reduce_scatter", group, x.numel() * x.element_size())
-    _reduce_scatter_single(out, x, group=group)
-    return out.to(dtype)
+    return Pending(out, _reduce_scatter_single(out, x, group=group, async_op=True), dtype)
+
+
+def _reduce_scatter(x: torch.Tensor, group) -> torch.Tensor:
+    return start_reduce_scatter(x, group).wait()
 
 
 class _CopyToGroup(torch.autograd.Function):
@@ -93,13 +118,13 @@ class _ReduceFromGroup(torch.autograd.Function):
 
 class _GatherFromGroup(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, group):
+    def forward(ctx, x, group, pending):
         ctx.group = group
-        return _all_gather(x, group)
+        return (pending or start_all_gather(x, group)).wait()
 
     @staticmethod
     def backward(ctx, grad):
-        return _reduce_scatter(grad, ctx.group), None
+        return _reduce_scatter(grad, ctx.group), None, None
 
 
 class _ReduceScatterToGroup(torch.autograd.Function):
@@ -127,11 +152,14 @@ class _GatheredLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        band = _all_gather(x, ctx.group)
+        band = start_all_gather(x, ctx.group)                  # the band again, while
+        grad_band = grad @ weight                               # the input gradient needs only the weight
+        grad_input = start_reduce_scatter(grad_band, ctx.group)  # back to the own rows, while
+        band = band.wait()
         grad_rows = grad.reshape(-1, grad.shape[-1])
-        grad_weight = grad_rows.t() @ band.reshape(-1, band.shape[-1])
+        grad_weight = grad_rows.t() @ band.reshape(-1, band.shape[-1])  # the weight gradient needs the band
         grad_bias = grad_rows.sum(0) if ctx.has_bias else None
-        return _reduce_scatter(grad @ weight, ctx.group), grad_weight, grad_bias, None
+        return grad_input.wait(), grad_weight, grad_bias, None
 
 
 def copy_to_group(x, group):
@@ -142,8 +170,9 @@ def reduce_from_group(x, group):
     return x if group is None else _ReduceFromGroup.apply(x, group)
 
 
-def gather_from_group(x, group):
-    return x if group is None else _GatherFromGroup.apply(x, group)
+def gather_from_group(x, group, pending: Optional[Pending] = None):
+    """pending: this all-gather of x, started earlier (start_all_gather), to be waited for here."""
+    return x if group is None else _GatherFromGroup.apply(x, group, pending)
 
 
 def reduce_scatter_to_group(x, group):

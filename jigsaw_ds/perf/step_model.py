@@ -33,7 +33,8 @@ Memory per rank (bytes), ZeRO stage s over the data group of size DP:
       4 n B D  +  2 Dt B D  +  2 n_b B Dc / T  +  4 n B (fp32 LayerNorm stats)   (fc1 keeps its own tokens only:
       the band, T times as many, is gathered again in backward, as Megatron's sequence-parallel linear does)
       + gathered channel weights 2 D Dc / T when DD > 1 (autograd keeps the gathered copy)
-    embed: n B C_in p^2; head: 2 n B D + 2 n B fp32 (+ its gathered weight when M > 1); loss: B C_out h w fp32.
+    embed: n B C_in p^2; head: 2 n B D + 2 n B fp32 (+ its gathered weight when M > 1); loss: B C_out h w fp32;
+    when M > 1 the flat copy of the replicated parameters (ReplicatedBucket: LayerNorms save their weights).
     With activation checkpointing (torch.utils.checkpoint around each MixerBlock) a block keeps only its
     input n B D, and one block is recomputed at a time (its full activations are the transient peak).
   plus the machine's reserved_gb (CUDA context, cuBLAS workspace, allocator slack).
@@ -366,7 +367,9 @@ def activation_bytes(shape: ModelShape, layout: Layout, micro_batch: int, e: int
     part = shape.partition(layout)
     lat = part.lat_slice(domain_rank)
     pixels = (lat.stop - lat.start) * (part.lon_slice(0).stop - part.lon_slice(0).start)
-    ends = n * B * shape.c_in * p2 * e + 2 * n * B * D * e + 2 * n * B * 4 + gathered_ends
+    # the replicated parameters' one flat copy (parallel.layers.ReplicatedBucket), saved through its views
+    bucket = _params(shape, layout, domain_rank)["replicated"] * e if M > 1 else 0
+    ends = n * B * shape.c_in * p2 * e + 2 * n * B * D * e + 2 * n * B * 4 + gathered_ends + bucket
     if loss:
         ends += B * shape.c_out * pixels * 4          # AreaWeightedMSE keeps pred - target (fp32)
     if checkpointing:

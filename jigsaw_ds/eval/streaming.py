@@ -57,7 +57,7 @@ class ScoreSums:
         self.kinds, self.groups = list(kinds), groups
         regions = region_weights(np.asarray(lat), np.asarray(lat_weights, np.float64))
         self.regions = list(regions)
-        self.w = np.stack([regions[r][rows] for r in self.regions])[:, None, None, :, None]  # [R, 1, 1, h, 1]
+        self.w = np.stack([regions[r][rows] for r in self.regions])                   # [R, h]
         self.total_weight = np.array([regions[r].sum() * n_lon for r in self.regions])[:, None, None, None]
         shape = (len(self.regions), len(self.kinds), n_leads, n_channels)
         self.se, self.err, self.acc = np.zeros(shape), np.zeros(shape), np.zeros(shape)
@@ -66,17 +66,22 @@ class ScoreSums:
     def add(self, k: int, forecasts: dict, truth: np.ndarray, clim: np.ndarray) -> None:
         """Lead k of a batch: forecasts {kind: [B, C, h, w]}, truth and climatology [B, C, h, w], physical units,
         this rank's tile. Collective over the replica (the batch's anomaly sums)."""
-        o, c = truth.astype(np.float64)[None], clim.astype(np.float64)[None]
-        oa, w = o - c, self.w
-        parts = []
-        for i, kind in enumerate(self.kinds):
-            f = forecasts[kind].astype(np.float64)[None]
-            d, fa = f - o, f - c
-            self.se[:, i, k] += (w * d * d).sum((1, 3, 4))
-            self.err[:, i, k] += (w * d).sum((1, 3, 4))
-            parts.append(np.stack([(w * fa * oa).sum((3, 4)), (w * fa * fa).sum((3, 4)),
-                                   (w * oa * oa).sum((3, 4))], axis=1))       # [R, 3, B, C]
-        sums = reduce_sum(np.stack(parts, axis=1), self.groups, "jigsaw")     # [R, kinds, 3, B, C]
+        def weighted(rows: np.ndarray) -> np.ndarray:  # [C, h, w] -> sum over the tile with row weights: [R, C]
+            return np.einsum("ch,rh->rc", rows.sum(-1), self.w)
+
+        # one sample at a time, rows summed before weighting: float64 temporaries of one [C, h, w] each
+        parts = np.zeros((len(self.regions), len(self.kinds), 3) + truth.shape[:2])  # [R, kinds, 3, B, C]
+        for b in range(truth.shape[0]):
+            o, c = truth[b].astype(np.float64), clim[b].astype(np.float64)
+            oa = o - c
+            oo = weighted(oa * oa)
+            for i, kind in enumerate(self.kinds):
+                f = forecasts[kind][b].astype(np.float64)
+                d, fa = f - o, f - c
+                self.se[:, i, k] += weighted(d * d)
+                self.err[:, i, k] += weighted(d)
+                parts[:, i, 0, b], parts[:, i, 1, b], parts[:, i, 2, b] = weighted(fa * oa), weighted(fa * fa), oo
+        sums = reduce_sum(parts, self.groups, "jigsaw")                        # [R, kinds, 3, B, C]
         with np.errstate(invalid="ignore", divide="ignore"):  # the climatology's own ACC is 0/0: NaN, as in WB2
             self.acc[:, :, k] += (sums[:, :, 0] / np.sqrt(sums[:, :, 1] * sums[:, :, 2])).sum(2)
         self.count[k] += truth.shape[0]

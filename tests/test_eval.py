@@ -320,3 +320,22 @@ def test_forecast_from_given_times_past_the_store_end(serial_eval, synth_store, 
     assert json.load(open(tmp_path / "bf16" / "forecast.json"))["throughput"]["precision"] == "bf16"
     assert ev.forecast_main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(tmp_path / "x"),
                              "--init-times", "1999-01-01T00"]) == 2
+
+
+def test_without_matplotlib_or_a_netcdf_writer_the_scores_are_written_and_each_skip_is_one_note(
+        serial_eval, synth_store, tmp_path, capsys, monkeypatch):
+    import sys
+
+    from jigsaw_ds.eval import evaluate as ev
+
+    tmp, _ = serial_eval
+    for name in ("matplotlib", "netCDF4", "h5netcdf", "scipy"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    out = tmp_path / "out"
+    assert ev.main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(out), "--lead-steps", "2",
+                    "--inits", "2"]) == 0
+    said = capsys.readouterr().out
+    assert "matplotlib is not installed: plots skipped" in said
+    assert said.count("no netCDF writer is installed") == 4  # scores_<kind>.nc x 3, spectra.nc
+    assert (out / "scores.json").exists() and (out / "headline.csv").exists()
+    assert not list(out.glob("*.png")) and not list(out.glob("*.nc"))

@@ -31,6 +31,8 @@ class ModelConfig:
     activation_checkpointing: bool = False  # recompute each block in backward: activations L n B D instead of per block
     forcings: list = field(default_factory=list)  # computed inputs: toa_solar, time_of_day, day_of_year (jigsaw_ds/forcings.py)
     forcings_at_target: bool = False    # the forcings at the target (valid) time as well as at the input time
+    drop_path: float = 0.0              # stochastic depth in training: block i's residual branches are skipped per
+                                        # sample with probability drop_path (i + 1) / depth (0: off)
 
 
 @dataclass
@@ -252,6 +254,8 @@ def validate(cfg: JigsawConfig) -> None:
         _positive(cfg, "train", key)
     _positive(cfg, "train", "ckpt_every", 0)
     _positive(cfg, "train", "seed", 0)
+    if not 0.0 <= cfg.model.drop_path < 1.0:
+        raise ConfigError(f"config key 'model.drop_path' must be in [0, 1), got {cfg.model.drop_path}")
     if not math.isfinite(cfg.train.peak_tflops) or cfg.train.peak_tflops < 0:
         raise ConfigError(f"config key 'train.peak_tflops' must be a finite number >= 0, got {cfg.train.peak_tflops}")
     if not cfg.train.out_dir:

@@ -44,6 +44,14 @@ def test_forward_backward_match_serial(results, check):
         assert r[check] <= TOL, f"{layout}: {check} relative error {r[check]:.2e}"
 
 
+def test_stochastic_depth_drops_the_serial_models_samples(results):
+    """model.drop_path: masks per global sample, identical on a replica's ranks, the same as one process's."""
+    for layout, r in results.items():
+        assert r["drop_path_output"] <= TOL, f"{layout}: output {r['drop_path_output']:.2e}"
+        assert r["drop_path_input_grad"] <= TOL, f"{layout}: input grad {r['drop_path_input_grad']:.2e}"
+        assert -r["drop_path_effect"] > 1e-2, f"{layout}: stochastic depth changed nothing"
+
+
 def test_missing_replicated_reduction_is_caught(results):
     """With the gradient sum of replicated parameters switched off, the comparison must fail."""
     for layout, r in results.items():

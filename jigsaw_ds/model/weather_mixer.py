@@ -73,9 +73,13 @@ class MixerBlock(nn.Module):
         self.channel_norm = LayerNorm(cfg.embed_dim, groups, partition)
         self.channel_mixing = ChannelMixing(cfg.embed_dim, cfg.channel_hidden, act, groups, partition)
 
-    def forward(self, x):
-        x = x + self.token_mixing(self.token_norm(x))
-        return x + self.channel_mixing(self.channel_norm(x))
+    def forward(self, x, keep: Optional[torch.Tensor] = None):
+        """x [n, B, D]; keep [2, 1, B, 1] or None: per sample, 0 or 1/(1 - rate) on each residual branch
+        (stochastic depth; WeatherMixer.drop_path_keep)."""
+        t = self.token_mixing(self.token_norm(x))
+        x = x + (t if keep is None else t * keep[0])
+        c = self.channel_mixing(self.channel_norm(x))
+        return x + (c if keep is None else c * keep[1])
 
 
 class WeatherMixer(nn.Module):
@@ -156,14 +160,32 @@ class WeatherMixer(nn.Module):
         stages = [*self.blocks, self.head]
         prefetch_weights(stages[0], self.groups)
         h = self.embed(self.patchify(x.to(self.head_norm.weight.dtype)))
+        keep = self.drop_path_keep(x.shape[0], h.device, h.dtype)
         for i, block in enumerate(self.blocks):
             prefetch_weights(stages[i + 1], self.groups)
+            mask = None if keep is None else keep[i]
             if self.cfg.activation_checkpointing and torch.is_grad_enabled():
-                h = checkpoint(block, h, use_reentrant=False)  # keep only block inputs; recompute in backward
+                h = checkpoint(block, h, mask, use_reentrant=False)  # keep only block inputs; recompute in backward
             else:
-                h = block(h)
+                h = block(h, mask)
         tendency = self.unpatchify(self.head(self.head_norm(h)), x.shape[2], x.shape[3])
         return x[:, :self.out_channels] + self.tendency_scale.view(1, -1, 1, 1) * tendency.to(x.dtype)
+
+    def drop_path_keep(self, batch: int, device, dtype) -> Optional[torch.Tensor]:
+        """Stochastic depth masks [depth, 2, 1, batch, 1] for this forward, or None (off, or not training).
+
+        Drawn before the blocks run (activation checkpointing recomputes a block with the same mask) from the
+        CPU generator, which every rank seeds alike and checkpoints save: the ranks of a replica draw the same
+        numbers, so a sample's mask is the same on all of its tiles; each replica keeps its own slice of a draw
+        for the global batch (data x batch), so that any layout drops what one process would."""
+        if not (self.cfg.drop_path and self.training and torch.is_grad_enabled()):
+            return None
+        depth, data = len(self.blocks), self.groups.size("data")
+        rate = self.cfg.drop_path * torch.arange(1, depth + 1, dtype=torch.float64) / depth
+        u = torch.rand(depth, 2, data * batch, dtype=torch.float64)
+        u = u[:, :, self.groups.data_rank * batch:(self.groups.data_rank + 1) * batch]
+        keep = (u >= rate[:, None, None]).to(torch.float64) / (1 - rate[:, None, None])
+        return keep.to(device, dtype)[:, :, None, :, None]
 
     def collectives(self, micro_batch: int) -> list[tuple[str, int, str]]:
         """What the model itself issues besides its layers (perf/comm_model.py walks it): the bucket's sum."""

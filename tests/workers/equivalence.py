@@ -7,6 +7,8 @@ rank (same seed), the parallel model, and compares, in fp32:
   deepspeed    3 AdamW steps through deepspeed.initialize (ZeRO-1 and ZeRO-2, clipping active): the
                global grad norm DeepSpeed clips with, and every parameter after the steps, against the
                serial model trained with torch AdamW + clip_grad_norm_ on the global batch
+  drop_path    stochastic depth (model.drop_path) in training: output and input gradient of the replica's
+               samples against the serial model on the global batch with the same seed (same masks)
   comm         bytes per collective and group of one training step vs perf/comm_model.py
   params       parameter elements per rank vs perf/comm_model.params_per_rank
 Rank 0 writes one JSON with the largest error of each check over all ranks.
@@ -161,6 +163,29 @@ def deepspeed_checks(groups, serial, x, y, weights, stage) -> dict:
             "adamw_update_size": update / ref_norm, "adamw_elementwise_max": elementwise}
 
 
+def drop_path_checks(groups, x) -> dict:
+    """model.drop_path = 0.5: every rank seeds the CPU generator alike (as the trainer does); the serial model
+    runs the global batch, each replica its micro-batch, so a sample is dropped alike in both only if the
+    masks are drawn per global sample and shared by a replica's ranks."""
+    cfg = dataclasses.replace(CFG, drop_path=0.5)
+    serial, par = WeatherMixer(cfg, H, W, C_IN, C_OUT, seed=SEED), WeatherMixer(cfg, H, W, C_IN, C_OUT, groups, seed=SEED)
+    part = par.partition
+    probe = torch.randn(x.shape[0], C_OUT, H, W, generator=torch.Generator().manual_seed(5))  # d loss / d out
+    xs = x.clone().requires_grad_()
+    torch.manual_seed(11)
+    out_s = serial(xs)
+    (out_s * probe).sum().backward()
+    xl = tile(x, groups, part).clone().requires_grad_()
+    torch.manual_seed(11)
+    out = par(xl)
+    (out * tile(probe, groups, part)).sum().backward()
+    with torch.no_grad():
+        plain = WeatherMixer(CFG, H, W, C_IN, C_OUT, seed=SEED)(x)  # no stochastic depth
+    return {"drop_path_output": rel_err(out, tile(out_s.detach(), groups, part)),
+            "drop_path_input_grad": rel_err(xl.grad, tile(xs.grad, groups, part)),
+            "drop_path_effect": -rel_err(out_s.detach(), plain)}  # negated: the max over ranks is the smallest
+
+
 def comm_and_param_checks(groups, x, y, weights) -> dict:
     par = WeatherMixer(CFG, H, W, C_IN, C_OUT, groups, seed=SEED)
     part = par.partition
@@ -200,6 +225,7 @@ def main():
         for stage in (1, 2):
             for key, value in deepspeed_checks(groups, serial, x, y, weights, stage).items():
                 res[f"zero{stage}_{key}"] = value
+        res.update(drop_path_checks(groups, x))
         extra = comm_and_param_checks(groups, x, y, weights)
         res.update({k: max_over_ranks(v) for k, v in res.items()})
         res.update({k: max_over_ranks(v) for k, v in extra.items() if not k.startswith("_")})

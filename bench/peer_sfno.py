@@ -19,9 +19,9 @@ residual_prediction option is off), so the comparison is about the network, not 
 The SFNO width is chosen so that its parameter count (complex weights counted as two real numbers)
 matches WeatherMixer's within --match-tolerance.
 
-Evaluation: autoregressive rollouts (eval.evaluate.rollout) from held-out initial times out to
---lead-steps x 6 h, scored with eval.evaluate.score (WB2 RMSE, ACC, bias) against the truth, persistence
-and the climatology of the training times, exactly as jigsaw-eval does. Prints a table, writes
+Evaluation: autoregressive rollouts (model.rollout) from held-out initial times out to --lead-steps x 6 h,
+scored with jigsaw-eval's own streaming sums (eval/streaming.ScoreSums, WB2 RMSE, ACC, bias) against the
+truth, persistence and the climatology of the training times (data/climatology.py), as jigsaw-eval does. Prints a table, writes
 the JSON and the plot. Seeded: the same flags give the same numbers (on the same thread count).
 """
 from __future__ import annotations
@@ -42,10 +42,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from jigsaw_ds.config import ModelConfig  # noqa: E402
+from jigsaw_ds.data.climatology import Climatology  # noqa: E402
 from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches  # noqa: E402
 from jigsaw_ds.data.store import WeatherStore  # noqa: E402
-from jigsaw_ds.eval.evaluate import reference_forecasts, rollout, score  # noqa: E402
-from jigsaw_ds.model import WeatherMixer, input_channels  # noqa: E402
+from jigsaw_ds.eval.evaluate import scores_to_rows  # noqa: E402
+from jigsaw_ds.eval.streaming import ScoreSums  # noqa: E402
+from jigsaw_ds.model import WeatherMixer, input_channels, rollout  # noqa: E402
+from jigsaw_ds.parallel.topology import JigsawGroups  # noqa: E402
 from jigsaw_ds.data.dataset import split_train_val  # noqa: E402
 from jigsaw_ds.grid import lat_cell_weights  # noqa: E402
 from jigsaw_ds.train.loss import AreaWeightedMSE  # noqa: E402
@@ -190,6 +193,37 @@ def validate(model, val_xy, loss_fn, n_state, batch=16):
         total += loss_fn(model(x), y).item() * len(x)
         persistence += loss_fn(x[:, :n_state], y).item() * len(x)
     return total / len(x_all), persistence / len(x_all)
+
+
+def score_rollouts(models: dict, store, inits, train_times, k: int, batch: int = 8):
+    """Score rows of each model, persistence and climatology over k leads from the initial times `inits`
+    (jigsaw-eval's sums, one process) and the seconds each model's rollouts took."""
+    n_state, full = len(store.channels), (slice(0, store.n_lat), slice(0, store.n_lon))
+    kinds = [*models, "persistence", "climatology"]
+    sums = ScoreSums(kinds, k, n_state, store.lat, lat_cell_weights(store.lat), full[0], store.n_lon,
+                     JigsawGroups.serial())
+    clim = Climatology(store.times[train_times], lambda i: store.read_raw([int(train_times[i])], *full)[0])
+    dataset = PairDataset(store, inits, 1, *full, True)
+    mean, std = store.mean[None, :, None, None], store.std[None, :, None, None]
+    seconds = dict.fromkeys(models, 0.0)
+    for lo in range(0, len(inits), batch):
+        items = list(range(lo, min(lo + batch, len(inits))))
+        x = dataset.read_batch(items)[0]
+        forecasts = {}
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                forecasts[name] = [p.numpy() * std + mean for p in rollout(model.eval(), x, k, n_state)]
+            seconds[name] += time.perf_counter() - t0
+        initial = x[:, :n_state].numpy() * std + mean
+        for j in range(k):
+            valid = inits[items] + j + 1
+            truth, clim_j = store.read_raw(list(valid), *full), clim.at(store.times[valid])
+            sums.add(j, {**{n: f[j] for n, f in forecasts.items()}, "persistence": initial, "climatology": clim_j},
+                     truth, clim_j)
+    leads = np.array([(j + 1) * store.time_step for j in range(k)]).astype("timedelta64[ns]")
+    rows = [r for r in scores_to_rows(sums.finalize(), store, leads) if r["region"] == "global"]
+    return rows, seconds
 
 
 def make_store(args) -> str:
@@ -365,17 +399,8 @@ def main(argv=None) -> int:
     eval_train, eval_val = split_train_val(store, k, args.val_fraction)  # same trajectories held out
     inits = eval_val if not args.inits else \
         eval_val[np.linspace(0, len(eval_val) - 1, min(args.inits, len(eval_val))).astype(int)]
-    dataset = PairDataset(store, inits, 1, FULL, FULL, True)
-    mean, std = store.mean[:, None, None], store.std[:, None, None]
-    truth, persistence, clim, leads = reference_forecasts(store, inits, eval_train, 1, k)
-    forecasts, eval_s = {}, {}
-    for name, model in models.items():
-        t0 = time.perf_counter()
-        forecasts[name] = rollout(model, dataset, k) * std + mean
-        eval_s[name] = time.perf_counter() - t0
-    forecasts["persistence"], forecasts["climatology"] = persistence, clim
-    names = list(forecasts)
-    rows = score(forecasts, truth, clim, store, leads)
+    rows, eval_s = score_rollouts(models, store, inits, eval_train, k)
+    names = [*models, "persistence", "climatology"]
     table = summary_table(rows, names)
     print_table(table, names)
     print(f"\nparameters: " + ", ".join(f"{n} {c:,}" for n, c in counts.items()))

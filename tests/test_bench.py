@@ -1,0 +1,20 @@
+"""The benchmarks that score models still run end to end (tiny sizes: a smoke test, no figures checked)."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT, spawn_env
+
+
+def test_peer_sfno_runs_and_scores_both_models(tmp_path):
+    out = tmp_path / "peer.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "peer_sfno.py"), "--store", str(tmp_path / "swe.zarr"),
+                    "--trajectories", "4", "--traj-steps", "8", "--steps", "4", "--time-steps", "1", "--lead-steps", "2",
+                    "--threads", "1", "--val-every", "4", "--log-every", "4", "--out", str(out), "--plot",
+                    str(tmp_path / "peer.png")], cwd=ROOT, env=spawn_env(), check=True, capture_output=True, timeout=600)
+    result = json.load(open(out))
+    kinds = {"WeatherMixer", "SFNO", "persistence", "climatology"}
+    rmse = [r for r in result["rows"] if r["metric"] == "rmse" and r["channel"] == "geopotential_500"]
+    assert [r["lead_hours"] for r in rmse] == [6, 12] and all(kinds <= set(r) for r in rmse)
+    assert (tmp_path / "peer.png").stat().st_size > 0

@@ -1,7 +1,16 @@
 """Peer benchmark: WeatherMixer vs torch-harmonics' Spherical Fourier Neural Operator on shallow-water data.
 
     python bench/peer_sfno.py [--steps 1000] [--batch 8] [--grid 33x64 --trajectories 16 --traj-steps 24]
+                              [--budget steps|wall|flops] [--train-trajectories N]
                               [--out bench/results/peer_sfno.json] [--plot docs/peer_sfno.png]
+
+Budget (--budget): "steps" trains both models --steps optimizer steps; "wall" gives both the wall-clock SFNO
+needs for --steps steps (each model's step time measured interleaved with the other's on this machine,
+before training: steps = budget / its median step); "flops" gives both SFNO's training FLOPs of --steps
+steps (per step as torch's FlopCounterMode counts one forward + backward: GEMMs, einsums, convolutions;
+the FFTs of SFNO's spherical harmonic transforms are not counted, so this favours SFNO slightly). Each
+model's learning-rate schedule spans its own steps. --train-trajectories N trains on the first N training
+trajectories only (the held-out ones stay the same): data scaling on one store.
 
 Data: a store from `jigsaw-data swe` (made under runs/peer_sfno/ if --store is not given or missing),
 split by trajectory with data.dataset.split_train_val (the last val_fraction of trajectories held out),
@@ -107,12 +116,12 @@ def match_sfno_width(args, store, n_in, n_state, target: int) -> int:
     return min(range(4, 513), key=lambda width: abs(sfno_count(args, store, n_in, n_state, width) - target))
 
 
-def lr_lambda(args):
-    """Linear warm-up from warmup_min_ratio to 1, then cosine down to cos_min_ratio (both models)."""
+def lr_lambda(args, steps: int):
+    """Linear warm-up from warmup_min_ratio to 1, then cosine down to cos_min_ratio over `steps` (both models)."""
     def f(step):  # step = number of optimizer steps taken so far
         if step < args.warmup:
             return args.warmup_min_ratio + (1 - args.warmup_min_ratio) * step / args.warmup
-        progress = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+        progress = min(1.0, (step - args.warmup) / max(1, steps - args.warmup))
         return args.cos_min_ratio + (1 - args.cos_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return f
 
@@ -124,12 +133,12 @@ def cached(dataset: PairDataset):
     return torch.stack(xs), torch.stack(ys)[:, 0]
 
 
-def train(name, model, args, train_xy, val_xy, loss_fn, n_state):
+def train(name, model, args, steps, train_xy, val_xy, loss_fn, n_state):
     """One plain-PyTorch loop, identical for every model: same batch stream, optimizer, schedule, clip."""
     torch.manual_seed(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args))
-    sampler = ReplicaBatches(len(train_xy[0]), args.batch, 0, 1, args.seed, steps=args.steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args, steps))
+    sampler = ReplicaBatches(len(train_xy[0]), args.batch, 0, 1, args.seed, steps=steps)
     history, window, step_times = [], [], []
     model.train()
     t_train = 0.0
@@ -145,10 +154,10 @@ def train(name, model, args, train_xy, val_xy, loss_fn, n_state):
         step_times.append(time.perf_counter() - t0)
         t_train += step_times[-1]
         window.append(loss.item())
-        if step % args.log_every == 0 or step == args.steps:
+        if step % args.log_every == 0 or step == steps:
             record = {"step": step, "loss": float(np.mean(window)), "lr": sched.get_last_lr()[0],
                       "train_s": round(t_train, 2)}
-            if step % args.val_every == 0 or step == args.steps:
+            if step % args.val_every == 0 or step == steps:
                 record["val_loss"], record["val_loss_persistence"] = validate(model, val_xy, loss_fn, n_state)
                 model.train()
             history.append(record)
@@ -180,6 +189,26 @@ def interleaved_step_ms(models: dict, args, train_xy, loss_fn, repeats: int) -> 
             if i >= 3:  # warm-up steps not counted
                 times.append(time.perf_counter() - t0)
     return {name: 1000 * float(np.median(times)) for name, (_, _, times) in runs.items()}
+
+
+def step_flops(model, args, train_xy, loss_fn) -> int:
+    """FLOPs of one training step's forward + backward as torch's FlopCounterMode counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, y = train_xy[0][:args.batch], train_xy[1][:args.batch]
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def budget_steps(args, step_ms: dict, flops: dict) -> dict:
+    """Optimizer steps of each model under --budget (SFNO's --steps sets the budget)."""
+    if args.budget == "steps":
+        return dict.fromkeys(step_ms, args.steps)
+    per_step = step_ms if args.budget == "wall" else flops
+    total = args.steps * per_step["SFNO"]
+    return {name: max(1, int(total / cost)) for name, cost in per_step.items()}
 
 
 @torch.no_grad()
@@ -311,8 +340,12 @@ def main(argv=None) -> int:
     g.add_argument("--traj-steps", type=int, default=24, help="6-hourly records per trajectory")
     g.add_argument("--data-seed", type=int, default=0)
     g.add_argument("--val-fraction", type=float, default=0.25, help="held-out fraction of trajectories")
+    g.add_argument("--train-trajectories", type=int, default=0,
+                   help="train on the first N training trajectories only (0: all); the held-out ones are unchanged")
     g = ap.add_argument_group("training (identical for both models)")
-    g.add_argument("--steps", type=int, default=1000)
+    g.add_argument("--steps", type=int, default=1000, help="SFNO's steps; the other model's follow from --budget")
+    g.add_argument("--budget", default="steps", choices=("steps", "wall", "flops"),
+                   help="what both models get the same of: steps, wall-clock, or training FLOPs")
     g.add_argument("--batch", type=int, default=8)
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--weight-decay", type=float, default=0.01)
@@ -351,6 +384,12 @@ def main(argv=None) -> int:
     n_state = len(store.channels)
     n_in = input_channels(ModelConfig(coord_features=True), n_state, 0)  # as PairDataset(coord_feats=True) stacks them
     train_starts, val_starts = split_train_val(store, 1, args.val_fraction)
+    if args.train_trajectories:
+        kept = np.unique(store.trajectory[train_starts])[:args.train_trajectories]
+        if len(kept) < args.train_trajectories:
+            raise SystemExit(f"--train-trajectories {args.train_trajectories}: the store has only {len(kept)} "
+                             f"training trajectories")
+        train_starts = train_starts[np.isin(store.trajectory[train_starts], kept)]
     train_xy = cached(PairDataset(store, train_starts, 1, FULL, FULL, True))
     val_xy = cached(PairDataset(store, val_starts, 1, FULL, FULL, True))
     weights = torch.from_numpy(lat_cell_weights(store.lat)).float()
@@ -389,10 +428,14 @@ def main(argv=None) -> int:
     step_ms = interleaved_step_ms(spares, args, train_xy, loss_fn, args.time_steps)
     del spares
     print("interleaved median step: " + ", ".join(f"{n} {ms:.1f} ms" for n, ms in step_ms.items()), flush=True)
+    flops = {name: step_flops(model, args, train_xy, loss_fn) for name, model in models.items()}
+    steps = budget_steps(args, step_ms, flops)
+    print(f"budget {args.budget}: " + ", ".join(f"{n} {s} steps ({flops[n] / 1e9:.2f} GFLOP, {step_ms[n]:.1f} ms "
+                                                 f"per step)" for n, s in steps.items()), flush=True)
     histories, timing = {}, {}
     for name, model in models.items():
-        print(f"training {name}: {args.steps} steps, batch {args.batch}", flush=True)
-        histories[name], timing[name] = train(name, model, args, train_xy, val_xy, loss_fn, n_state)
+        print(f"training {name}: {steps[name]} steps, batch {args.batch}", flush=True)
+        histories[name], timing[name] = train(name, model, args, steps[name], train_xy, val_xy, loss_fn, n_state)
 
     # ---- evaluate as jigsaw-eval does -------------------------------------------------------------------------
     k = args.lead_steps
@@ -418,7 +461,10 @@ def main(argv=None) -> int:
         "trajectories": int(len(np.unique(store.trajectory))), "train_pairs": int(len(train_starts)),
         "val_pairs": int(len(val_starts)), "eval_inits": int(len(inits)), "lead_steps": k,
         "training": {key: getattr(args, key) for key in ("steps", "batch", "lr", "weight_decay", "warmup",
-                                                         "warmup_min_ratio", "cos_min_ratio", "clip", "seed")},
+                                                         "warmup_min_ratio", "cos_min_ratio", "clip", "seed",
+                                                         "budget", "train_trajectories")},
+        "steps": steps, "train_flops_per_step": flops,
+        "train_flops": {n: flops[n] * steps[n] for n in steps},
         "threads": args.threads,
         "models": {"WeatherMixer": {"config": mixer_cfg.__dict__, "parameters": counts["WeatherMixer"]},
                    "SFNO": {"config": {"embed_dim": width, "num_layers": args.sfno_layers,

@@ -1,0 +1,127 @@
+"""Skill vs training data (issue 19): bench/peer_sfno at several training-set sizes on one shallow-water store.
+
+    python bench/skill_scaling.py [--sizes 16,32,64,128] [--budget wall] [--steps 600]
+
+The store (made if missing, outside CI: `jigsaw-data swe --grid 65x128 --trajectories 144 --steps 40 --seed 0`,
+144 runs of 10 days, 6-hourly) holds out its last 16 trajectories; each size N trains both models on the
+first N of the others (bench/peer_sfno.py --train-trajectories N) under the same --budget and scores them
+on the same held-out initial times. Per size a peer_sfno JSON in bench/results/skill/; then a table of the
+RMSE at 24, 48, 72 h (WeatherMixer / SFNO ratio) and of how each model stands against persistence and
+climatology at every lead, bench/results/skill/scaling.json and the plot docs/skill_scaling.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import peer_sfno  # noqa: E402
+
+CHANNELS = ("geopotential_500", "u_component_of_wind_500", "v_component_of_wind_500")
+LEADS = (24, 48, 72)
+MODELS = ("WeatherMixer", "SFNO")
+
+
+def global_rmse(rows) -> dict:
+    """{(channel, lead_hours): {forecast: rmse}} of the global rows."""
+    return {(r["channel"], r["lead_hours"]): r for r in rows if r["metric"] == "rmse" and r["region"] == "global"}
+
+
+def summarise(results: dict) -> dict:
+    """Per size: the RMSE ratio WeatherMixer / SFNO at LEADS, and per model whether it beats persistence and
+    climatology at every lead."""
+    out = {}
+    for size, res in results.items():
+        rmse = global_rmse(res["rows"])
+        leads = sorted({lead for _, lead in rmse})
+        out[size] = {
+            "ratio": {f"{ch}@{lead}": rmse[(ch, lead)]["WeatherMixer"] / rmse[(ch, lead)]["SFNO"]
+                      for ch in CHANNELS for lead in LEADS if (ch, lead) in rmse},
+            "beats_persistence_and_climatology": {
+                m: all(r[m] < r["persistence"] and r[m] < r["climatology"]
+                       for (ch, _), r in rmse.items() if ch in CHANNELS) for m in MODELS},
+            "steps": res["steps"], "train_seconds": res["train_seconds"], "leads": leads,
+            "val_loss": {m: res["history"][m][-1].get("val_loss") for m in MODELS}}
+    return out
+
+
+def plot(results: dict, summary: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(results, key=int)
+    fig, axes = plt.subplots(1, len(CHANNELS), figsize=(4 * len(CHANNELS), 3.4), squeeze=False)
+    for ax, ch in zip(axes[0], CHANNELS):
+        for lead, style in zip(LEADS, ("-", "--", ":")):
+            if (ch, lead) not in global_rmse(results[sizes[0]]["rows"]):
+                continue  # a rollout shorter than this lead
+            rmse = [global_rmse(results[s]["rows"])[(ch, lead)] for s in sizes]
+            for m, color in zip(MODELS, ("C0", "C3")):
+                ax.plot([int(s) for s in sizes], [r[m] for r in rmse], color=color, ls=style, marker="o",
+                        markersize=3, label=f"{m} {lead} h")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("training trajectories")
+        ax.set_title(ch, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("RMSE (held-out)")
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle(f"WeatherMixer vs SFNO: skill vs training data ({next(iter(results.values()))['training']['budget']} "
+                 f"budget)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", default=os.path.join(ROOT, "runs", "skill", "swe65_144x40.zarr"))
+    ap.add_argument("--sizes", default="16,32,64,128")
+    ap.add_argument("--budget", default="wall", choices=("steps", "wall", "flops"))
+    ap.add_argument("--steps", type=int, default=600, help="SFNO's steps (sets the budget)")
+    ap.add_argument("--inits", type=int, default=48, help="held-out initial times")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--extra", default="", help="more peer_sfno flags, quoted")
+    ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "skill"))
+    ap.add_argument("--plot", default=os.path.join(ROOT, "docs", "skill_scaling.png"))
+    args = ap.parse_args(argv)
+    if not os.path.exists(args.store):
+        t0 = time.perf_counter()
+        subprocess.run([os.path.join(os.path.dirname(sys.executable), "jigsaw-data"), "swe", "--out", args.store,
+                        "--grid", "65x128", "--trajectories", "144", "--steps", "40", "--seed", "0"], check=True)
+        print(f"made {args.store} in {time.perf_counter() - t0:.0f} s")
+    os.makedirs(args.results, exist_ok=True)
+    results = {}
+    for size in args.sizes.split(","):
+        out = os.path.join(args.results, f"peer_sfno_{args.budget}_{size}.json")
+        if not os.path.exists(out):  # a finished size is kept: the sweep resumes where it stopped
+            peer_sfno.main(["--store", args.store, "--val-fraction", "0.1112", "--train-trajectories", size,
+                            "--budget", args.budget, "--steps", str(args.steps), "--inits", str(args.inits),
+                            "--threads", str(args.threads), "--log-every", "200", "--val-every", "1000000",
+                            "--out", out, "--plot", "", *args.extra.split()])
+        results[size] = json.load(open(out))
+    summary = summarise(results)
+    print(f"\nRMSE WeatherMixer / SFNO on held-out trajectories ({args.budget} budget, SFNO {args.steps} steps)")
+    print(f"{'trajectories':>12s}  " + "  ".join(f"{ch.split('_')[0][:4]}@{lead:<3d}" for ch in CHANNELS
+                                                    for lead in LEADS) + "   beats persistence+climatology")
+    for size, s in summary.items():
+        print(f"{size:>12s}  " + "  ".join(f"{s['ratio'].get(f'{ch}@{lead}', float('nan')):8.3f}" for ch in CHANNELS
+                                           for lead in LEADS)
+              + "   " + ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in s["beats_persistence_and_climatology"].items()))
+    with open(os.path.join(args.results, "scaling.json"), "w") as f:
+        json.dump({"budget": args.budget, "sfno_steps": args.steps, "store": os.path.relpath(args.store, ROOT),
+                   "summary": summary}, f, indent=1)
+    if args.plot:
+        plot(results, summary, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

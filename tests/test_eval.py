@@ -335,6 +335,7 @@ def test_without_matplotlib_or_a_netcdf_writer_the_scores_are_written_and_each_s
     assert ev.main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(out), "--lead-steps", "2",
                     "--inits", "2"]) == 0
     said = capsys.readouterr().out
+    assert "forecast steps/s (cpu, fp32, layout (1, 1, 1))" in said  # throughput printed too
     assert "matplotlib is not installed: plots skipped" in said
     assert said.count("no netCDF writer is installed") == 4  # scores_<kind>.nc x 3, spectra.nc
     assert (out / "scores.json").exists() and (out / "headline.csv").exists()

@@ -565,6 +565,11 @@ def main(argv=None, forecast: bool = False) -> int:
         for key, value in launcher.items():
             if value is None:
                 os.environ.pop(key, None)
+    if rank == 0:
+        with open(os.path.join(args.out, "forecast.json" if forecast else "scores.json")) as f:
+            speed = json.load(f)["throughput"]
+        print(f"{prog}: {speed['initial_times_per_s']:.3g} initial times/s, {speed['forecast_steps_per_s']:.3g} "
+              f"forecast steps/s ({speed['device']}, {speed['precision']}, layout {tuple(speed['layout'].values())})")
     if rank == 0 and forecast:
         print(f"jigsaw-forecast: wrote {os.path.join(args.out, 'forecast.zarr')} and forecast.json")
     elif rank == 0:

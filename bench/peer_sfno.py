@@ -10,7 +10,9 @@ before training: steps = budget / its median step); "flops" gives both SFNO's tr
 steps (per step as torch's FlopCounterMode counts one forward + backward: GEMMs, einsums, convolutions;
 the FFTs of SFNO's spherical harmonic transforms are not counted, so this favours SFNO slightly). Each
 model's learning-rate schedule spans its own steps. --train-trajectories N trains on the first N training
-trajectories only (the held-out ones stay the same): data scaling on one store.
+trajectories only (the held-out ones stay the same): data scaling on one store. --rollout-steps K
+--rollout-fraction f: the last fraction f of each model's steps train on the mean loss of a K-step
+autoregressive rollout (the trainer's train.rollout_steps), batches read from the store.
 
 Data: a store from `jigsaw-data swe` (made under runs/peer_sfno/ if --store is not given or missing),
 split by trajectory with data.dataset.split_train_val (the last val_fraction of trajectories held out),
@@ -133,19 +135,29 @@ def cached(dataset: PairDataset):
     return torch.stack(xs), torch.stack(ys)[:, 0]
 
 
-def train(name, model, args, steps, train_xy, val_xy, loss_fn, n_state):
-    """One plain-PyTorch loop, identical for every model: same batch stream, optimizer, schedule, clip."""
+def train(name, model, args, steps, train_xy, val_xy, loss_fn, n_state, rollout_set=None):
+    """One plain-PyTorch loop, identical for every model: same batch stream, optimizer, schedule, clip.
+    rollout_set (a PairDataset with rollout = --rollout-steps): the last --rollout-fraction of the steps
+    train on the K-step rollout loss, batches drawn from it."""
     torch.manual_seed(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args, steps))
     sampler = ReplicaBatches(len(train_xy[0]), args.batch, 0, 1, args.seed, steps=steps)
     history, window, step_times = [], [], []
+    first_rollout = steps - int(args.rollout_fraction * steps) + 1 if rollout_set is not None else steps + 1
+    rollout_batches = iter(ReplicaBatches(len(rollout_set), args.batch, 0, 1, args.seed + 1,
+                                          steps=steps - first_rollout + 1)) if rollout_set is not None else None
     model.train()
     t_train = 0.0
     for step, idx in enumerate(sampler, start=1):
         t0 = time.perf_counter()
-        x, y = train_xy[0][idx], train_xy[1][idx]
-        loss = loss_fn(model(x), y)
+        if step >= first_rollout:  # the mean loss of a K-step rollout, gradient through all of it
+            x, y, _ = rollout_set.read_batch(list(next(rollout_batches)))
+            loss = sum(loss_fn(pred, y[:, k]) for k, pred in enumerate(rollout(model, x, y.shape[1], n_state)))
+            loss = loss / y.shape[1]
+        else:
+            x, y = train_xy[0][idx], train_xy[1][idx]
+            loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -353,6 +365,8 @@ def main(argv=None) -> int:
     g.add_argument("--warmup-min-ratio", type=float, default=0.1)
     g.add_argument("--cos-min-ratio", type=float, default=0.05)
     g.add_argument("--clip", type=float, default=1.0)
+    g.add_argument("--rollout-steps", type=int, default=1, help="K > 1: fine-tune on a K-step rollout loss")
+    g.add_argument("--rollout-fraction", type=float, default=0.25, help="the last fraction of steps that do")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--log-every", type=int, default=100)
     g.add_argument("--val-every", type=int, default=200)
@@ -432,10 +446,16 @@ def main(argv=None) -> int:
     steps = budget_steps(args, step_ms, flops)
     print(f"budget {args.budget}: " + ", ".join(f"{n} {s} steps ({flops[n] / 1e9:.2f} GFLOP, {step_ms[n]:.1f} ms "
                                                  f"per step)" for n, s in steps.items()), flush=True)
+    rollout_set = None
+    if args.rollout_steps > 1:  # the same trajectories, pairs spanning K steps
+        span_starts, _ = split_train_val(store, args.rollout_steps, args.val_fraction)
+        rollout_set = PairDataset(store, span_starts[np.isin(span_starts, train_starts)], 1, FULL, FULL, True,
+                                  rollout=args.rollout_steps)
     histories, timing = {}, {}
     for name, model in models.items():
         print(f"training {name}: {steps[name]} steps, batch {args.batch}", flush=True)
-        histories[name], timing[name] = train(name, model, args, steps[name], train_xy, val_xy, loss_fn, n_state)
+        histories[name], timing[name] = train(name, model, args, steps[name], train_xy, val_xy, loss_fn, n_state,
+                                              rollout_set)
 
     # ---- evaluate as jigsaw-eval does -------------------------------------------------------------------------
     k = args.lead_steps
@@ -462,7 +482,8 @@ def main(argv=None) -> int:
         "val_pairs": int(len(val_starts)), "eval_inits": int(len(inits)), "lead_steps": k,
         "training": {key: getattr(args, key) for key in ("steps", "batch", "lr", "weight_decay", "warmup",
                                                          "warmup_min_ratio", "cos_min_ratio", "clip", "seed",
-                                                         "budget", "train_trajectories")},
+                                                         "budget", "train_trajectories", "rollout_steps",
+                                                         "rollout_fraction")},
         "steps": steps, "train_flops_per_step": flops,
         "train_flops": {n: flops[n] * steps[n] for n in steps},
         "threads": args.threads,

@@ -7,7 +7,7 @@ The store (made if missing, outside CI: `jigsaw-data swe --grid 65x128 --traject
 first N of the others (bench/peer_sfno.py --train-trajectories N) under the same --budget and scores them
 on the same held-out initial times. Per size a peer_sfno JSON in bench/results/skill/; then a table of the
 RMSE at 24, 48, 72 h (WeatherMixer / SFNO ratio) and of how each model stands against persistence and
-climatology at every lead, bench/results/skill/scaling.json and the plot docs/skill_scaling.png.
+climatology at every lead, bench/results/skill/scaling_<budget><tag>.json and the plot docs/skill_scaling<tag>.png.
 """
 from __future__ import annotations
 
@@ -89,9 +89,11 @@ def main(argv=None) -> int:
     ap.add_argument("--inits", type=int, default=48, help="held-out initial times")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--extra", default="", help="more peer_sfno flags, quoted")
+    ap.add_argument("--tag", default="", help="names a variant's files (e.g. _rollout4 with --extra '--rollout-steps 4')")
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "skill"))
-    ap.add_argument("--plot", default=os.path.join(ROOT, "docs", "skill_scaling.png"))
+    ap.add_argument("--plot", default="", help="default docs/skill_scaling<tag>.png")
     args = ap.parse_args(argv)
+    args.plot = args.plot or os.path.join(ROOT, "docs", f"skill_scaling{args.tag}.png")
     if not os.path.exists(args.store):
         t0 = time.perf_counter()
         subprocess.run([os.path.join(os.path.dirname(sys.executable), "jigsaw-data"), "swe", "--out", args.store,
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
     os.makedirs(args.results, exist_ok=True)
     results = {}
     for size in args.sizes.split(","):
-        out = os.path.join(args.results, f"peer_sfno_{args.budget}_{size}.json")
+        out = os.path.join(args.results, f"peer_sfno_{args.budget}{args.tag}_{size}.json")
         if not os.path.exists(out):  # a finished size is kept: the sweep resumes where it stopped
             peer_sfno.main(["--store", args.store, "--val-fraction", "0.1112", "--train-trajectories", size,
                             "--budget", args.budget, "--steps", str(args.steps), "--inits", str(args.inits),
@@ -115,9 +117,9 @@ def main(argv=None) -> int:
         print(f"{size:>12s}  " + "  ".join(f"{s['ratio'].get(f'{ch}@{lead}', float('nan')):8.3f}" for ch in CHANNELS
                                            for lead in LEADS)
               + "   " + ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in s["beats_persistence_and_climatology"].items()))
-    with open(os.path.join(args.results, "scaling.json"), "w") as f:
+    with open(os.path.join(args.results, f"scaling_{args.budget}{args.tag}.json"), "w") as f:
         json.dump({"budget": args.budget, "sfno_steps": args.steps, "store": os.path.relpath(args.store, ROOT),
-                   "summary": summary}, f, indent=1)
+                   "extra": args.extra, "summary": summary}, f, indent=1)
     if args.plot:
         plot(results, summary, args.plot)
     return 0

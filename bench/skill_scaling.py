@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import peer_sfno  # noqa: E402
 
 CHANNELS = ("geopotential_500", "u_component_of_wind_500", "v_component_of_wind_500")
-LEADS = (24, 48, 72)
+LEADS = (24, 48, 72, 120)
 MODELS = ("WeatherMixer", "SFNO")
 
 
@@ -46,6 +46,10 @@ def summarise(results: dict) -> dict:
             "beats_persistence_and_climatology": {
                 m: all(r[m] < r["persistence"] and r[m] < r["climatology"]
                        for (ch, _), r in rmse.items() if ch in CHANNELS) for m in MODELS},
+            "first_lead_not_beating_them": {  # per model and channel, None where it beats both at every lead
+                m: {ch: next((lead for lead in leads if not (rmse[(ch, lead)][m] < rmse[(ch, lead)]["persistence"]
+                                                            and rmse[(ch, lead)][m] < rmse[(ch, lead)]["climatology"])),
+                             None) for ch in CHANNELS} for m in MODELS},
             "steps": res["steps"], "train_seconds": res["train_seconds"], "leads": leads,
             "val_loss": {m: res["history"][m][-1].get("val_loss") for m in MODELS}}
     return out
@@ -60,7 +64,7 @@ def plot(results: dict, summary: dict, path: str) -> None:
     sizes = sorted(results, key=int)
     fig, axes = plt.subplots(1, len(CHANNELS), figsize=(4 * len(CHANNELS), 3.4), squeeze=False)
     for ax, ch in zip(axes[0], CHANNELS):
-        for lead, style in zip(LEADS, ("-", "--", ":")):
+        for lead, style in zip(LEADS, ("-", "--", ":", "-.")):
             if (ch, lead) not in global_rmse(results[sizes[0]]["rows"]):
                 continue  # a rollout shorter than this lead
             rmse = [global_rmse(results[s]["rows"])[(ch, lead)] for s in sizes]

@@ -74,7 +74,7 @@ class ClimatologyError(ValueError):
 
 def _matching_indices(want: np.ndarray, have: np.ndarray, what: str, path: str, periodic: bool = False) -> object:
     """Index into `have` of each value of `want` (degrees, to 1e-3; longitudes modulo 360): a slice where they
-    are consecutive (a plain read), else an index array."""
+    are consecutive and ascending (a plain read), else an index array (the other order, a wrapped row)."""
     diff = want[:, None] - have[None, :]
     if periodic:
         diff = (diff + 180.0) % 360.0 - 180.0
@@ -83,10 +83,8 @@ def _matching_indices(want: np.ndarray, have: np.ndarray, what: str, path: str, 
     if bad.any():
         raise ClimatologyError(f"climatology '{path}' has no {what} {want[bad][0]:g} of the data's grid "
                                f"(its {what}s: {have[0]:g} .. {have[-1]:g}, {len(have)} values)")
-    step = np.diff(idx)
-    if len(idx) == 1 or (step == step[0]).all() and abs(step[0]) == 1:
-        return slice(int(idx[0]), int(idx[-1]) + 1) if len(idx) == 1 or step[0] == 1 else \
-            slice(int(idx[0]), (int(idx[-1]) - 1) if idx[-1] > 0 else None, -1)
+    if (np.diff(idx) == 1).all():
+        return slice(int(idx[0]), int(idx[-1]) + 1)
     return idx
 
 
@@ -110,19 +108,23 @@ class GivenClimatology:
                                        f"[level,] latitude, longitude)")
         self.rows = _matching_indices(np.asarray(store.lat)[rows], ds["latitude"].values, "latitude", path)
         self.cols = _matching_indices(np.asarray(store.lon)[cols], ds["longitude"].values, "longitude", path, True)
-        self.reads = []  # per channel: (variable, {dim: index} for its level)
-        for ch in store.channels:
-            if ch.var not in ds.data_vars:
-                raise ClimatologyError(f"climatology '{path}' has no variable '{ch.var}' (channel {ch.name})")
+        self.reads = []  # per variable, one read of all its levels: (variable, its channels, {"level": indices})
+        for var, c0, levels in store.variable_blocks():
+            if var not in ds.data_vars:
+                raise ClimatologyError(f"climatology '{path}' has no variable '{var}' (channel "
+                                       f"{store.channels[c0].name})")
             sel = {}
-            if ch.level_index is not None:
-                level = int(store.ds["level"].values[ch.level_index])
-                hit = np.flatnonzero(ds["level"].values == level) if "level" in ds.dims else []
-                if not len(hit):
-                    raise ClimatologyError(f"climatology '{path}' has no level {level} of '{ch.var}' "
-                                           f"(channel {ch.name})")
-                sel["level"] = int(hit[0])
-            self.reads.append((ch.var, sel))
+            if levels is not None:
+                sel["level"] = []
+                for j, i in enumerate(levels):
+                    level = int(store.ds["level"].values[i])
+                    hit = np.flatnonzero(ds["level"].values == level) if "level" in ds.dims else []
+                    if not len(hit):
+                        raise ClimatologyError(f"climatology '{path}' has no level {level} of '{var}' "
+                                               f"(channel {store.channels[c0 + j].name})")
+                    sel["level"].append(int(hit[0]))
+            self.reads.append((var, slice(c0, c0 + (len(levels) if levels is not None else 1)), sel))
+        self.n_channels = len(store.channels)
         self.hours, self.days = ds["hour"].values.astype(int), ds["dayofyear"].values.astype(int)
 
     def _field(self, time) -> np.ndarray:
@@ -131,9 +133,15 @@ class GivenClimatology:
         if not len(hour) or not len(day):
             raise ClimatologyError(f"climatology '{self.path}' has no (dayofyear {t.dayofyear}, hour {t.hour}) for "
                                    f"valid time {t} (hours {list(self.hours)}, days {self.days[0]}..{self.days[-1]})")
-        return np.stack([self.ds[var].isel(hour=int(hour[0]), dayofyear=int(day[0]), **sel)
-                         .isel(latitude=self.rows, longitude=self.cols).transpose("latitude", "longitude").values
-                         for var, sel in self.reads])
+        out = None
+        for var, idx, sel in self.reads:
+            dims = ("level", "latitude", "longitude") if sel else ("latitude", "longitude")
+            values = (self.ds[var].isel(hour=int(hour[0]), dayofyear=int(day[0]), **sel)
+                      .isel(latitude=self.rows, longitude=self.cols).transpose(*dims).values)
+            if out is None:
+                out = np.empty((self.n_channels,) + values.shape[-2:], values.dtype)
+            out[idx] = values if sel else values[None]
+        return out
 
     def at(self, valid_times: np.ndarray) -> np.ndarray:
         times = np.asarray(valid_times)

@@ -291,8 +291,9 @@ class WeatherStore:
     def _tile(self, lat: slice, lon: slice) -> tuple[slice, slice]:
         return slice(*lat.indices(self.n_lat)), slice(*lon.indices(self.n_lon))
 
-    def _variable_blocks(self):
-        """(variable, first channel, level indices or None): the channels of a variable are consecutive."""
+    def variable_blocks(self) -> list[tuple[str, int, Optional[list[int]]]]:
+        """(variable, first channel, its level indices on the store's level axis, or None for a surface
+        variable), in channel order: the channels of a variable are consecutive."""
         blocks = []
         for c, ch in enumerate(self.channels):
             if blocks and blocks[-1][0] == ch.var and ch.level_index is not None:
@@ -316,7 +317,7 @@ class WeatherStore:
         if out.shape != shape or out.dtype != np.float32:
             raise ValueError(f"read_into: out is {out.dtype} {out.shape}, expected float32 {shape}")
         pending = []
-        for var, c0, levels in self._variable_blocks():
+        for var, c0, levels in self.variable_blocks():
             n = 1 if levels is None else len(levels)
             if levels is not None and levels == list(range(levels[0], levels[0] + n)):
                 levels = slice(levels[0], levels[0] + n)  # a slice where it can be: fewer index lookups

@@ -156,15 +156,6 @@ def forecast_chunks(part, groups) -> tuple[int, int]:
     return band, lon.stop - lon.start
 
 
-def store_variables(store: WeatherStore) -> list[tuple[str, list[int], bool]]:
-    """(variable, its channel indices, whether it has levels) of the selected channels, in store order."""
-    out = []
-    for var in dict.fromkeys(c.var for c in store.channels):
-        idx = [i for i, c in enumerate(store.channels) if c.var == var]
-        out.append((var, idx, store.channels[idx[0]].level_index is not None))
-    return out
-
-
 def create_forecast_store(path: str, store: WeatherStore, init_times, leads, chunks: tuple[int, int]) -> None:
     """The empty forecast.zarr (metadata only, values NaN until written): WB2 layout, the source's attributes."""
     import dask.array as da
@@ -172,13 +163,13 @@ def create_forecast_store(path: str, store: WeatherStore, init_times, leads, chu
     coords = {"time": init_times, "prediction_timedelta": leads, "latitude": store.lat, "longitude": store.lon}
     data, encoding = {}, {}
     n, k, (h, w) = len(init_times), len(leads), (len(store.lat), len(store.lon))
-    for var, idx, levels in store_variables(store):
-        if not levels:
+    for var, _, levels in store.variable_blocks():
+        if levels is None:
             dims, shape, chunk = ("time", "prediction_timedelta", "latitude", "longitude"), (n, k, h, w), (1, 1) + chunks
         else:
-            coords["level"] = [int(store.ds["level"].values[store.channels[i].level_index]) for i in idx]
+            coords["level"] = [int(store.ds["level"].values[i]) for i in levels]
             dims = ("time", "prediction_timedelta", "level", "latitude", "longitude")
-            shape, chunk = (n, k, len(idx), h, w), (1, 1, len(idx)) + chunks
+            shape, chunk = (n, k, len(levels), h, w), (1, 1, len(levels)) + chunks
         data[var] = xr.Variable(dims, da.full(shape, np.nan, dtype=np.float32, chunks=chunk), store.ds[var].attrs)
         encoding[var] = {"chunks": chunk}
     ds = xr.Dataset(data, coords=coords)
@@ -188,16 +179,16 @@ def create_forecast_store(path: str, store: WeatherStore, init_times, leads, chu
     ds.to_zarr(path, mode="w", compute=False, encoding=encoding, consolidated=True)
 
 
-def write_forecast_tile(group, variables: list, first: int, k: int, values: np.ndarray, lat: slice,
+def write_forecast_tile(group, blocks: list, first: int, k: int, values: np.ndarray, lat: slice,
                         lon: slice) -> None:
     """values [B, C, h, w] (physical) of initial times first.. first+B-1, lead k, into this rank's tile of the
-    open forecast.zarr `group`; variables: store_variables of its store."""
+    open forecast.zarr `group`; blocks: its store's variable_blocks()."""
     times = slice(first, first + values.shape[0])
-    for var, idx, levels in variables:
-        if levels:
-            group[var][times, k, :, lat, lon] = values[:, idx]
+    for var, c0, levels in blocks:
+        if levels is None:
+            group[var][times, k, lat, lon] = values[:, c0]
         else:
-            group[var][times, k, lat, lon] = values[:, idx[0]]
+            group[var][times, k, :, lat, lon] = values[:, c0:c0 + len(levels)]
 
 
 def _lead_times(store: WeatherStore, lead: int, lead_steps: int) -> np.ndarray:
@@ -218,12 +209,17 @@ def scores_to_rows(scores: dict, store: WeatherStore, leads) -> list[dict]:
                     rows.append({"region": region, "channel": name, "lead_hours": hours, "metric": m,
                                  **{kind: float(by_kind[kind][m][k, c]) for kind in by_kind}})
         for u, v, vector in pairs:
-            iu, iv = names.index(u), names.index(v)
+            rmse = {kind: wind_vector_rmse(metrics, names.index(u), names.index(v)) for kind, metrics in by_kind.items()}
             for k, lead in enumerate(leads):
                 rows.append({"region": region, "channel": vector, "lead_hours": int(lead / np.timedelta64(1, "h")),
-                             "metric": "rmse", **{kind: float(np.sqrt(by_kind[kind]["se"][k, iu] + by_kind[kind]["se"][k, iv]))
-                                                  for kind in by_kind}})
+                             "metric": "rmse", **{kind: float(rmse[kind][k]) for kind in by_kind}})
     return rows
+
+
+def wind_vector_rmse(metrics: dict, iu: int, iv: int) -> np.ndarray:
+    """WB2's wind-vector RMSE per lead, sqrt(<(u_f - u_o)^2 + (v_f - v_o)^2>), from the mean squared errors
+    ("se") of the u and v channels iu, iv in one forecast kind's finalized metrics."""
+    return np.sqrt(metrics["se"][:, iu] + metrics["se"][:, iv])
 
 
 def wind_vector_pairs(names: list[str]) -> list[tuple[str, str, str]]:
@@ -248,14 +244,15 @@ def wb2_results(scores: dict, kind: str, store: WeatherStore, leads) -> xr.Datas
                             coords={**coords, "level": [int(v) for v in level_of]})
 
     data = {}
-    for var, idx, has_levels in store_variables(store):
-        values = np.stack([np.stack([scores[r][kind][m][:, idx] for r in regions]) for m in metrics.values()])
-        data[var] = array(values, [levels[store.channels[i].level_index] for i in idx] if has_levels else None)
+    for var, c0, var_levels in store.variable_blocks():
+        n = 1 if var_levels is None else len(var_levels)
+        values = np.stack([np.stack([scores[r][kind][m][:, c0:c0 + n] for r in regions]) for m in metrics.values()])
+        data[var] = array(values, None if var_levels is None else [levels[i] for i in var_levels])
     names = [c.name for c in store.channels]
     vectors = {}
     for u, v, vector in wind_vector_pairs(names):
         ch = store.channels[names.index(u)]
-        rmse = np.stack([np.sqrt(scores[r][kind]["se"][:, names.index(u)] + scores[r][kind]["se"][:, names.index(v)])
+        rmse = np.stack([wind_vector_rmse(scores[r][kind], names.index(u), names.index(v))
                          for r in regions])                                      # [region, K]
         values = np.full((len(metrics),) + rmse.shape + (1,), np.nan)
         values[0, ..., 0] = rmse
@@ -267,17 +264,15 @@ def wb2_results(scores: dict, kind: str, store: WeatherStore, leads) -> xr.Datas
     return xr.Dataset(data, attrs={"forecast": kind, "source": "jigsaw-eval"})
 
 
-def write_netcdf(ds: xr.Dataset, path: str) -> bool:
-    """ds to path; False (and a one-line note) where no netCDF writer is installed."""
+def write_netcdf(ds: xr.Dataset, path: str) -> None:
+    """ds to path; a one-line note instead where no netCDF writer is installed."""
     try:
         ds.to_netcdf(path)
-        return True
     except (ImportError, ValueError) as e:
         if "netcdf" not in str(e).lower():  # not the missing writer: a real error
             raise
         print(f"jigsaw-eval: no netCDF writer is installed: {os.path.basename(path)} skipped "
               f"(pip install netCDF4)")
-        return False
 
 
 def spectrum_channels(store: WeatherStore) -> list[int]:
@@ -467,7 +462,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
         os.makedirs(out, exist_ok=True)
         create_forecast_store(path, store, store.times[inits], leads, forecast_chunks(part, groups))
     dist.barrier()
-    forecast_group, variables = zarr.open_group(path, mode="r+"), store_variables(store)
+    forecast_group, blocks = zarr.open_group(path, mode="r+"), store.variable_blocks()
     t_rollout = time.perf_counter()
     dataset = PairDataset(store, inits, lead, lat, lon, cfg.model.coord_features, rollout=0,  # inputs only
                           forcings=cfg.model.forcings, forcings_at_target=cfg.model.forcings_at_target)
@@ -488,7 +483,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
                     clim_k = clim.at(store.times[valid])
                     sums.add(k, {"model": forecast, "persistence": initial, "climatology": clim_k}, truth, clim_k)
                     spectra.add(k, {"model": forecast, "truth": truth})
-                write_forecast_tile(forecast_group, variables, lo, k, forecast.astype(np.float32), lat, lon)
+                write_forecast_tile(forecast_group, blocks, lo, k, forecast.astype(np.float32), lat, lon)
     seconds = time.perf_counter() - t_rollout
     if scoring:
         scores = sums.finalize()

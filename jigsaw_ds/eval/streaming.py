@@ -127,10 +127,10 @@ class ZonalSpectrumSums:
         weight = np.where(band, np.cos(np.deg2rad(lat)), 0.0)
         self.total_weight = weight.sum()
         self.n_lon = len(lon)
-        mine = np.arange(len(lat))[rows]
-        self.rows = mine[band[mine]] - mine[0] if len(mine) else mine       # this tile's band rows
-        self.row_weight = weight[mine][band[mine]] if len(mine) else mine
-        self.circumference = 2 * np.pi * EARTH_RADIUS_M * np.cos(np.deg2rad(lat[mine][band[mine]]))
+        in_band = band[rows]
+        self.rows = np.flatnonzero(in_band)                                  # this tile's band rows
+        self.row_weight = weight[rows][in_band]
+        self.circumference = 2 * np.pi * EARTH_RADIUS_M * np.cos(np.deg2rad(lat[rows][in_band]))
         k = np.arange(self.n_lon // 2 + 1)
         self.shift = np.exp(-2j * np.pi * k * cols.start / self.n_lon) / self.n_lon
         self.twice = np.where(k > 0, 2.0, 1.0)  # as WB2, the Nyquist coefficient of an even L included

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
                                   "out_channels": shape.c_out}}
     model = build_model(run_config)
     weights = os.path.join("/tmp", f"jigsaw_forecast_bench_{tag}.pt")
-    torch.save({"format": FORMAT, "step": 0, "config": run_config, "model": dict(model.named_parameters()),
+    torch.save({"format": FORMAT, "step": 0, "config": run_config, "model": {n: p.detach() for n, p in model.named_parameters()},
                 "buffers": dict(model.named_buffers())}, weights)
     res = {"date": datetime.date.today().isoformat(), "command": " ".join(["python bench/forecast.py"] +
                                                                             (argv or sys.argv[1:])),

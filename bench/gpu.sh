@@ -7,8 +7,10 @@
 #
 # Steps, each under its own time limit, each writing its JSON as it measures (a cut-off run keeps the rest):
 #   1. check.json    serial model on CUDA fp32 and bf16 vs the CPU float64 reference (bench/gpu_check.py)
-#   2. step.json     bench/step.py, configs/era5_025deg.json on one GPU, bf16, eager, with the bare stack
+#   2. step.json     bench/step.py, configs/era5_025deg.json on one GPU, bf16, eager, with the bare stack;
+#                    device time per phase (CUDA events) and per kernel kind over 3 profiled steps
 #   3. step_fp32grad.json  the same step with DeepSpeed's fp32 gradient accumulation (data_types.grad_accum_dtype)
+#      step_workers8.json  the same step with 8 loader workers (does the data wait fall with more readers?)
 #   4. step_ckpt.json     activation checkpointing, batch 4
 #   5. forecast.json      jigsaw-forecast's engine on the 0.25 deg config, fp32 and bf16: forecast steps/s
 #   6. step_compile.json  engine.compile()
@@ -51,10 +53,11 @@ json.dump(cfg, open(sys.argv[1], "w"))
 EOF
 
 step check 150 python3 bench/gpu_check.py --out "$OUT/check.json"
-step eager 170 python3 bench/step.py --workers $workers --out "$OUT/step.json"
-step fp32grad 90 python3 bench/step.py --skip-bare --workers $workers --ds-config $fp32grad --out "$OUT/step_fp32grad.json"
+step eager 170 python3 bench/step.py --workers $workers --profile 3 --out "$OUT/step.json"
+step fp32grad 90 python3 bench/step.py --skip-bare --steps 12 --workers $workers --ds-config $fp32grad --out "$OUT/step_fp32grad.json"
+step workers8 90 python3 bench/step.py --skip-bare --steps 12 --workers $((2 * workers)) --out "$OUT/step_workers8.json"
 step ckpt 90 python3 bench/step.py --skip-bare --checkpointing --batch 4 --workers $workers --out "$OUT/step_ckpt.json"
 step forecast 120 python3 bench/forecast.py --out "$OUT/forecast.json"
 step compile 180 python3 bench/step.py --compile --workers $workers --out "$OUT/step_compile.json"
 echo "=== done $(date -u +%T)" | tee -a "$LOG"
-grep -E "^(run|cpu|cuda|all|FAILED|fp32:|bf16:)|^(what|dense|bare|DeepSpeed|data wait|perf model|weights|peak)|=== " "$LOG" | tail -60
+grep -E "^(run|cpu|cuda|all|FAILED|fp32:|bf16:)|^(what|dense|bare|DeepSpeed|data wait|perf model|weights|peak|device time|profiled|  +[0-9.]+ ms)|=== " "$LOG" | tail -80

@@ -184,32 +184,84 @@ def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
 
     full = slice(0, store.n_lat), slice(0, store.n_lon)
     dataset = PairDataset(store, store.pair_starts(1), 1, *full, jcfg.model.coord_features)
-    n_steps = args.warmup + args.steps
+    n_steps = args.warmup + args.steps + args.profile
     sampler = ReplicaBatches(len(dataset), args.batch, 0, 1, seed=0, steps=n_steps)
     # as the trainer: fp32 batches copied to the device one step ahead on a side stream
     loader = DeviceBatches(make_loader(dataset, sampler, args.workers, 2), device)
     loss_fn = AreaWeightedMSE(torch.from_numpy(lat_cell_weights(store.lat)).float(), store.n_lat, store.n_lon)
 
-    records = []
-    for step in range(n_steps):
-        if step == args.warmup and device.type == "cuda":
+    cuda = device.type == "cuda"
+    records, phases = [], []
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup and cuda:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         x, y, _ = next(loader)  # no forcings in the benchmarked configs
         t1 = time.perf_counter()
+        marks = [torch.cuda.Event(enable_timing=True) for _ in range(4)] if cuda else []
+        mark = (lambda i: marks[i].record()) if cuda else (lambda i: None)
+        mark(0)
         loss = loss_fn(engine(x).float(), y[:, 0])
+        mark(1)
         engine.backward(loss)
+        mark(2)
         engine.step()
+        mark(3)
         sync(device)
         t2 = time.perf_counter()
         records.append({"step_s": t2 - t0, "data_wait_s": t1 - t0, "device_s": t2 - t1, "loss": loss.item()})
+        if cuda and step >= args.warmup:
+            phases.append([marks[i].elapsed_time(marks[i + 1]) / 1e3 for i in range(3)])
     timed_steps = records[args.warmup:]
     out = {k: statistics.median(r[k] for r in timed_steps) for k in ("step_s", "data_wait_s", "device_s")}
     out["data_wait_frac"] = sum(r["data_wait_s"] for r in timed_steps) / sum(r["step_s"] for r in timed_steps)
     out["losses"] = [r["loss"] for r in records]
     out["state_bytes"] = engine_state_bytes(engine)
-    out["peak_mem_bytes"] = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    out["peak_mem_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
+    if phases:  # forward + loss, backward, optimizer step: device time from CUDA events, medians
+        out["phases_s"] = dict(zip(("forward", "backward", "optimizer"),
+                                   (statistics.median(p[i] for p in phases) for i in range(3))))
+    if args.profile:
+        out["kernels"] = profile_steps(args.profile, loader, engine, loss_fn, device)
     return out
+
+
+KERNEL_KINDS = [  # (kind, substrings of a kernel's name), first match wins
+    ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "wgmma", "aten::mm", "addmm", "bmm")),
+    ("optimizer", ("adam", "multi_tensor", "l2norm", "foreach")),
+    ("layer_norm", ("layer_norm", "layernorm")),
+    ("gelu", ("gelu",)),
+    ("copy", ("copy", "memcpy", "memset", "cat", "transpose", "fill")),
+    ("reduce", ("reduce", "sum", "norm")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "add", "mul")),
+]
+
+
+def profile_steps(n, loader, engine, loss_fn, device) -> dict:
+    """Device time per kernel over n more steps (torch.profiler), grouped by kind: where the step's time goes
+    beyond the GEMMs. Seconds per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(n):
+            x, y, _ = next(loader)
+            engine.backward(loss_fn(engine(x).float(), y[:, 0]))
+            engine.step()
+        sync(device)
+    kernels = []
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", 0) if device.type == "cuda" else e.self_cpu_time_total
+        if t > 0 and (device.type != "cuda" or str(getattr(e, "device_type", "")).endswith("CUDA")):
+            kernels.append((e.key, t / 1e6 / n, e.count // n))
+    kernels.sort(key=lambda k: -k[1])
+    kinds = {}
+    for name, t, _ in kernels:
+        low = name.lower()
+        kind = next((k for k, subs in KERNEL_KINDS if any(s in low for s in subs)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + t
+    return {"steps": n, "total_s": sum(k[1] for k in kernels), "by_kind_s": kinds,
+            "top": [{"name": name[:120], "s": t, "calls": c} for name, t, c in kernels[:30]]}
 
 
 # ---- main --------------------------------------------------------------------------------------------------
@@ -247,6 +299,7 @@ def main(argv=None):
     ap.add_argument("--machine", default=os.path.join(ROOT, "configs", "machines", "h200-1gpu.json"),
                     help="machine file whose efficiencies the prediction uses (rates are measured in this run)")
     ap.add_argument("--skip-bare", action="store_true", help="skip the bare-stack measurement")
+    ap.add_argument("--profile", type=int, default=0, help="profile this many more steps: device time per kernel kind")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
 
@@ -342,6 +395,14 @@ def report(r: dict) -> None:
     print(f"\n{'what':44s} {'time':>10} {'TFLOP/s':>9} {'of GEMM':>8} {'of bare':>8}")
     for name, t, rate, of_gemm, of_bare in rows:
         print(f"{name:44s} {t:>10} {rate:9.4g} {of_gemm:8.1%} {'' if of_bare is None else f'{of_bare:8.1%}':>8}")
+    if "phases_s" in r:
+        print("\ndevice time per phase: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in r["phases_s"].items()))
+    if "kernels" in r:
+        k = r["kernels"]
+        print(f"profiled kernels, per step: total {k['total_s'] * 1e3:.1f} ms; " + ", ".join(
+            f"{n} {t * 1e3:.1f} ms" for n, t in sorted(k["by_kind_s"].items(), key=lambda kv: -kv[1])))
+        for e in k["top"][:12]:
+            print(f"  {e['s'] * 1e3:8.2f} ms {e['calls']:5d}x  {e['name'][:90]}")
     p = r["predicted"]
     print(f"\ndata wait {r['data_wait_frac']:.1%} of the step (median wait {r['data_wait_s'] * 1e3:.1f} ms, "
           f"{r['workers']} workers); copy bandwidth {r['copy_gbps']:.1f} GB/s")

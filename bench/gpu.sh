@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurement in one go (issue 18): on a one-GPU machine that has torch but no network, in <= 10 min.
 #
-# Prepare here (CPU machine, once):   bash ../shared/tools/device-wheels.sh .device-wheels   # git-ignored
+# Prepare here (CPU machine, once):   bash bench/device-wheels.sh        # .device-wheels, git-ignored
 # Run there, from the repository root, carrying .device-wheels:      bash bench/gpu.sh
 #   (with the device tool: run(command="bash bench/gpu.sh", carry=[".device-wheels"], timeout_s=590))
 #
@@ -9,8 +9,7 @@
 #   1. check.json    serial model on CUDA fp32 and bf16 vs the CPU float64 reference (bench/gpu_check.py)
 #   2. step.json     bench/step.py, configs/era5_025deg.json on one GPU, bf16, eager, with the bare stack;
 #                    device time per phase (CUDA events) and per kernel kind over 3 profiled steps
-#   3. step_fp32grad.json  the same step with DeepSpeed's fp32 gradient accumulation (data_types.grad_accum_dtype)
-#      step_workers8.json  the same step with 8 loader workers (does the data wait fall with more readers?)
+#   3. step_workers8.json  the same step with 8 loader workers (4 do not keep up: 2026-12-04)
 #   4. step_ckpt.json     activation checkpointing, batch 4
 #   5. forecast.json      jigsaw-forecast's engine on the 0.25 deg config, fp32 and bf16: forecast steps/s
 #   6. step_compile.json  engine.compile()
@@ -27,7 +26,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD
 
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
-  python3 -c 'import torch, deepspeed, megatron.core, zarr, tensorstore; from importlib.metadata import version as v; print("torch", torch.__version__, "deepspeed",
+  python3 -c 'import torch, deepspeed, megatron.core, zarr, tensorstore, dask; from importlib.metadata import version as v; print("torch", torch.__version__, "deepspeed",
 deepspeed.__version__, "zarr", zarr.__version__, "tensorstore", v("tensorstore"))'
   nproc; free -g | head -2; df -h /dev/shm /tmp; } >>"$LOG" 2>&1
 
@@ -44,17 +43,9 @@ step() {  # step NAME LIMIT_S ARGS...: run one measurement with its own time lim
     echo "=== $name rc=$?" | tee -a "$LOG"
 }
 
-fp32grad=/tmp/ds_zero1_bf16_fp32grad.json
-python3 - "$fp32grad" <<'EOF'
-import json, sys
-cfg = json.load(open("configs/ds_zero1_bf16.json"))
-cfg["data_types"] = {"grad_accum_dtype": "fp32"}
-json.dump(cfg, open(sys.argv[1], "w"))
-EOF
 
 step check 150 python3 bench/gpu_check.py --out "$OUT/check.json"
 step eager 170 python3 bench/step.py --workers $workers --profile 3 --out "$OUT/step.json"
-step fp32grad 90 python3 bench/step.py --skip-bare --steps 12 --workers $workers --ds-config $fp32grad --out "$OUT/step_fp32grad.json"
 step workers8 90 python3 bench/step.py --skip-bare --steps 12 --workers $((2 * workers)) --out "$OUT/step_workers8.json"
 step ckpt 90 python3 bench/step.py --skip-bare --checkpointing --batch 4 --workers $workers --out "$OUT/step_ckpt.json"
 step forecast 120 python3 bench/forecast.py --out "$OUT/forecast.json"

@@ -168,6 +168,9 @@ class Machine:
     page_cache_gb_per_node: float = 0.0   # host memory that can hold training data (0: not modelled)
     kernel_launch_us: float = 5.0
     reserved_gb: float = 2.0
+    # fraction of hbm_gbps the optimizer step's few large streaming kernels reach (fused Adam, fp32 grad copies);
+    # higher than hbm_efficiency's many small eager kernels. None: the same as hbm_efficiency
+    optimizer_hbm_efficiency: float | None = None
     comment: str = ""
 
     @classmethod
@@ -184,7 +187,8 @@ class Machine:
                    loader_gbps_per_rank=float(d["io"]["loader_bandwidth_gbps_per_rank"]),
                    page_cache_gb_per_node=float(d["io"].get("page_cache_gb_per_node", 0.0)),
                    kernel_launch_us=float(d.get("kernel_launch_us", 5.0)),
-                   reserved_gb=float(d.get("reserved_gb", 2.0)), comment=str(d.get("comment", "")))
+                   reserved_gb=float(d.get("reserved_gb", 2.0)),
+                   optimizer_hbm_efficiency=d.get("optimizer_hbm_efficiency"), comment=str(d.get("comment", "")))
 
     @classmethod
     def load(cls, path: str) -> "Machine":
@@ -462,7 +466,8 @@ def compute_time(shape: ModelShape, layout: Layout, machine: Machine, micro_batc
 
 def optimizer_time(params: int, layout: Layout, setup: TrainSetup, machine: Machine) -> float:
     local = params / layout.data if setup.zero_stage >= 1 else params
-    return (36 * local + params * setup.e) / (machine.hbm_gbps * GB * machine.hbm_efficiency)
+    efficiency = machine.optimizer_hbm_efficiency or machine.hbm_efficiency
+    return (36 * local + params * setup.e) / (machine.hbm_gbps * GB * efficiency)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 4, 8 ranks of one replica, on 1 and 2 cores, for each store format the writer can make.
 
     python bench/io.py [--times 3] [--ranks 1 2 4 8] [--threads 1 2] [--repeats 3]
-                       [--formats blosc-lz4 zstd none zstd-unsharded] [--json bench/results/io.json]
+                       [--formats blosc-lz4 zstd none zstd-unsharded blosc-lz4-nocrc] [--json bench/results/io.json]
 
 One process. For each format it writes a synthetic store of 0.25 deg shape (721 x 1440; geopotential and
 temperature at 12 levels, 2 m temperature, mean sea level pressure: 26 channels, 108 MB per time step) with
@@ -18,7 +18,8 @@ rank's band of every time step three ways, into one preallocated float32 array:
   memcpy   a copy of the same decoded bytes from one array into another
 
 and counts the bytes the reader read (ReadCounter, after a first read that fetched metadata and shard
-indexes). `zstd-unsharded` is the layout written before (one file per chunk, zstd, no checksum).
+indexes). `zstd-unsharded` is the layout written before (one file per chunk, zstd, no checksum);
+`blosc-lz4-nocrc` the default without its per-chunk crc32c (write_store(checksum=False)).
 
 Threads: the process runs on the first N cores (all its threads, tensorstore's included, are bound to them),
 the reader gets read_threads = N and the floor a pool of N threads; N = 1 is one core, however many threads
@@ -41,7 +42,7 @@ import numpy as np
 N_LAT, N_LON, PATCH = 721, 1440, 4
 UPPER, SURFACE = ["geopotential", "temperature"], ["2m_temperature", "mean_sea_level_pressure"]
 LEVELS = [50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925]
-FORMATS = ["blosc-lz4", "zstd", "none", "zstd-unsharded"]
+FORMATS = ["blosc-lz4", "zstd", "none", "zstd-unsharded", "blosc-lz4-nocrc"]
 CORES = sorted(os.sched_getaffinity(0))
 
 
@@ -72,7 +73,8 @@ def make_store(path: str, fmt: str, n_times: int) -> dict:
         shutil.rmtree(path)
         os.replace(old, path)
     else:
-        write_store(ds, path, lat_chunk=PATCH, time_block=1, codec=fmt)
+        codec = fmt.removesuffix("-nocrc")
+        write_store(ds, path, lat_chunk=PATCH, time_block=1, codec=codec, checksum=codec == fmt)
     data = sum(disk_bytes(os.path.join(path, v)) for v in UPPER + SURFACE)
     return {"write_seconds": time.perf_counter() - t0, "disk_MB_per_step": data / n_times / 1e6,
             "raw_MB_per_step": ds.nbytes / n_times / 1e6}

@@ -292,6 +292,13 @@ def test_cli_prepare_and_its_errors(tmp_path, capsys):
     assert cli_main(["prepare", path, "--out", str(tmp_path / "s.zarr"), "--levels", "850", "--lat-chunk", "8"]) == 0
     out = capsys.readouterr().out
     assert "grid: 9 x 16" in out and "channels: 2m_temperature, geopotential_850, temperature_850" in out
+    assert cli_main(["prepare", path, "--out", str(tmp_path / "n.zarr"), "--levels", "850", "--lat-chunk", "8",
+                     "--no-checksum"]) == 0
+    for store, chain in (("s.zarr", ["bytes", "blosc", "crc32c"]), ("n.zarr", ["bytes", "blosc"])):
+        meta = json.load(open(tmp_path / store / "temperature" / "zarr.json"))
+        assert [c["name"] for c in meta["codecs"][0]["configuration"]["codecs"]] == chain, store
+    xr.testing.assert_equal(xr.open_zarr(tmp_path / "s.zarr").load(), xr.open_zarr(tmp_path / "n.zarr").load())
+    capsys.readouterr()
     assert cli_main(["prepare", path, "--out", str(tmp_path / "t.zarr"), "--levels", "700"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("jigsaw-data prepare: error: ") and "no level 700 hPa" in err and "\n" not in err

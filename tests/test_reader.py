@@ -82,6 +82,16 @@ def test_layout_sharded_lz4_crc32c_and_xarray_reads_it(store_path):
     assert xr.open_zarr(store_path)["temperature"].shape[0] == 6  # plain xarray (WeatherBench2 tools)
 
 
+def test_without_checksum_the_reader_reads_the_same_values(tmp_path):
+    """write_store(checksum=False): no crc32c after the codec (docs/data.md: faster reads, no bit-flip check)."""
+    path = write_store(synth_dataset(33, 64, 2, seed=0)[UPPER + SURFACE], str(tmp_path / "n.zarr"), checksum=False)
+    meta = json.load(open(os.path.join(path, "temperature", "zarr.json")))
+    assert [c["name"] for c in meta["codecs"][0]["configuration"]["codecs"]] == ["bytes", "blosc"]
+    full = slice(0, None)
+    got = WeatherStore(path, UPPER, SURFACE, LEVELS).read_raw([0, 1], full, full)
+    np.testing.assert_array_equal(got, expected(path, [0, 1], full, full))
+
+
 def inner_chunk(path, key, n_inner, i):
     """(offset, nbytes) of inner chunk i of a shard file, from the index at its end (16 bytes per chunk, crc32c)."""
     with open(os.path.join(path, key), "rb") as f:

@@ -34,7 +34,7 @@ import zarr
 
 from .climatology import grouping, store_groups
 from .store import STATS_ATTR, all_channels, channel_stats, static_stats
-from .writer import BLOCK_BYTES, chunk_encoding, time_blocks
+from .writer import BLOCK_BYTES, DEFAULT_CODEC, chunk_encoding, time_blocks
 
 STATE = ".jigsaw-prepare"  # inside STORE.partial: job.json (the job key), blocks/, climatology/
 KEY_ATTR = "jigsaw_prepare"  # the job key of a complete store: a second run with the same one does nothing
@@ -75,18 +75,19 @@ class Job:
     clim_by: Optional[tuple[str, ...]]
     clim_coords: dict
     clim_cells: list
-    clim_encoding_args: tuple
+    encoding_args: tuple          # chunk_encoding(ds, *encoding_args): the data and the climatology alike
 
     @classmethod
     def make(cls, parts, out: str, check, args: dict, lat_chunk: int, lon_chunk: int, level_chunk: int,
-             time_block: int, climatology: bool) -> "Job":
+             time_block: int, climatology: bool, checksum: bool) -> "Job":
         p0 = parts[0].ds
         timed = [v for v, da in p0.data_vars.items() if "time" in da.dims]
         blocks, offset = [], 0
         for i, part in enumerate(parts):
             blocks += [Block(i, s.start, s.stop, offset + s.start) for s in time_blocks(part.ds[timed], time_block)]
             offset += part.ds.sizes["time"]
-        encoding = chunk_encoding(p0, lat_chunk, lon_chunk, level_chunk)
+        encoding_args = (lat_chunk, lon_chunk, level_chunk, DEFAULT_CODEC, checksum)
+        encoding = chunk_encoding(p0, *encoding_args)
         _check_whole_shards(encoding, timed, [b.offset for b in blocks])
         times = np.concatenate([p.ds["time"].values for p in parts])
         traj = np.concatenate([p.ds["trajectory"].values for p in parts]) if "trajectory" in p0.coords else None
@@ -100,7 +101,7 @@ class Job:
         for values in [times, traj] + [p0[d].values for d in ("level", "latitude", "longitude") if d in p0.coords]:
             if values is not None:
                 digest.update(np.ascontiguousarray(values).tobytes())
-        return cls(parts, out, check, digest.hexdigest()[:32], encoding, blocks, times, traj, timed, by, coords, cells, (lat_chunk, lon_chunk, level_chunk))
+        return cls(parts, out, check, digest.hexdigest()[:32], encoding, blocks, times, traj, timed, by, coords, cells, encoding_args)
 
     @property
     def tmp(self) -> str:
@@ -207,7 +208,7 @@ def init_climatology(job: Job, path: str) -> None:
     clim = xr.Dataset(data, coords=coords,
                       attrs={"grouping": str(grouped), "span": f"{job.times[0]} .. {job.times[-1]}"})
     clim.to_zarr(path, group="climatology", mode="w", compute=False, consolidated=False, zarr_format=3,
-                 encoding=chunk_encoding(clim, *job.clim_encoding_args))
+                 encoding=chunk_encoding(clim, *job.encoding_args))
     # cells no time falls in (a day-hour that never occurs): NaN, written, as the reader wants every chunk
     full = set(np.ndindex(*[len(job.clim_coords[d]) for d in by]))
     for index in sorted(full - {cell for cell, _ in job.clim_cells}):

@@ -4,6 +4,7 @@ them (reading the initial states, the rollout on the device, writing every step'
 
     python bench/forecast.py                        # on a GPU: the 0.25 deg config (bench/gpu.sh runs it)
     python bench/forecast.py --small                # on CPU: the small config of bench/step.py (a check)
+    python bench/forecast.py --full-grid --config NARROW.json   # on CPU: 721 x 1440 with a narrow model
 
 The weights are the config's seeded initialisation (speed only, not skill), saved as a layout-free file; the
 store is bench/step.py's (the same path: made there, or here if missing). JSON written after each precision.
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=os.path.join(ROOT, "configs", "era5_025deg.json"))
     ap.add_argument("--small", action="store_true", help="bench/step.py's small config (implied without CUDA)")
+    ap.add_argument("--full-grid", action="store_true",
+                    help="the 0.25 deg grid without CUDA too (give a narrow --config: the host-side cost at full size)")
     ap.add_argument("--depth", type=int, default=0)
     ap.add_argument("--store", default="")
     ap.add_argument("--lead-steps", type=int, default=8)
@@ -44,7 +47,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     quiet_libraries(0)
     cuda = torch.cuda.is_available()
-    small = args.small or not cuda
+    small = args.small or not (cuda or args.full_grid)
     jcfg = build_config(args, small)
     grid = (32, 64) if small else (721, 1440)
     shape = pm.ModelShape.from_config(jcfg, grid)

@@ -42,6 +42,11 @@ DEFAULT_CODEC = "blosc-lz4"
 TIME_ENCODING = {"units": "seconds since 1970-01-01", "dtype": "int64"}
 
 
+def chunk_compressors(dtype, codec: str = DEFAULT_CODEC, checksum: bool = True) -> tuple:
+    """zarr v3 compressors of one chunk: the codec of CODECS, then a crc32c (checksum)."""
+    return CODECS[codec](np.dtype(dtype).itemsize) + ((Crc32cCodec(),) if checksum else ())
+
+
 def chunk_encoding(ds: xr.Dataset, lat_chunk: int = 0, lon_chunk: int = 0, level_chunk: int = 0,
                    codec: str = DEFAULT_CODEC, checksum: bool = True) -> dict:
     """Inner chunks of one time step, `level_chunk` levels (0: all), latitude bands of `lat_chunk` rows (0:
@@ -58,8 +63,7 @@ def chunk_encoding(ds: xr.Dataset, lat_chunk: int = 0, lon_chunk: int = 0, level
         # a shard is a whole number of inner chunks: the last one may reach past the edge of the array
         shards = tuple(c if d in ("time", "hour", "dayofyear") else -(-da.sizes[d] // c) * c
                        for d, c in zip(da.dims, inner))
-        compressors = CODECS[codec](np.dtype(da.dtype).itemsize) + ((Crc32cCodec(),) if checksum else ())
-        encoding[name] = {"chunks": inner, "shards": shards, "compressors": compressors}
+        encoding[name] = {"chunks": inner, "shards": shards, "compressors": chunk_compressors(da.dtype, codec, checksum)}
     if "time" in ds.coords:
         encoding["time"] = dict(TIME_ENCODING)
     return encoding

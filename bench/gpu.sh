@@ -51,4 +51,4 @@ step ckpt 90 python3 bench/step.py --skip-bare --checkpointing --batch 4 --worke
 step forecast 120 python3 bench/forecast.py --out "$OUT/forecast.json"
 step compile 180 python3 bench/step.py --compile --workers $workers --out "$OUT/step_compile.json"
 echo "=== done $(date -u +%T)" | tee -a "$LOG"
-grep -E "^(run|cpu|cuda|all|FAILED|fp32:|bf16:)|^(what|dense|bare|DeepSpeed|data wait|perf model|weights|peak|device time|profiled|  +[0-9.]+ ms)|=== " "$LOG" | tail -80
+grep -E "^(run|cpu|cuda|all|FAILED|fp32:|bf16:)|^(what|dense|bare|DeepSpeed|data wait|perf model|weights|peak|device time|profiled|optimizer floor|  +[0-9.]+ ms)|=== " "$LOG" | tail -80

@@ -113,6 +113,24 @@ def bare_stack_rate(cfg, n_tokens, batch, device, dtype, reps, compile_it) -> di
     return {"seconds": t, "flops": flops, "tflops": flops / t / 1e12}
 
 
+def optimizer_floor(n_params: int, device, dtype, reps: int) -> float:
+    """Seconds of the least a mixed-precision optimizer step over n_params does: torch's AdamW (fused on CUDA)
+    over one flat fp32 master tensor whose fp32 gradient is given, then the cast into the model's dtype. The
+    bare stack has no optimizer; bare + this floor is what the DeepSpeed step can be compared with whole."""
+    master = torch.zeros(n_params, device=device, dtype=torch.float32)
+    master.grad = torch.full_like(master, 1e-3)
+    weights = torch.empty(n_params, device=device, dtype=dtype)
+    opt = torch.optim.AdamW([master], lr=1e-4, fused=device.type == "cuda")
+
+    def step():
+        opt.step()
+        weights.copy_(master)
+
+    t = timed(step, device, reps)
+    del opt, master, weights
+    return t
+
+
 # ---- the data --------------------------------------------------------------------------------------------
 def bench_store(path, variables, levels, surface, static, n_lat, n_lon, n_times, seed=0) -> str:
     """A WB2-schema store with the config's variable names: smooth random fields plus noise (throughput only)."""
@@ -217,6 +235,7 @@ def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
     out["data_wait_frac"] = sum(r["data_wait_s"] for r in timed_steps) / sum(r["step_s"] for r in timed_steps)
     out["losses"] = [r["loss"] for r in records]
     out["state_bytes"] = engine_state_bytes(engine)
+    out["params"] = sum(p.numel() for p in engine.module.parameters())
     out["peak_mem_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
     if phases:  # forward + loss, backward, optimizer step: device time from CUDA events, medians
         out["phases_s"] = dict(zip(("forward", "backward", "optimizer"),
@@ -362,6 +381,9 @@ def main(argv=None):
                 jcfg.model.static_variables, grid[0], grid[1], args.times)
     save(store_build_s=time.perf_counter() - t0)
     step = run_step_bench(args, device, dtype_name, jcfg, shape, args.store)
+    if cuda:
+        torch.cuda.empty_cache()
+    save(optimizer_floor_s=optimizer_floor(step["params"], device, dtype, 10 if cuda else 3))
 
     # the analytic model with this run's measured GEMM rate; on CUDA the machine file's HBM bandwidth and
     # efficiencies (fitted together against the datasheet bandwidth), on the CPU the measured copy rate
@@ -395,6 +417,11 @@ def report(r: dict) -> None:
     print(f"\n{'what':44s} {'time':>10} {'TFLOP/s':>9} {'of GEMM':>8} {'of bare':>8}")
     for name, t, rate, of_gemm, of_bare in rows:
         print(f"{name:44s} {t:>10} {rate:9.4g} {of_gemm:8.1%} {'' if of_bare is None else f'{of_bare:8.1%}':>8}")
+    if bare:
+        floor = r["optimizer_floor_s"]
+        print(f"\noptimizer floor (fused AdamW over {r['params'] / 1e9:.3g} B fp32 parameters + cast): "
+              f"{floor * 1e3:.1f} ms; device step / (bare stack + floor): "
+              f"{(bare['seconds'] + floor) / r['device_s']:.1%}")
     if "phases_s" in r:
         print("\ndevice time per phase: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in r["phases_s"].items()))
     if "kernels" in r:

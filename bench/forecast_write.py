@@ -2,7 +2,7 @@
 writes): the engine's writer (eval.evaluate.ForecastWriter, tensorstore, one step in flight) against
 zarr-python's `array[...] = values` (the path before), side by side in one process, at the 0.25 deg grid.
 
-    OMP_NUM_THREADS=1 python bench/forecast_write.py [--steps 4] [--batch 2] [--threads 1]
+    OMP_NUM_THREADS=1 python bench/forecast_write.py [--steps 4] [--batch 2]
 
 The values are the 69-channel fields of bench/step.py's store (smooth fields plus noise: they compress like
 those), written as `--steps` lead steps of `--batch` initial times into a fresh forecast.zarr made by the
@@ -40,12 +40,8 @@ def zarr_python(path, blocks, lat, lon):
     group = zarr.open_group(path, mode="r+")
 
     def write(first, k, values):
-        times = slice(first, first + values.shape[0])
-        for var, c0, levels in blocks:
-            if levels is None:
-                group[var][times, k, lat, lon] = values[:, c0]
-            else:
-                group[var][times, k, :, lat, lon] = values[:, c0:c0 + len(levels)]
+        for var, index, source in ev.forecast_pieces(blocks, first, k, values, lat, lon):
+            group[var][index] = source
     return write, lambda: None
 
 
@@ -96,8 +92,8 @@ def main(argv=None) -> int:
         best = min(seconds, res["writers"].get(name, {}).get("seconds", float("inf")))
         res["writers"][name] = {"seconds": best, "s_per_step": best / args.steps,
                                 "MBps": fields[0].nbytes * args.steps / best / 1e6}
-        print(f"{name:16s} {seconds / args.steps:.2f} s per step ({fields[0].nbytes * args.steps / seconds / 1e6:.0f} MB/s)",
-              flush=True)
+        mbps = fields[0].nbytes * args.steps / seconds / 1e6
+        print(f"{name:16s} {seconds / args.steps:.2f} s per step ({mbps:.0f} MB/s)", flush=True)
     w = res["writers"]
     res["speedup"] = w["zarr-python"]["seconds"] / w["ForecastWriter"]["seconds"]
     print(f"\n{'writer':16s} {'s/step':>7} {'MB/s':>7}   ({res['mb_per_step']:.0f} MB per step, {res['threads']} threads)")

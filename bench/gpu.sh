@@ -43,7 +43,6 @@ step() {  # step NAME LIMIT_S ARGS...: run one measurement with its own time lim
     echo "=== $name rc=$?" | tee -a "$LOG"
 }
 
-
 step check 150 python3 bench/gpu_check.py --out "$OUT/check.json"
 step eager 170 python3 bench/step.py --workers $workers --profile 3 --out "$OUT/step.json"
 step workers8 90 python3 bench/step.py --skip-bare --steps 12 --workers $((2 * workers)) --out "$OUT/step_workers8.json"

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
                    help="time steps per task, read and held in memory at once (default: ~256 MB)")
     p.add_argument("--no-climatology", dest="climatology", action="store_false")
     p.add_argument("--no-checksum", dest="checksum", action="store_false",
-                   help="no crc32c on each chunk: reads 20-30%% faster, but a flipped bit is no longer caught "
+                   help="no crc32c on each chunk: reads 18-29%% faster, but a flipped bit is no longer caught "
                         "(docs/data.md)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="worker processes of the local Dask cluster (default: the number of cores; 0: no cluster, "

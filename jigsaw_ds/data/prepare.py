@@ -459,7 +459,7 @@ def prepare(sources: list[str], out: str, variables: Optional[list] = None, leve
     over domain ranks reads whole chunks); lon_chunk: longitude columns per chunk (default: all);
     level_chunk: levels per chunk (default: all, as every rank reads every level); time_block: time steps
     per Dask task (default: about writer.BLOCK_BYTES); checksum: a crc32c on every chunk (docs/data.md: off
-    reads 20-30% faster, but a flipped bit then reaches the model unnoticed).
+    reads 18-29% faster, but a flipped bit then reaches the model unnoticed).
     Where the work runs (parallel_prepare.run): `client` (a dask.distributed Client), else a cluster at
     `scheduler`, else a LocalCluster of `workers` processes, else (workers=0) this process. An interrupted
     prepare run again with the same arguments resumes; one over a complete store does nothing.

@@ -30,7 +30,7 @@ BLOCK_BYTES = 256 * 2**20  # data held in memory per written block (default)
 # generated stores (synth, swe) are read by domain ranks as whole chunks too; shards keep the files few.
 DEFAULT_LAT_CHUNK = 4
 # Compression of each inner chunk (bench/io measures them; docs/data.md); each ends in a crc32c unless the
-# writer is told checksum=False (30% faster reads with tensorstore, whose crc32c is not hardware-accelerated,
+# writer is told checksum=False (18-29% faster reads with tensorstore, whose crc32c is not hardware-accelerated,
 # but a flipped bit then reaches the model: docs/data.md).
 CODECS = {
     "blosc-lz4": lambda itemsize: (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=itemsize),),

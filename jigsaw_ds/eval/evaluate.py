@@ -179,10 +179,22 @@ def create_forecast_store(path: str, store: WeatherStore, init_times, leads, chu
     ds.to_zarr(path, mode="w", compute=False, encoding=encoding, consolidated=True)
 
 
+def forecast_pieces(blocks: list, first: int, k: int, values: np.ndarray, lat: slice, lon: slice):
+    """(variable, index into its forecast.zarr array, the values there) of a forecast batch: values [B, C, h, w]
+    (physical) of initial times first.. first+B-1 at lead index k, on this rank's tile; blocks: the store's
+    variable_blocks()."""
+    times = slice(first, first + values.shape[0])
+    for var, c0, levels in blocks:
+        if levels is None:
+            yield var, (times, k, lat, lon), values[:, c0]
+        else:
+            yield var, (times, k, slice(None), lat, lon), values[:, c0:c0 + len(levels)]
+
+
 class ForecastWriter:
     """This rank's tiles of every forecast step into the open forecast.zarr, through tensorstore: its encode
-    and file threads run while the next step computes and is scored (they release the GIL), and it writes
-    about twice as fast as zarr-python on one core (docs/evaluation.md). One step in flight: `write` waits for
+    and file threads run while the next step computes and is scored (they release the GIL); 1.6x
+    zarr-python's writes on two quiet cores (bench/forecast_write.py; less on busy ones) (docs/evaluation.md). One step in flight: `write` waits for
     the previous step's writes first, so at most one forecast batch is held beyond the current one."""
 
     def __init__(self, path: str, blocks: list, lat: slice, lon: slice):
@@ -199,13 +211,8 @@ class ForecastWriter:
     def write(self, first: int, k: int, values: np.ndarray) -> None:
         """values [B, C, h, w] (physical, float32) of initial times first.. first+B-1 at lead index k."""
         self.wait()
-        times = slice(first, first + values.shape[0])
-        for var, c0, levels in self.blocks:
-            if levels is None:
-                target, source = self.arrays[var][times, k, self.lat, self.lon], values[:, c0]
-            else:
-                target, source = self.arrays[var][times, k, :, self.lat, self.lon], values[:, c0:c0 + len(levels)]
-            self.pending.append((var, target.write(source)))
+        for var, index, source in forecast_pieces(self.blocks, first, k, values, self.lat, self.lon):
+            self.pending.append((var, self.arrays[var][index].write(source)))
         self.held = values  # the source stays alive until its writes are done
 
     def wait(self) -> None:

@@ -58,7 +58,7 @@ from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches  # noqa: E402
 from jigsaw_ds.data.store import WeatherStore  # noqa: E402
 from jigsaw_ds.eval.evaluate import scores_to_rows  # noqa: E402
 from jigsaw_ds.eval.streaming import ScoreSums  # noqa: E402
-from jigsaw_ds.model import WeatherMixer, input_channels, rollout  # noqa: E402
+from jigsaw_ds.model import WeatherMixer, ensemble_mean, input_channels, rollout  # noqa: E402
 from jigsaw_ds.parallel.topology import JigsawGroups  # noqa: E402
 from jigsaw_ds.data.dataset import split_train_val  # noqa: E402
 from jigsaw_ds.grid import lat_cell_weights  # noqa: E402
@@ -135,28 +135,37 @@ def cached(dataset: PairDataset):
     return torch.stack(xs), torch.stack(ys)[:, 0]
 
 
-def train(name, model, args, steps, train_xy, val_xy, loss_fn, n_state, rollout_set=None):
+def train(name, model, args, steps, train_xy, val_xy, loss_fn, n_state, rollout_set=None, train_set=None, seed=None):
     """One plain-PyTorch loop, identical for every model: same batch stream, optimizer, schedule, clip.
     rollout_set (a PairDataset with rollout = --rollout-steps): the last --rollout-fraction of the steps
-    train on the K-step rollout loss, batches drawn from it."""
-    torch.manual_seed(args.seed)
+    train on the K-step rollout loss, batches drawn from it. With --lon-roll every batch is read through
+    train_set / rollout_set with the sampler's longitude shifts (data.lon_roll's path), not from train_xy."""
+    lon_roll = train_set.store.n_lon if args.lon_roll else 0
+    seed = args.seed if seed is None else seed  # an ensemble member's: its batch order too
+    torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args, steps))
-    sampler = ReplicaBatches(len(train_xy[0]), args.batch, 0, 1, args.seed, steps=steps)
+    sampler = ReplicaBatches(len(train_xy[0]), args.batch, 0, 1, seed, steps=steps, lon_roll=lon_roll)
     history, window, step_times = [], [], []
     first_rollout = steps - int(args.rollout_fraction * steps) + 1 if rollout_set is not None else steps + 1
-    rollout_batches = iter(ReplicaBatches(len(rollout_set), args.batch, 0, 1, args.seed + 1,
-                                          steps=steps - first_rollout + 1)) if rollout_set is not None else None
+    rollout_batches = iter(ReplicaBatches(len(rollout_set), args.batch, 0, 1, seed + 1,
+                                          steps=steps - first_rollout + 1, lon_roll=lon_roll)) \
+        if rollout_set is not None else None
     model.train()
     t_train = 0.0
-    for step, idx in enumerate(sampler, start=1):
+    for step, draw in enumerate(sampler, start=1):
         t0 = time.perf_counter()
         if step >= first_rollout:  # the mean loss of a K-step rollout, gradient through all of it
-            x, y, _ = rollout_set.read_batch(list(next(rollout_batches)))
-            loss = sum(loss_fn(pred, y[:, k]) for k, pred in enumerate(rollout(model, x, y.shape[1], n_state)))
+            x, y, _ = rollout_set.read_batch(*next(rollout_batches))
+            loss = sum(loss_fn(pred, y[:, k]) for k, pred in enumerate(rollout(model, x, y.shape[1], n_state,
+                                                                                    history=args.history)))
             loss = loss / y.shape[1]
         else:
-            x, y = train_xy[0][idx], train_xy[1][idx]
+            if lon_roll:
+                x, y, _ = train_set.read_batch(*draw)
+                y = y[:, 0]
+            else:
+                x, y = train_xy[0][draw.indices], train_xy[1][draw.indices]
             loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -236,25 +245,27 @@ def validate(model, val_xy, loss_fn, n_state, batch=16):
     return total / len(x_all), persistence / len(x_all)
 
 
-def score_rollouts(models: dict, store, inits, train_times, k: int, batch: int = 8):
-    """Score rows of each model, persistence and climatology over k leads from the initial times `inits`
-    (jigsaw-eval's sums, one process) and the seconds each model's rollouts took."""
+def score_rollouts(models: dict, store, inits, train_times, k: int, history: int, batch: int = 8):
+    """Score rows of each model (a list of members: their mean forecast), persistence and climatology over k
+    leads from the initial times `inits` (jigsaw-eval's sums, one process) and the seconds each model's
+    rollouts took."""
     n_state, full = len(store.channels), (slice(0, store.n_lat), slice(0, store.n_lon))
     kinds = [*models, "persistence", "climatology"]
     sums = ScoreSums(kinds, k, n_state, store.lat, lat_cell_weights(store.lat), full[0], store.n_lon,
                      JigsawGroups.serial())
     clim = Climatology(store.times[train_times], lambda i: store.read_raw([int(train_times[i])], *full)[0])
-    dataset = PairDataset(store, inits, 1, *full, True)
+    dataset = PairDataset(store, inits, 1, *full, True, history=history)
     mean, std = store.mean[None, :, None, None], store.std[None, :, None, None]
     seconds = dict.fromkeys(models, 0.0)
     for lo in range(0, len(inits), batch):
         items = list(range(lo, min(lo + batch, len(inits))))
         x = dataset.read_batch(items)[0]
         forecasts = {}
-        for name, model in models.items():
+        for name, members in models.items():
             t0 = time.perf_counter()
             with torch.no_grad():
-                forecasts[name] = [p.numpy() * std + mean for p in rollout(model.eval(), x, k, n_state)]
+                forecasts[name] = [p.numpy() * std + mean for p in ensemble_mean(
+                    rollout(m.eval(), x, k, n_state, history=history) for m in members)]
             seconds[name] += time.perf_counter() - t0
         initial = x[:, :n_state].numpy() * std + mean
         for j in range(k):
@@ -367,6 +378,12 @@ def main(argv=None) -> int:
     g.add_argument("--clip", type=float, default=1.0)
     g.add_argument("--rollout-steps", type=int, default=1, help="K > 1: fine-tune on a K-step rollout loss")
     g.add_argument("--rollout-fraction", type=float, default=0.25, help="the last fraction of steps that do")
+    g.add_argument("--members", type=int, default=1,
+                   help="seed ensemble: train N of each model (seeds --seed ..), score their mean forecast")
+    g.add_argument("--history", type=int, default=0,
+                   help="input history (model.history_steps): the states this many steps back as extra channels")
+    g.add_argument("--lon-roll", action="store_true",
+                   help="augmentation (data.lon_roll): each sample rolled by a random number of longitude columns")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--log-every", type=int, default=100)
     g.add_argument("--val-every", type=int, default=200)
@@ -396,16 +413,18 @@ def main(argv=None) -> int:
     path = make_store(args)
     store = WeatherStore(path, VARIABLES, [], [500])
     n_state = len(store.channels)
-    n_in = input_channels(ModelConfig(coord_features=True), n_state, 0)  # as PairDataset(coord_feats=True) stacks them
-    train_starts, val_starts = split_train_val(store, 1, args.val_fraction)
+    # as PairDataset(coord_feats=True, history=...) stacks them
+    n_in = input_channels(ModelConfig(coord_features=True, history_steps=args.history), n_state, 0)
+    train_starts, val_starts = split_train_val(store, 1, args.val_fraction, args.history)
     if args.train_trajectories:
         kept = np.unique(store.trajectory[train_starts])[:args.train_trajectories]
         if len(kept) < args.train_trajectories:
             raise SystemExit(f"--train-trajectories {args.train_trajectories}: the store has only {len(kept)} "
                              f"training trajectories")
         train_starts = train_starts[np.isin(store.trajectory[train_starts], kept)]
-    train_xy = cached(PairDataset(store, train_starts, 1, FULL, FULL, True))
-    val_xy = cached(PairDataset(store, val_starts, 1, FULL, FULL, True))
+    train_set = PairDataset(store, train_starts, 1, FULL, FULL, True, history=args.history)
+    train_xy = cached(train_set)
+    val_xy = cached(PairDataset(store, val_starts, 1, FULL, FULL, True, history=args.history))
     weights = torch.from_numpy(lat_cell_weights(store.lat)).float()
     loss_fn = AreaWeightedMSE(weights, store.n_lat, store.n_lon, channel_weights=(store.std / store.tendency_std) ** 2)
     print(f"store {path}: {store.n_lat}x{store.n_lon}, {len(np.unique(store.trajectory))} trajectories, "
@@ -419,7 +438,7 @@ def main(argv=None) -> int:
             mcfg[key] = json.loads(value)
         except json.JSONDecodeError:
             mcfg[key] = value
-    mcfg["coord_features"] = True
+    mcfg["coord_features"], mcfg["history_steps"] = True, args.history
     mixer_cfg = ModelConfig(**mcfg)
     mixer = build_mixer(mixer_cfg, store, n_in, n_state, args.seed)
     target = n_params(mixer)
@@ -448,21 +467,35 @@ def main(argv=None) -> int:
                                                  f"per step)" for n, s in steps.items()), flush=True)
     rollout_set = None
     if args.rollout_steps > 1:  # the same trajectories, pairs spanning K steps
-        span_starts, _ = split_train_val(store, args.rollout_steps, args.val_fraction)
+        span_starts, _ = split_train_val(store, args.rollout_steps, args.val_fraction, args.history)
         rollout_set = PairDataset(store, span_starts[np.isin(span_starts, train_starts)], 1, FULL, FULL, True,
-                                  rollout=args.rollout_steps)
+                                  rollout=args.rollout_steps, history=args.history)
     histories, timing = {}, {}
     for name, model in models.items():
         print(f"training {name}: {steps[name]} steps, batch {args.batch}", flush=True)
         histories[name], timing[name] = train(name, model, args, steps[name], train_xy, val_xy, loss_fn, n_state,
-                                              rollout_set)
+                                              rollout_set, train_set)
+    # a seed ensemble (--members N): N - 1 more of each model, other seeds (initialisation and batch order),
+    # the same budget each, so the ensemble costs N times a single model's training
+    ensembles = {name: [model] for name, model in models.items()}
+    member_val_loss = {name: [histories[name][-1]["val_loss"]] for name in models}
+    for i in range(1, args.members):
+        for name, build in (("WeatherMixer", lambda s: build_mixer(mixer_cfg, store, n_in, n_state, s)),
+                            ("SFNO", lambda s: build_sfno(args, store, n_in, n_state, width, s))):
+            print(f"training {name} member {i} (seed {args.seed + i}): {steps[name]} steps", flush=True)
+            member = build(args.seed + i)
+            history, t = train(name, member, args, steps[name], train_xy, val_xy, loss_fn, n_state, rollout_set,
+                               train_set, seed=args.seed + i)
+            ensembles[name].append(member)
+            member_val_loss[name].append(history[-1]["val_loss"])
+            timing[name]["train_s"] += t["train_s"]
 
     # ---- evaluate as jigsaw-eval does -------------------------------------------------------------------------
     k = args.lead_steps
-    eval_train, eval_val = split_train_val(store, k, args.val_fraction)  # same trajectories held out
+    eval_train, eval_val = split_train_val(store, k, args.val_fraction, args.history)  # same trajectories held out
     inits = eval_val if not args.inits else \
         eval_val[np.linspace(0, len(eval_val) - 1, min(args.inits, len(eval_val))).astype(int)]
-    rows, eval_s = score_rollouts(models, store, inits, eval_train, k)
+    rows, eval_s = score_rollouts(ensembles, store, inits, eval_train, k, args.history)
     names = [*models, "persistence", "climatology"]
     table = summary_table(rows, names)
     print_table(table, names)
@@ -483,7 +516,8 @@ def main(argv=None) -> int:
         "training": {key: getattr(args, key) for key in ("steps", "batch", "lr", "weight_decay", "warmup",
                                                          "warmup_min_ratio", "cos_min_ratio", "clip", "seed",
                                                          "budget", "train_trajectories", "rollout_steps",
-                                                         "rollout_fraction")},
+                                                         "rollout_fraction", "lon_roll", "history", "members")},
+        "member_val_loss": member_val_loss,
         "steps": steps, "train_flops_per_step": flops,
         "train_flops": {n: flops[n] * steps[n] for n in steps},
         "threads": args.threads,

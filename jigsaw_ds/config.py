@@ -33,6 +33,8 @@ class ModelConfig:
     forcings_at_target: bool = False    # the forcings at the target (valid) time as well as at the input time
     drop_path: float = 0.0              # stochastic depth in training: block i's residual branches are skipped per
                                         # sample with probability drop_path (i + 1) / depth (0: off)
+    history_steps: int = 0              # input history: the states 1..h model steps (data.lead_steps each) before
+                                        # the input time as extra input channels (0: the current state only)
 
 
 @dataclass
@@ -46,6 +48,10 @@ class DataConfig:
     num_workers: int = 0                # DataLoader worker processes per rank
     read_threads: int = 0               # chunk decode threads per reading process; 0: its cores / num_workers
     prefetch_factor: int = 2
+    lon_roll: bool = False              # augmentation: roll each training sample (state, targets, static fields,
+                                        # forcings) by a random whole number of longitude columns; the coordinate
+                                        # features stay. Only for longitude-invariant dynamics (the aquaplanet
+                                        # shallow water), not ERA5, whose orography fixes where weather happens
     generate: dict = field(default_factory=dict)  # if set and the store is missing: make it (see data.generate)
 
 
@@ -254,6 +260,7 @@ def validate(cfg: JigsawConfig) -> None:
         _positive(cfg, "train", key)
     _positive(cfg, "train", "ckpt_every", 0)
     _positive(cfg, "train", "seed", 0)
+    _positive(cfg, "model", "history_steps", 0)
     if not 0.0 <= cfg.model.drop_path < 1.0:
         raise ConfigError(f"config key 'model.drop_path' must be in [0, 1), got {cfg.model.drop_path}")
     if not math.isfinite(cfg.train.peak_tflops) or cfg.train.peak_tflops < 0:
@@ -289,17 +296,25 @@ def check_generate_spec(spec: dict) -> None:
                               f"got {value!r}")
 
 
-def check_against_grid(cfg: JigsawConfig, n_lat: int, n_lon: int, longest_traj: int) -> None:
-    """Checks that need the store's grid: patch vs grid, the Jigsaw split, lead time vs trajectory."""
+def check_against_grid(cfg: JigsawConfig, n_lat: int, lon_deg, longest_traj: int) -> None:
+    """Checks that need the store's grid: patch vs grid, the Jigsaw split, lead time vs trajectory, a global
+    longitude circle for data.lon_roll."""
+    from .grid import is_global_periodic_lon
     from .parallel.partition import split_problems
+
+    n_lon = len(lon_deg)
+    if cfg.data.lon_roll and not is_global_periodic_lon(lon_deg):
+        raise ConfigError(f"config key 'data.lon_roll' needs longitudes that close the circle (n evenly spaced "
+                          f"points, step x n = 360); the store's {n_lon} run from {float(lon_deg[0])} to "
+                          f"{float(lon_deg[-1])}")
 
     for key, why in split_problems(n_lat, n_lon, cfg.model.patch, cfg.parallel.domain, cfg.parallel.tensor,
                                    cfg.model.channel_hidden):
         raise ConfigError(f"config key '{key}' = {why}")
-    span = cfg.data.lead_steps * cfg.train.rollout_steps
+    span = cfg.data.lead_steps * (cfg.train.rollout_steps + cfg.model.history_steps)
     if span >= longest_traj:
-        raise ConfigError(f"config keys 'data.lead_steps' x 'train.rollout_steps' = {span} is not shorter than the "
-                          f"longest trajectory ({longest_traj} time steps)")
+        raise ConfigError(f"config keys 'data.lead_steps' x ('train.rollout_steps' + 'model.history_steps') = {span} "
+                          f"is not shorter than the longest trajectory ({longest_traj} time steps)")
 
 
 # The type names that the dataclass annotations carry (from __future__ annotations keeps them strings).

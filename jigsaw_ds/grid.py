@@ -38,3 +38,13 @@ def coord_features(lat_deg: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:
     phi, lam = np.deg2rad(lat_deg)[:, None], np.deg2rad(lon_deg)[None, :]
     ones = np.ones((len(lat_deg), len(lon_deg)))
     return np.stack([np.sin(phi) * ones, np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam)]).astype(np.float32)
+
+
+def is_global_periodic_lon(lon_deg) -> bool:
+    """Whether the longitudes are n evenly spaced points that close the circle (step x n = 360 degrees): then
+    column n - 1 neighbours column 0, and rolling the field by whole columns is a rotation of the globe."""
+    lon = np.asarray(lon_deg, dtype=np.float64)
+    if lon.size < 2:
+        return False
+    step = np.diff(lon)
+    return bool(np.allclose(step, step[0], atol=1e-6) and abs(abs(step[0]) * lon.size - 360.0) < 1e-6 * lon.size)

@@ -12,7 +12,7 @@ def test_peer_sfno_runs_and_scores_both_models(tmp_path):
     subprocess.run([sys.executable, os.path.join(ROOT, "bench", "peer_sfno.py"), "--store", str(tmp_path / "swe.zarr"),
                     "--trajectories", "4", "--traj-steps", "8", "--steps", "4", "--time-steps", "1", "--lead-steps", "2",
                     "--threads", "1", "--val-every", "4", "--log-every", "4", "--budget", "flops", "--train-trajectories", "2",
-                    "--rollout-steps", "2", "--rollout-fraction", "0.5",
+                    "--rollout-steps", "2", "--rollout-fraction", "0.5", "--lon-roll", "--history", "1", "--members", "2",
                     "--out", str(out), "--plot",
                     str(tmp_path / "peer.png")], cwd=ROOT, env=spawn_env(), check=True, capture_output=True, timeout=600)
     result = json.load(open(out))
@@ -20,9 +20,11 @@ def test_peer_sfno_runs_and_scores_both_models(tmp_path):
     rmse = [r for r in result["rows"] if r["metric"] == "rmse" and r["channel"] == "geopotential_500"]
     assert [r["lead_hours"] for r in rmse] == [6, 12] and all(kinds <= set(r) for r in rmse)
     assert (tmp_path / "peer.png").stat().st_size > 0
-    assert result["training"]["rollout_steps"] == 2 and all(h[-1]["step"] == result["steps"][m]
+    assert result["training"]["lon_roll"] and result["training"]["rollout_steps"] == 2 and all(h[-1]["step"] == result["steps"][m]
                                                            for m, h in result["history"].items())
-    assert result["train_pairs"] == 14  # 2 of the 3 training trajectories of 8 records: 7 pairs each
+    assert result["train_pairs"] == 12  # 2 of the 3 training trajectories of 8 records: 6 pairs with history each
+    assert result["models"]["WeatherMixer"]["config"]["history_steps"] == 1
+    assert all(len(set(v)) == 2 for v in result["member_val_loss"].values())  # two members each, not alike
     flops = result["train_flops"]  # equal budgets: WeatherMixer's steps fill SFNO's FLOPs of 4 steps
     assert result["steps"]["SFNO"] == 4 and flops["SFNO"] - result["train_flops_per_step"]["WeatherMixer"] < \
         flops["WeatherMixer"] <= flops["SFNO"]

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jigsaw_ds import config as jc
@@ -58,18 +59,29 @@ def test_overrides_parse_json_and_strings():
         jc.apply_overrides({}, ["depth3"])
 
 
+GLOBAL_64 = np.arange(64) * 5.625  # a closed longitude circle
+REGIONAL_64 = np.linspace(-20.0, 40.0, 64)
+
+
 @pytest.mark.parametrize("change, grid, message", [
-    ({"model": {"patch": 40}}, (33, 64, 100), "'model.patch' = 40 is larger than the grid 33x64"),
-    ({"model": {"patch": 5}}, (33, 64, 100), "does not divide the 64 longitudes"),
-    ({"parallel": {"tensor": 3}}, (33, 64, 100), "'parallel.tensor' = 3 must divide the 16 token columns"),
-    ({"parallel": {"domain": 10}}, (33, 64, 100), "'parallel.domain' = 10 exceeds the 9 token rows"),
-    ({"data": {"lead_steps": 12}}, (33, 64, 12), "'data.lead_steps' x 'train.rollout_steps' = 12 is not shorter than the longest trajectory"),
-    ({"data": {"lead_steps": 4}, "train": {"rollout_steps": 3}}, (33, 64, 12), "= 12 is not shorter than the longest trajectory"),
+    ({"model": {"patch": 40}}, (33, GLOBAL_64, 100), "'model.patch' = 40 is larger than the grid 33x64"),
+    ({"model": {"patch": 5}}, (33, GLOBAL_64, 100), "does not divide the 64 longitudes"),
+    ({"parallel": {"tensor": 3}}, (33, GLOBAL_64, 100), "'parallel.tensor' = 3 must divide the 16 token columns"),
+    ({"parallel": {"domain": 10}}, (33, GLOBAL_64, 100), "'parallel.domain' = 10 exceeds the 9 token rows"),
+    ({"data": {"lead_steps": 12}}, (33, GLOBAL_64, 12), "'data.lead_steps' x ('train.rollout_steps' + 'model.history_steps') = 12 is not shorter than the longest trajectory"),
+    ({"data": {"lead_steps": 4}, "model": {"history_steps": 2}}, (33, GLOBAL_64, 12), "= 12 is not shorter than the longest trajectory"),
+    ({"data": {"lead_steps": 4}, "train": {"rollout_steps": 3}}, (33, GLOBAL_64, 12), "= 12 is not shorter than the longest trajectory"),
+    ({"data": {"lon_roll": True}}, (33, REGIONAL_64, 100), "'data.lon_roll' needs longitudes that close the circle"),
 ])
 def test_grid_checks(change, grid, message):
     with pytest.raises(ConfigError) as e:
         jc.check_against_grid(cfg(**change), *grid)
     assert message in str(e.value)
+
+
+def test_lon_roll_accepts_a_global_grid():
+    jc.check_against_grid(cfg(data={"lon_roll": True}), 33, GLOBAL_64, 100)
+    jc.check_against_grid(cfg(data={"lon_roll": True}), 721, np.arange(1440) * 0.25, 100)
 
 
 def test_cli_fails_before_creating_anything(tmp_path, synth_store):

@@ -67,7 +67,7 @@ def test_replica_ranks_draw_the_same_steps_and_replicas_split_the_batch():
         assert a.indices_for_step(step) == again.indices_for_step(step)
         assert a.indices_for_step(step) + b.indices_for_step(step) == one.indices_for_step(step)
     resumed = ReplicaBatches(50, 8, 0, 2, seed=3, start_step=7, steps=3)
-    assert list(resumed) == [a.indices_for_step(s) for s in range(7, 10)]
+    assert [d.indices for d in resumed] == [a.indices_for_step(s) for s in range(7, 10)]
 
 
 def test_no_pair_crosses_a_trajectory(tmp_path):
@@ -108,7 +108,7 @@ def test_split_holds_out_about_val_fraction_of_the_times(lengths, val_times, cut
 def test_split_that_leaves_a_side_empty_names_the_keys():
     with pytest.raises(ConfigError, match=r"0 validation pairs with 'data.val_fraction' = 0.01"):
         split_train_val(TimeAxis([40]), 1, 0.01)
-    with pytest.raises(ConfigError, match=r"'data.lead_steps' x 'train.rollout_steps' = 6: both need one"):
+    with pytest.raises(ConfigError, match=r"'data.lead_steps' x 'train.rollout_steps' = 6 and input history 0 steps back \('model.history_steps'\): both need one"):
         split_train_val(TimeAxis([30, 5]), 6, 0.2)  # the held-out trajectory is too short for one pair
 
 
@@ -181,3 +181,74 @@ def test_a_batch_read_at_once_equals_its_items_read_one_by_one(synth_store):
         np.testing.assert_array_equal(x[:10].numpy(), store.read([t], slice(3, 20), slice(16, 48))[0])
         np.testing.assert_array_equal(y.numpy(), store.read([t + 2, t + 4], slice(3, 20), slice(16, 48)))
         assert torch.equal(x, ds[i][0]) and torch.equal(y, ds[i][1])
+
+
+def test_lon_roll_tiles_are_the_tiles_of_the_rolled_sample(synth_store):
+    """data.lon_roll: an item read with shift s is the sample rolled by s columns in its state, targets,
+    static fields and forcings, with the coordinate features unchanged; and every tile of a (4, 2) split,
+    the ones whose range wraps past the last longitude too, is that rolled sample's tile."""
+    store = open_store(synth_store, static_variables=["land_sea_mask"])
+    full, n_rolled = slice(0, None), 10 + 1  # state channels + the static field
+    kw = dict(coord_feats=True, rollout=2, forcings=["toa_solar", "time_of_day"], forcings_at_target=True)
+    x0, y0, f0 = PairDataset(store, [4, 9, 20], 2, full, full, **kw).read_batch([0, 1, 2])
+    shifts = [5, 63, 0]
+    x, y, f = PairDataset(store, [4, 9, 20], 2, full, full, **kw).read_batch([0, 1, 2], shifts)
+    for b, s in enumerate(shifts):
+        np.testing.assert_array_equal(x[b, :n_rolled], torch.roll(x0[b, :n_rolled], -s, dims=-1))
+        np.testing.assert_array_equal(x[b, n_rolled:], x0[b, n_rolled:])  # coordinates stay
+        np.testing.assert_array_equal(y[b], torch.roll(y0[b], -s, dims=-1))
+        np.testing.assert_allclose(f[b], torch.roll(f0[b], -s, dims=-1), atol=1e-6)
+    assert not torch.equal(x[0, 0], x0[0, 0]) and not torch.equal(f[0], f0[0])
+    part = TokenPartition(33, 64, 4, domain=4, tensor=2)
+    for d in range(4):
+        for t in range(2):
+            lat, lon = part.lat_slice(d), part.lon_slice(t)
+            xt, yt, ft = PairDataset(store, [4, 9, 20], 2, lat, lon, **kw).read_batch([0, 1, 2], shifts)
+            np.testing.assert_array_equal(xt, x[..., lat, lon])
+            np.testing.assert_array_equal(yt, y[..., lat, lon])
+            np.testing.assert_array_equal(ft, f[..., lat, lon])
+
+
+def test_lon_roll_shifts_are_one_stream_for_any_layout_and_reach_loader_workers(synth_store):
+    """The shifts, like the items, are the same on a replica's ranks and split over replicas exactly as one
+    replica's stream; the order does not change with lon_roll on; a loader worker reads the same rolled batch."""
+    from jigsaw_ds.data.dataset import make_loader
+
+    a, again = (ReplicaBatches(50, 8, 0, 2, seed=3, lon_roll=64) for _ in range(2))
+    b = ReplicaBatches(50, 8, 1, 2, seed=3, lon_roll=64)
+    one = ReplicaBatches(50, 8, 0, 1, seed=3, lon_roll=64)
+    plain = ReplicaBatches(50, 8, 0, 2, seed=3)
+    shifts = []
+    for step in range(20):
+        assert a.draw(step) == again.draw(step)
+        assert a.draw(step).indices == plain.draw(step).indices and plain.draw(step).lon_shifts is None
+        assert a.draw(step).lon_shifts + b.draw(step).lon_shifts == one.draw(step).lon_shifts
+        shifts += one.draw(step).lon_shifts
+    assert min(shifts) >= 0 and max(shifts) < 64 and len(set(shifts)) > 40
+    dataset = PairDataset(open_store(synth_store), [3, 8, 15, 22], 1, slice(0, 17), slice(32, 64), True)
+    sampler = ReplicaBatches(4, 2, 0, 1, seed=1, steps=3, lon_roll=64)
+    for got, draw in zip(make_loader(dataset, sampler, 1, 2), sampler):
+        assert draw.lon_shifts and all(torch.equal(u, v) for u, v in zip(got, dataset.read_batch(*draw)))
+
+
+def test_history_items_hold_the_earlier_states_newest_first_within_their_run(tmp_path, synth_store):
+    """model.history_steps = H: inputs [state_t, state_t-lead, .., state_t-H lead, static, coordinates]; a pair
+    starts only where its history lies in its own trajectory, and no validation pair's history reaches
+    across the cut into training times."""
+    store = open_store(synth_store, static_variables=["land_sea_mask"])
+    tile = (slice(3, 20), slice(16, 48))
+    ds = PairDataset(store, [9, 30], 2, *tile, True, rollout=2, history=2)
+    x, y, _ = ds.read_batch([0, 1])
+    plain, _, _ = PairDataset(store, [9, 30], 2, *tile, True, rollout=2).read_batch([0, 1])
+    assert x.shape[1] == plain.shape[1] + 2 * 10
+    for b, t in enumerate([9, 30]):
+        np.testing.assert_array_equal(x[b, :30].reshape(3, 10, 17, 32), store.read([t, t - 2, t - 4], *tile))
+        np.testing.assert_array_equal(x[b, 30:], plain[b, 10:])  # static and coordinates after the history
+        np.testing.assert_array_equal(y[b], store.read([t + 2, t + 4], *tile))
+    ds9 = synth_dataset(9, 16, 30, seed=0).assign_coords(trajectory=("time", np.repeat(np.arange(3), 10)))
+    write_store(ds9, str(tmp_path / "t.zarr"))
+    three = WeatherStore(str(tmp_path / "t.zarr"), UPPER, SURF, [500, 850])
+    starts = three.pair_starts(1, before=2)
+    assert list(starts) == [t for r in range(3) for t in range(10 * r + 2, 10 * r + 9)]
+    train, val = split_train_val(three, 1, 1 / 3, before=2)
+    assert train.max() + 1 < 20 <= val.min() - 2

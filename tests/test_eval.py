@@ -340,3 +340,24 @@ def test_without_matplotlib_or_a_netcdf_writer_the_scores_are_written_and_each_s
     assert said.count("no netCDF writer is installed") == 4  # scores_<kind>.nc x 3, spectra.nc
     assert (out / "scores.json").exists() and (out / "headline.csv").exists()
     assert not list(out.glob("*.png")) and not list(out.glob("*.nc"))
+
+
+def test_seed_ensemble_forecast_is_the_members_mean_at_every_lead(serial_eval, synth_store, tmp_path):
+    """jigsaw-eval --checkpoint A,B at (1,2,1): each member rolls out on its own and every lead's forecast is
+    the mean of the members' forecasts (here A's from the serial eval and B's, a run with another seed)."""
+    from test_checkpoint import configs, train
+
+    tmp, _ = serial_eval
+    args = configs(tmp_path, synth_store, tmp_path / "b")
+    proc = train(args, 1, ["--set", "parallel.domain=1", "--set", "parallel.tensor=1", "--set", "train.steps=2",
+                           "--set", "train.ckpt_every=2", "--set", "train.seed=11", "--set",
+                           'data.variables=["temperature", "u_component_of_wind", "v_component_of_wind"]'])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    common = ["--data", synth_store, "--lead-steps", "3", "--inits", "6", "--no-plots"]
+    run([os.path.join(BIN, "jigsaw-eval"), "--checkpoint", str(tmp_path / "b"), "--out", str(tmp_path / "eb"), *common])
+    run([os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2", os.path.join(BIN, "jigsaw-eval"),
+         "--checkpoint", f"{tmp / 'run'},{tmp_path / 'b'}", "--out", str(tmp_path / "ens"), "--domain", "2", *common])
+    a, b, ens = (xr.open_zarr(p / "forecast.zarr") for p in (tmp / "serial", tmp_path / "eb", tmp_path / "ens"))
+    for var in ens.data_vars:
+        assert not np.allclose(a[var].values, b[var].values)  # the members differ
+        np.testing.assert_allclose(ens[var].values, (a[var].values + b[var].values) / 2, rtol=1e-5, atol=1e-5)

@@ -121,3 +121,22 @@ def test_activation_checkpointing_gives_the_same_gradients():
         grads.append([p.grad.clone() for p in m.parameters()])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_rollout_feeds_back_the_newest_states_and_drops_the_oldest():
+    """rollout with history H: step k's input is [state_k, .., state_k-H, constants, forcings[k]]."""
+    from jigsaw_ds.model import rollout
+
+    seen = []
+
+    def step(x):  # a "model" that records its input and returns a new state from it
+        seen.append(x.clone())
+        return x[:, :2] + 10 * (len(seen))
+
+    s0, s1, s2, const, forc = (torch.full((1, 2, 1, 1), float(v)) for v in (0, -1, -2, 7, 0))
+    forcings = torch.arange(3.0).view(1, 3, 1, 1, 1)
+    x = torch.cat([s0, s1, s2, const], dim=1)
+    out = list(rollout(step, x, 3, n_state=2, forcings=forcings, history=2))
+    assert [o.flatten().tolist() for o in out] == [[10, 10], [30, 30], [60, 60]]
+    assert seen[1].flatten().tolist() == [10, 10, 0, 0, -1, -1, 7, 7, 1]
+    assert seen[2].flatten().tolist() == [30, 30, 10, 10, 0, 0, 7, 7, 2]

@@ -188,8 +188,8 @@ def test_loader_without_workers_prefetches_the_same_batches_and_raises_read_erro
     path, store = damaged
     dataset = PairDataset(store, store.pair_starts(1), 1, slice(0, 20), slice(0, 64), coord_feats=False)
     sampler = ReplicaBatches(len(dataset), 2, 0, 1, seed=0, steps=6)
-    for got, indices in zip(make_loader(dataset, sampler, 0, 2), sampler):
-        for a, b in zip(got, dataset.read_batch(indices)):
+    for got, draw in zip(make_loader(dataset, sampler, 0, 2), sampler):
+        for a, b in zip(got, dataset.read_batch(*draw)):
             assert torch.equal(a, b)
     os.remove(os.path.join(path, "temperature/c/3/0/0/0"))
     with pytest.raises(StoreError, match=r"variable 'temperature' at time 2020-01-01T18:00.*'temperature/c/3/0/0/0'"):

@@ -111,3 +111,38 @@ def test_rollout_training_runs_and_learns(tmp_path, synth_store):
     losses = [m["loss"] for m in read_metrics(tmp_path / "run")]
     assert len(losses) == 8 and all(l == l for l in losses)
     assert sum(losses[-2:]) < sum(losses[:2])
+
+
+def test_lon_roll_and_history_train_alike_at_a_layout_and_evaluate(serial_run, tmp_path, synth_store, capsys):
+    """data.lon_roll = true with model.history_steps = 1 (one pair of runs for both options): other losses
+    than serial_run's from the first step on, learning; at (1, 2, 2) under the launcher every rank reads its
+    tile of the same rolled samples with their history (same losses as one process); jigsaw-eval and
+    jigsaw-forecast feed the history to the rollout and refuse an initial time that has none, and an ensemble
+    of members with other inputs (serial_run has no history) is one error naming the key."""
+    import xarray as xr
+
+    from jigsaw_ds.eval import evaluate as ev
+
+    steps = ["--set", "data.lon_roll=true", "--set", "model.history_steps=1", "--set", "train.steps=6",
+             "--set", "train.ckpt_every=0"]
+    for sub in ("a", "b"):
+        os.makedirs(tmp_path / sub)
+    run(write_configs(tmp_path / "a", synth_store, tmp_path / "a" / "run") + steps)
+    cmd = write_configs(tmp_path / "b", synth_store, tmp_path / "b" / "run", domain=2, tensor=2)
+    run([os.path.join(BIN, "deepspeed"), "--num_gpus", "4"] + cmd + steps)
+    rolled, parallel, plain = (read_metrics(p) for p in (tmp_path / "a" / "run", tmp_path / "b" / "run", serial_run))
+    assert all(r["loss"] != p["loss"] for r, p in zip(rolled, plain))
+    assert rolled[-1]["loss"] < rolled[0]["loss"]
+    for p, s in zip(parallel, rolled):
+        assert p["loss"] == pytest.approx(s["loss"], rel=1e-5), (p["step"], p["loss"], s["loss"])
+    assert ev.main(["--checkpoint", str(tmp_path / "a" / "run"), "--data", synth_store, "--out",
+                    str(tmp_path / "eval"), "--lead-steps", "2", "--inits", "3", "--no-plots"]) == 0
+    rmse = [r["model"] for r in json.load(open(tmp_path / "eval" / "scores.json"))["rows"] if r["metric"] == "rmse"]
+    assert rmse and all(0 < v < float("inf") for v in rmse)
+    first = str(xr.open_zarr(synth_store)["time"].values[0])[:19]  # no state before it
+    assert ev.forecast_main(["--checkpoint", str(tmp_path / "a" / "run"), "--data", synth_store, "--out",
+                             str(tmp_path / "fc"), "--init-times", first]) == 2
+    assert "model.history_steps" in capsys.readouterr().err
+    assert ev.main(["--checkpoint", f"{tmp_path / 'a' / 'run'},{serial_run}", "--data", synth_store, "--out",
+                    str(tmp_path / "ens"), "--no-plots"]) == 2
+    assert f"ensemble member '{serial_run}' has 'model.history_steps' = 0" in capsys.readouterr().err

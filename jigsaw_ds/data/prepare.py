@@ -424,7 +424,7 @@ def open_layout(sources: list[str], variables: Optional[list] = None, levels: Op
     parts = mark_gaps(combine(used))
     if cfg:
         n_times = sum(p.ds.sizes["time"] for p in parts)
-        jconfig.check_against_grid(cfg, parts[0].ds.sizes["latitude"], parts[0].ds.sizes["longitude"], n_times)
+        jconfig.check_against_grid(cfg, parts[0].ds.sizes["latitude"], parts[0].ds["longitude"].values, n_times)
     _note_unknown_names(used)
     members = sorted({s.member for s in used if s.member is not None})
     for part in parts:

@@ -403,7 +403,7 @@ class WeatherStore:
             out[s] = (self._read_static_raw(var, lat, lon) - stats[var]["mean"]) / stats[var]["std"]
         return out
 
-    def pair_starts(self, lead: int) -> np.ndarray:
-        """Time indices t whose target t + lead lies in the same trajectory."""
-        t = np.arange(len(self.times) - lead)
-        return t[self.trajectory[t] == self.trajectory[t + lead]]
+    def pair_starts(self, lead: int, before: int = 0) -> np.ndarray:
+        """Time indices t whose target t + lead and input history back to t - before lie in one trajectory."""
+        t = np.arange(before, len(self.times) - lead)
+        return t[(self.trajectory[t - before] == self.trajectory[t]) & (self.trajectory[t] == self.trajectory[t + lead])]

@@ -1,7 +1,7 @@
 """jigsaw-eval: autoregressive rollouts scored with WeatherBench2's metrics against persistence and climatology,
 in one process or under the launcher at any layout.
 
-    jigsaw-eval --checkpoint RUN_DIR|CKPT_DIR|FILE --data STORE --out DIR [--lead-steps K] [--inits N]
+    jigsaw-eval --checkpoint RUN_DIR|CKPT_DIR|FILE[,...] --data STORE --out DIR [--lead-steps K] [--inits N]
                 [--device auto|cpu|cuda] [--precision fp32|bf16] [--climatology WB2_CLIM.zarr]
     torchrun --nproc_per_node 8 -m jigsaw_ds.eval.evaluate ... --domain 2 --tensor 2     # data axis: 8 / 4
 
@@ -13,7 +13,8 @@ reduced once at the end. No process holds a whole field; memory does not grow wi
 On GPUs (--device auto: the rank's GPU where CUDA is present, NCCL) the rollout runs there, in fp32 or under
 bf16 autocast (--precision; the state fed back stays fp32); scores are summed on the host in float64.
 The checkpoint is a run directory (its newest complete checkpoint), one checkpoint folder, or a layout-free
-FILE (`jigsaw-ckpt export`). Initial times are the held-out part of the store (the validation split the
+FILE (`jigsaw-ckpt export`); several, comma-separated, make a seed ensemble: the forecast is their mean (each
+rank holds every member's share of the weights), and they must agree on the data and inputs. Initial times are the held-out part of the store (the validation split the
 trainer used: last trajectories, or last times) whose whole rollout stays in one trajectory.
 Writes to DIR:
   forecast.zarr  WeatherBench2 forecast layout: dims time (initialisation), prediction_timedelta,
@@ -64,6 +65,7 @@ from ..data.dataset import PairDataset, split_train_val
 from ..data.store import WeatherStore, default_read_threads
 from ..data.writer import chunk_compressors
 from ..grid import lat_cell_weights
+from ..model import ensemble_mean
 from ..parallel.topology import Layout, init_distributed, initialize
 from ..quiet import quiet_libraries
 from .streaming import ScoreSums, ZonalSpectrumSums, reduce_sum
@@ -98,6 +100,29 @@ def load_model(path: str, groups):
         model = build_model(run_config, groups)
         model.load_full_state_dict({**state["model"], **state["buffers"]})
     return model.eval(), from_dict(run_config["jigsaw"]), run_config
+
+
+# What the members of an ensemble must share: the same inputs, in the same order, and the same step.
+MEMBER_KEYS = ("data.variables", "data.surface_variables", "data.levels", "data.lead_steps", "data.val_fraction",
+               "model.static_variables", "model.coord_features", "model.forcings", "model.forcings_at_target",
+               "model.history_steps")
+
+
+def load_members(paths: list[str], groups):
+    """The models of `paths` (load_model each) and the first one's configs; EvalError naming the member and
+    the config key where one differs from the first in what it reads or predicts."""
+    members = [load_model(path, groups) for path in paths]
+    _, cfg, run_config = members[0]
+    for path, (_, other, other_run) in zip(paths[1:], members[1:]):
+        for key in MEMBER_KEYS:
+            sec, name = key.split(".")
+            if getattr(getattr(other, sec), name) != getattr(getattr(cfg, sec), name):
+                raise EvalError(f"ensemble member '{path}' has '{key}' = {getattr(getattr(other, sec), name)!r}, "
+                                f"the first ('{paths[0]}') {getattr(getattr(cfg, sec), name)!r}")
+        if other_run.get("channels") != run_config.get("channels"):
+            raise EvalError(f"ensemble member '{path}' was trained on channels {other_run.get('channels')}, the "
+                            f"first ('{paths[0]}') on {run_config.get('channels')}")
+    return [model for model, _, _ in members], cfg, run_config
 
 
 def open_matching_store(data: str, cfg, run_config: dict) -> WeatherStore:
@@ -416,8 +441,9 @@ def plot(rows: list[dict], store: WeatherStore, inits: np.ndarray, lead: int, le
         plt.close(fig)
 
 
-def given_inits(store: WeatherStore, init_times: list) -> np.ndarray:
-    """Store time indices of the given initial times; EvalError naming the first the store does not hold."""
+def given_inits(store: WeatherStore, init_times: list, before: int = 0) -> np.ndarray:
+    """Store time indices of the given initial times; EvalError naming the first the store does not hold, or
+    whose input history (`before` store steps back, model.history_steps) it does not hold in the same run."""
     out = []
     for text in init_times:
         t = np.datetime64(text, "ns")
@@ -425,7 +451,12 @@ def given_inits(store: WeatherStore, init_times: list) -> np.ndarray:
         if not len(hit):
             raise EvalError(f"initial time {text} is not a time of store '{store.path}' "
                             f"({store.times[0]} .. {store.times[-1]}, every {store.time_step / np.timedelta64(1, 'h'):g} h)")
-        out.append(int(hit[0]))
+        i = int(hit[0])
+        if i < before or store.trajectory[i - before] != store.trajectory[i]:
+            raise EvalError(f"initial time {text}: the model takes the states of the {before} store time steps "
+                            f"before it as input (model.history_steps), and store '{store.path}' does not hold "
+                            f"them in the same run")
+        out.append(i)
     return np.array(out)
 
 
@@ -456,27 +487,29 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
     layout = Layout.for_world(world, domain, tensor)
     groups = initialize(layout)
     t_start = time.perf_counter()
-    model, cfg, run_config = load_model(checkpoint, groups)
-    model.to(on)
+    models, cfg, run_config = load_members([p for p in checkpoint.split(",") if p], groups)
+    for model in models:
+        model.to(on)
     autocast = torch.autocast(on.type, dtype=PRECISIONS[precision], enabled=PRECISIONS[precision] is not None)
     store = open_matching_store(data, cfg, run_config)
     lead = cfg.data.lead_steps
+    before = lead * cfg.model.history_steps  # a forecast starts from its initial state and this much history
     if scoring:
         try:  # the trainer's cut (it does not depend on the span): held-out initial times, training times
             train_starts, _ = split_train_val(store, lead, cfg.data.val_fraction)
-            _, val_starts = split_train_val(store, lead * lead_steps, cfg.data.val_fraction)
+            _, val_starts = split_train_val(store, lead * lead_steps, cfg.data.val_fraction, before)
         except ConfigError:
             raise EvalError(f"the split of '{data}' (data.val_fraction = {cfg.data.val_fraction}) leaves no held-out "
                             f"initial time that allows a {lead_steps}-step rollout (--lead-steps)") from None
         inits = val_starts[np.linspace(0, len(val_starts) - 1, min(n_inits, len(val_starts))).astype(int)]
     else:
-        inits = given_inits(store, init_times)
+        inits = given_inits(store, init_times, before)
     leads = _lead_times(store, lead, lead_steps)
 
     # this rank: a contiguous block of the initial times (data axis), a tile of the grid (domain x tensor)
     d = groups.data_rank
     first, last = d * len(inits) // layout.data, (d + 1) * len(inits) // layout.data
-    part = model.partition
+    part = models[0].partition
     lat, lon = part.lat_slice(groups.domain_rank), part.lon_slice(groups.tensor_rank)
     if scoring:
         sums = ScoreSums(KINDS, lead_steps, len(store.channels), store.lat, lat_cell_weights(store.lat), lat,
@@ -498,7 +531,8 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
     writer = ForecastWriter(path, store.variable_blocks(), lat, lon)
     t_rollout = time.perf_counter()
     dataset = PairDataset(store, inits, lead, lat, lon, cfg.model.coord_features, rollout=0,  # inputs only
-                          forcings=cfg.model.forcings, forcings_at_target=cfg.model.forcings_at_target)
+                          forcings=cfg.model.forcings, forcings_at_target=cfg.model.forcings_at_target,
+                          history=cfg.model.history_steps)
     with torch.no_grad(), autocast:
         for lo in range(first, last, batch):
             items = list(range(lo, min(lo + batch, last)))
@@ -507,7 +541,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
             check_finite(initial, store, inits[items], "an initial state", groups)
             forcings = dataset.forcings_for(items, lead_steps)
             forcings = forcings.to(on) if forcings is not None else None
-            for k, pred in enumerate(model.rollout(x.to(on), lead_steps, forcings)):
+            for k, pred in enumerate(ensemble_mean(m.rollout(x.to(on), lead_steps, forcings) for m in models)):
                 forecast = pred.float().cpu().numpy() * std + mean
                 if scoring:
                     valid = inits[items] + lead * (k + 1)
@@ -554,7 +588,8 @@ def main(argv=None, forecast: bool = False) -> int:
     quiet_libraries(rank)
     prog = "jigsaw-forecast" if forecast else "jigsaw-eval"
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="run directory, checkpoint folder or layout-free file")
+    ap.add_argument("--checkpoint", required=True, help="run directory, checkpoint folder or layout-free file; "
+                                                        "several, comma-separated: their mean forecast (seed ensemble)")
     ap.add_argument("--data", required=True, help="zarr store of the initial states" + ("" if forecast else
                                                                                           " (held-out split)"))
     ap.add_argument("--out", required=True)

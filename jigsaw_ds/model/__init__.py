@@ -1,4 +1,4 @@
 from .flops import forward_flops_per_sample, train_flops_per_sample
-from .weather_mixer import WeatherMixer, input_channels, rollout
+from .weather_mixer import WeatherMixer, ensemble_mean, input_channels, rollout
 
-__all__ = ["WeatherMixer", "input_channels", "rollout", "forward_flops_per_sample", "train_flops_per_sample"]
+__all__ = ["WeatherMixer", "ensemble_mean", "input_channels", "rollout", "forward_flops_per_sample", "train_flops_per_sample"]

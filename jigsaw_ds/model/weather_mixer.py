@@ -31,23 +31,33 @@ ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu}
 
 
 def input_channels(cfg: ModelConfig, n_state: int, n_static: int) -> int:
-    """C_in: the state, the static fields, the coordinate features and the forcings, as configured (the order
-    in which `rollout` stacks them)."""
-    return n_state + n_static + (N_COORD_FEATURES if cfg.coord_features else 0) \
+    """C_in: the state and its history, the static fields, the coordinate features and the forcings, as
+    configured (the order in which `rollout` stacks them)."""
+    return n_state * (1 + cfg.history_steps) + n_static + (N_COORD_FEATURES if cfg.coord_features else 0) \
         + forcings.n_channels(cfg.forcings, cfg.forcings_at_target)
 
 
 def rollout(step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, steps: int, n_state: int,
-            forcings: Optional[torch.Tensor] = None):
-    """Yield `steps` successive states [B, n_state, h, w] from x = [state, constant channels (static fields,
-    coordinates)] [B, C, h, w]: step k's input is [state_k, constant channels, forcings[:, k]], so each
-    prediction is fed back with the constants and the forcings advance with time. forcings: [B, >= steps,
+            forcings: Optional[torch.Tensor] = None, history: int = 0):
+    """Yield `steps` successive states [B, n_state, h, w] from x = [state, its `history` predecessors (newest
+    first), constant channels (static fields, coordinates)] [B, C, h, w]: step k's input is [state_k,
+    state_k-1, .., state_k-history, constant channels, forcings[:, k]], so each prediction is fed back, the
+    oldest state drops out, the constants stay and the forcings advance with time. forcings: [B, >= steps,
     F, h, w] or None. `step` is any one-step model (a WeatherMixer, its DeepSpeed engine, a peer model)."""
-    state, constant = x[:, :n_state], x[:, n_state:]
+    n_states = n_state * (1 + history)
+    states, constant = x[:, :n_states], x[:, n_states:]
     for k in range(steps):
-        inputs = [state, constant] + ([forcings[:, k]] if forcings is not None and forcings.shape[2] else [])
+        inputs = [states, constant] + ([forcings[:, k]] if forcings is not None and forcings.shape[2] else [])
         state = step(torch.cat(inputs, dim=1))
+        states = torch.cat([state, states[:, :n_states - n_state]], dim=1)
         yield state
+
+
+def ensemble_mean(rollouts):
+    """Yield, step by step, the mean over members of their states: the forecast of a seed ensemble (models
+    trained alike but for their seed), from one rollout generator per member."""
+    for states in zip(*rollouts):
+        yield sum(states) / len(states)
 
 
 class ChannelMixing(nn.Module):
@@ -195,4 +205,4 @@ class WeatherMixer(nn.Module):
                 step: Optional[Callable] = None):
         """Yield the next `steps` states from x and the forcings (see `rollout`); `step` runs the model (default:
         this module; the trainer passes its DeepSpeed engine, which wraps it)."""
-        return rollout(step or self, x, steps, self.out_channels, forcings)
+        return rollout(step or self, x, steps, self.out_channels, forcings, self.cfg.history_steps)

@@ -109,9 +109,10 @@ class Run:
                              cfg.model.static_variables,
                              read_threads=cfg.data.read_threads or default_read_threads(cfg.data.num_workers))
         traj_lengths = np.bincount(np.unique(store.trajectory, return_inverse=True)[1])
-        jconfig.check_against_grid(cfg, store.n_lat, store.n_lon, int(traj_lengths.max()))
+        jconfig.check_against_grid(cfg, store.n_lat, store.lon, int(traj_lengths.max()))
         self.train_starts, self.val_starts = split_train_val(store, cfg.data.lead_steps * cfg.train.rollout_steps,
-                                                             cfg.data.val_fraction)
+                                                             cfg.data.val_fraction,
+                                                             cfg.data.lead_steps * cfg.model.history_steps)
         selected_bytes = 4 * len(store.channels) * len(store.times) * store.n_lat * store.n_lon
         if selected_bytes <= NAN_SCAN_LIMIT_BYTES:  # larger stores: `jigsaw-data prepare` checks them once
             data_rank, domain_rank, tensor_rank = layout.coords(rank)

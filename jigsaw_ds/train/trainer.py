@@ -69,7 +69,7 @@ class Trainer:
         self.loss_fn = AreaWeightedMSE(weights, store.n_lat, store.n_lon, channel_weights=tendency_units)
         pairs = lambda starts: PairDataset(store, starts, cfg.data.lead_steps, self.lat, self.lon,
                                            cfg.model.coord_features, cfg.train.rollout_steps,
-                                           cfg.model.forcings, cfg.model.forcings_at_target)
+                                           cfg.model.forcings, cfg.model.forcings_at_target, cfg.model.history_steps)
         self.train_set, self.val_set = pairs(self.run.train_starts), pairs(self.run.val_starts)
 
     def _restore(self, resume: bool, init_from: str) -> int:
@@ -167,7 +167,8 @@ class Trainer:
         cfg = self.cfg.train
         sampler = ReplicaBatches(len(self.train_set), cfg.global_batch, self.groups.data_rank,
                                  self.groups.size("data"), cfg.seed, start_step=self.start_step,
-                                 steps=cfg.steps - self.start_step)
+                                 steps=cfg.steps - self.start_step,
+                                 lon_roll=self.store.n_lon if self.cfg.data.lon_roll else 0)
         loader = DeviceBatches(make_loader(self.train_set, sampler, self.cfg.data.num_workers,
                                            self.cfg.data.prefetch_factor), self.device)
         progress = None

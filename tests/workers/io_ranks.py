@@ -52,7 +52,7 @@ def rank_view(path: str, layout: Layout, rank: int) -> dict:
     sampler = ReplicaBatches(len(dataset), GLOBAL_BATCH, groups.data_rank, layout.data, SEED, steps=STEPS)
     batches = [(x.numpy(), y.numpy()) for x, y, _ in make_loader(dataset, sampler, num_workers=1, prefetch_factor=2)]
     return {"coords": (groups.data_rank, groups.domain_rank, groups.tensor_rank), "lat": (lat.start, lat.stop),
-            "lon": (lon.start, lon.stop), "batches": batches, "steps": list(sampler), "bytes": counter.bytes,
+            "lon": (lon.start, lon.stop), "batches": batches, "steps": [draw.indices for draw in sampler], "bytes": counter.bytes,
             "weights": lat_cell_weights(store.lat)[lat], "rows": part.rows_of(groups.domain_rank)}
 
 
@@ -80,7 +80,7 @@ def check(path: str, layout: Layout, views: list[dict]) -> dict:
     for r in range(layout.data):
         ranks = [v for v in views if v["coords"][0] == r]
         replica = ReplicaBatches(len(full), GLOBAL_BATCH, r, layout.data, SEED, steps=STEPS)
-        for step, indices in enumerate(replica):
+        for step, (indices, _) in enumerate(replica):
             expected = [np.stack([full[i][k].numpy() for i in indices]) for k in (0, 1)]
             for k in (0, 1):
                 rebuilt = np.full_like(expected[k], np.nan)

@@ -201,7 +201,8 @@ def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
         engine.compile()
 
     full = slice(0, store.n_lat), slice(0, store.n_lon)
-    dataset = PairDataset(store, store.pair_starts(1), 1, *full, jcfg.model.coord_features)
+    history = jcfg.model.history_steps
+    dataset = PairDataset(store, store.pair_starts(1, history), 1, *full, jcfg.model.coord_features, history=history)
     n_steps = args.warmup + args.steps + args.profile
     sampler = ReplicaBatches(len(dataset), args.batch, 0, 1, seed=0, steps=n_steps)
     # as the trainer: fp32 batches copied to the device one step ahead on a side stream

@@ -108,7 +108,7 @@ def test_split_holds_out_about_val_fraction_of_the_times(lengths, val_times, cut
 def test_split_that_leaves_a_side_empty_names_the_keys():
     with pytest.raises(ConfigError, match=r"0 validation pairs with 'data.val_fraction' = 0.01"):
         split_train_val(TimeAxis([40]), 1, 0.01)
-    with pytest.raises(ConfigError, match=r"'data.lead_steps' x 'train.rollout_steps' = 6 and input history 0 steps back \('model.history_steps'\): both need one"):
+    with pytest.raises(ConfigError, match=r"'data.lead_steps' x 'train.rollout_steps' = 6 and input history reaching 0 store steps back"):
         split_train_val(TimeAxis([30, 5]), 6, 0.2)  # the held-out trajectory is too short for one pair
 
 
@@ -252,3 +252,7 @@ def test_history_items_hold_the_earlier_states_newest_first_within_their_run(tmp
     assert list(starts) == [t for r in range(3) for t in range(10 * r + 2, 10 * r + 9)]
     train, val = split_train_val(three, 1, 1 / 3, before=2)
     assert train.max() + 1 < 20 <= val.min() - 2
+    one = TimeAxis([40])  # a cut inside the one trajectory: the held-out history must not reach across it
+    cut = 32
+    train, val = split_train_val(one, 1, 0.2, before=3)
+    assert train.max() + 1 < cut and val.min() - 3 == cut

@@ -114,8 +114,8 @@ def test_rollout_training_runs_and_learns(tmp_path, synth_store):
 
 
 def test_lon_roll_and_history_train_alike_at_a_layout_and_evaluate(serial_run, tmp_path, synth_store, capsys):
-    """data.lon_roll = true with model.history_steps = 1 (one pair of runs for both options): other losses
-    than serial_run's from the first step on, learning; at (1, 2, 2) under the launcher every rank reads its
+    """data.lon_roll = true with model.history_steps = 1: other losses than serial_run's and than the same run
+    without the roll from the first step on, learning; at (1, 2, 2) under the launcher every rank reads its
     tile of the same rolled samples with their history (same losses as one process); jigsaw-eval and
     jigsaw-forecast feed the history to the rollout and refuse an initial time that has none, and an ensemble
     of members with other inputs (serial_run has no history) is one error naming the key."""
@@ -125,13 +125,16 @@ def test_lon_roll_and_history_train_alike_at_a_layout_and_evaluate(serial_run, t
 
     steps = ["--set", "data.lon_roll=true", "--set", "model.history_steps=1", "--set", "train.steps=6",
              "--set", "train.ckpt_every=0"]
-    for sub in ("a", "b"):
+    for sub in ("a", "b", "c"):
         os.makedirs(tmp_path / sub)
     run(write_configs(tmp_path / "a", synth_store, tmp_path / "a" / "run") + steps)
+    run(write_configs(tmp_path / "c", synth_store, tmp_path / "c" / "run") + steps[2:])  # history, no roll
     cmd = write_configs(tmp_path / "b", synth_store, tmp_path / "b" / "run", domain=2, tensor=2)
     run([os.path.join(BIN, "deepspeed"), "--num_gpus", "4"] + cmd + steps)
-    rolled, parallel, plain = (read_metrics(p) for p in (tmp_path / "a" / "run", tmp_path / "b" / "run", serial_run))
+    rolled, parallel, plain, unrolled = (read_metrics(p) for p in (tmp_path / "a" / "run", tmp_path / "b" / "run",
+                                                                   serial_run, tmp_path / "c" / "run"))
     assert all(r["loss"] != p["loss"] for r, p in zip(rolled, plain))
+    assert all(r["loss"] != u["loss"] for r, u in zip(rolled, unrolled))  # the roll itself reaches the trainer
     assert rolled[-1]["loss"] < rolled[0]["loss"]
     for p, s in zip(parallel, rolled):
         assert p["loss"] == pytest.approx(s["loss"], rel=1e-5), (p["step"], p["loss"], s["loss"])

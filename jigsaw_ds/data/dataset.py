@@ -43,7 +43,8 @@ def split_train_val(store: WeatherStore, span: int, val_fraction: float,
         raise ConfigError(f"store '{store.path}' ({n} times, {len(boundaries) + 1} trajectories) gives "
                           f"{len(train)} training and {len(val)} validation pairs with 'data.val_fraction' = "
                           f"{val_fraction}, 'data.lead_steps' x 'train.rollout_steps' = {span} and input history "
-                          f"{before} steps back ('model.history_steps'): both need one")
+                          f"reaching {before} store steps back ('model.history_steps' x 'data.lead_steps'): both "
+                          f"need one")
     return train, val
 
 

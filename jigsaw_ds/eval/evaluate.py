@@ -103,7 +103,7 @@ def load_model(path: str, groups):
 
 
 # What the members of an ensemble must share: the same inputs, in the same order, and the same step.
-MEMBER_KEYS = ("data.variables", "data.surface_variables", "data.levels", "data.lead_steps", "data.val_fraction",
+MEMBER_KEYS = ("model.patch", "data.variables", "data.surface_variables", "data.levels", "data.lead_steps", "data.val_fraction",
                "model.static_variables", "model.coord_features", "model.forcings", "model.forcings_at_target",
                "model.history_steps")
 
@@ -119,6 +119,10 @@ def load_members(paths: list[str], groups):
             if getattr(getattr(other, sec), name) != getattr(getattr(cfg, sec), name):
                 raise EvalError(f"ensemble member '{path}' has '{key}' = {getattr(getattr(other, sec), name)!r}, "
                                 f"the first ('{paths[0]}') {getattr(getattr(cfg, sec), name)!r}")
+        grid, other_grid = ((r["model_shape"]["n_lat"], r["model_shape"]["n_lon"]) for r in (run_config, other_run))
+        if other_grid != grid:
+            raise EvalError(f"ensemble member '{path}' was trained on a {other_grid[0]}x{other_grid[1]} grid, the "
+                            f"first ('{paths[0]}') on {grid[0]}x{grid[1]}")
         if other_run.get("channels") != run_config.get("channels"):
             raise EvalError(f"ensemble member '{path}' was trained on channels {other_run.get('channels')}, the "
                             f"first ('{paths[0]}') on {run_config.get('channels')}")
@@ -453,9 +457,9 @@ def given_inits(store: WeatherStore, init_times: list, before: int = 0) -> np.nd
                             f"({store.times[0]} .. {store.times[-1]}, every {store.time_step / np.timedelta64(1, 'h'):g} h)")
         i = int(hit[0])
         if i < before or store.trajectory[i - before] != store.trajectory[i]:
-            raise EvalError(f"initial time {text}: the model takes the states of the {before} store time steps "
-                            f"before it as input (model.history_steps), and store '{store.path}' does not hold "
-                            f"them in the same run")
+            raise EvalError(f"initial time {text}: the model takes as input the states up to {before} store time "
+                            f"steps before it (model.history_steps x data.lead_steps), and store '{store.path}' "
+                            f"does not hold them in the same run")
         out.append(i)
     return np.array(out)
 
@@ -500,7 +504,8 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
             _, val_starts = split_train_val(store, lead * lead_steps, cfg.data.val_fraction, before)
         except ConfigError:
             raise EvalError(f"the split of '{data}' (data.val_fraction = {cfg.data.val_fraction}) leaves no held-out "
-                            f"initial time that allows a {lead_steps}-step rollout (--lead-steps)") from None
+                            f"initial time that allows a {lead_steps}-step rollout (--lead-steps) after "
+                            f"{cfg.model.history_steps} steps of input history (model.history_steps)") from None
         inits = val_starts[np.linspace(0, len(val_starts) - 1, min(n_inits, len(val_starts))).astype(int)]
     else:
         inits = given_inits(store, init_times, before)
@@ -537,8 +542,12 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
         for lo in range(first, last, batch):
             items = list(range(lo, min(lo + batch, last)))
             x = dataset.read_batch(items)[0]
-            initial = x[:, :len(store.channels)].numpy() * std + mean
+            n_out = len(store.channels)
+            initial = x[:, :n_out].numpy() * std + mean
             check_finite(initial, store, inits[items], "an initial state", groups)
+            for j in range(1, cfg.model.history_steps + 1):  # the history the model reads with it
+                check_finite(x[:, j * n_out:(j + 1) * n_out].numpy() * std + mean, store,
+                             inits[items] - j * lead, "an input-history state", groups)
             forcings = dataset.forcings_for(items, lead_steps)
             forcings = forcings.to(on) if forcings is not None else None
             for k, pred in enumerate(ensemble_mean(m.rollout(x.to(on), lead_steps, forcings) for m in models)):

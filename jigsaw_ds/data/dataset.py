@@ -54,7 +54,7 @@ class PairDataset(torch.utils.data.Dataset):
     the static/coordinate channels, the states `lead`, 2 `lead`, ..., K `lead` steps later (K = rollout),
     and the forcing channels of each of the K model steps (computed on this tile for the step's
     input time, and its target time with `forcings_at_target`; F = 0 without forcings). model.rollout stacks
-    step k's input as [state_k, static/coordinates, forcings[k]].
+    step k's input as [state_k, its H predecessors, static/coordinates, forcings[k]].
 
     An item read with a longitude shift s (augmentation, data.lon_roll) is the sample rolled by s columns:
     tile column j holds source column (j + s) mod n_lon of the state, targets, static fields and forcings
@@ -136,11 +136,10 @@ class PairDataset(torch.utils.data.Dataset):
             union = sorted({t for b in items for t in times[b]})
             states = torch.empty((len(union), n_state, h, w))  # staging only: x and y are what travel
             static = self.static if shift == 0 else torch.empty_like(self.static)
-            for source, cols in (self.source_columns(shift) if shift else []):
+            for source, cols in self.source_columns(shift):  # shift 0: the tile itself, one range
                 self.store.read_into(states.numpy()[..., cols], union, self.lat, source)
-                static[..., cols] = torch.from_numpy(self.store.read_static(self.lat, source))
-            if not shift:
-                self.store.read_into(states.numpy(), union, self.lat, self.lon)
+                if shift:
+                    static[..., cols] = torch.from_numpy(self.store.read_static(self.lat, source))
             row = {t: j for j, t in enumerate(union)}
             for b in items:
                 for j, t in enumerate(times[b][:1 + self.history]):

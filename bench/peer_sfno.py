@@ -5,8 +5,8 @@
                               [--out bench/results/peer_sfno.json] [--plot docs/peer_sfno.png]
 
 Budget (--budget): "steps" trains both models --steps optimizer steps; "wall" gives both the wall-clock SFNO
-needs for --steps steps (each model's step time measured interleaved with the other's on this machine,
-before training: steps = budget / its median step); "flops" gives both SFNO's training FLOPs of --steps
+needs for --steps steps, or --budget-seconds of steps whatever the model sizes (each model's step time
+measured interleaved with the other's on this machine, before training: steps = budget / its median step); "flops" gives both SFNO's training FLOPs of --steps
 steps (per step as torch's FlopCounterMode counts one forward + backward: GEMMs, einsums, convolutions;
 the FFTs of SFNO's spherical harmonic transforms are not counted, so this favours SFNO slightly). Each
 model's learning-rate schedule spans its own steps. --train-trajectories N trains on the first N training
@@ -224,11 +224,12 @@ def step_flops(model, args, train_xy, loss_fn) -> int:
 
 
 def budget_steps(args, step_ms: dict, flops: dict) -> dict:
-    """Optimizer steps of each model under --budget (SFNO's --steps sets the budget)."""
+    """Optimizer steps of each model under --budget: SFNO's --steps set it, or --budget-seconds of training
+    steps for a wall budget that stays the same when the model sizes change (a size sweep)."""
     if args.budget == "steps":
         return dict.fromkeys(step_ms, args.steps)
     per_step = step_ms if args.budget == "wall" else flops
-    total = args.steps * per_step["SFNO"]
+    total = 1000 * args.budget_seconds if args.budget_seconds else args.steps * per_step["SFNO"]
     return {name: max(1, int(total / cost)) for name, cost in per_step.items()}
 
 
@@ -369,6 +370,9 @@ def main(argv=None) -> int:
     g.add_argument("--steps", type=int, default=1000, help="SFNO's steps; the other model's follow from --budget")
     g.add_argument("--budget", default="steps", choices=("steps", "wall", "flops"),
                    help="what both models get the same of: steps, wall-clock, or training FLOPs")
+    g.add_argument("--budget-seconds", type=float, default=0.0,
+                   help="with --budget wall: seconds of (one-step) training steps for each model, instead of "
+                        "SFNO's --steps; fixed across model sizes")
     g.add_argument("--batch", type=int, default=8)
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--weight-decay", type=float, default=0.01)
@@ -406,6 +410,8 @@ def main(argv=None) -> int:
     g.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "peer_sfno.json"))
     g.add_argument("--plot", default=os.path.join(ROOT, "docs", "peer_sfno.png"))
     args = ap.parse_args(argv)
+    if args.budget_seconds and args.budget != "wall":
+        ap.error(f"--budget-seconds is a wall-clock budget: it needs --budget wall, not --budget {args.budget}")
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
@@ -515,8 +521,8 @@ def main(argv=None) -> int:
         "val_pairs": int(len(val_starts)), "eval_inits": int(len(inits)), "lead_steps": k,
         "training": {key: getattr(args, key) for key in ("steps", "batch", "lr", "weight_decay", "warmup",
                                                          "warmup_min_ratio", "cos_min_ratio", "clip", "seed",
-                                                         "budget", "train_trajectories", "rollout_steps",
-                                                         "rollout_fraction", "lon_roll", "history", "members")},
+                                                         "budget", "budget_seconds", "train_trajectories",
+                                                         "rollout_steps", "rollout_fraction", "lon_roll", "history", "members")},
         "member_val_loss": member_val_loss,
         "steps": steps, "train_flops_per_step": flops,
         "train_flops": {n: flops[n] * steps[n] for n in steps},

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, spawn_env
 
 
@@ -28,3 +30,19 @@ def test_peer_sfno_runs_and_scores_both_models(tmp_path):
     flops = result["train_flops"]  # equal budgets: WeatherMixer's steps fill SFNO's FLOPs of 4 steps
     assert result["steps"]["SFNO"] == 4 and flops["SFNO"] - result["train_flops_per_step"]["WeatherMixer"] < \
         flops["WeatherMixer"] <= flops["SFNO"]
+
+
+def test_peer_sfno_budget_seconds_fixes_the_wall_budget_across_sizes():
+    import argparse
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import peer_sfno
+
+    ms = {"WeatherMixer": 20.0, "SFNO": 100.0}
+    by_steps = argparse.Namespace(budget="wall", steps=400, budget_seconds=0.0)
+    assert peer_sfno.budget_steps(by_steps, ms, {}) == {"WeatherMixer": 2000, "SFNO": 400}
+    fixed = argparse.Namespace(budget="wall", steps=400, budget_seconds=60.0)  # 60 s whatever SFNO's step costs
+    assert peer_sfno.budget_steps(fixed, ms, {}) == {"WeatherMixer": 3000, "SFNO": 600}
+    assert peer_sfno.budget_steps(fixed, {"WeatherMixer": 40.0, "SFNO": 200.0}, {}) == {"WeatherMixer": 1500, "SFNO": 300}
+    with pytest.raises(SystemExit):  # a seconds budget is a wall budget only
+        peer_sfno.main(["--budget", "flops", "--budget-seconds", "60"])

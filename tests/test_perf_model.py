@@ -302,6 +302,8 @@ def test_read_bytes_per_rank_are_the_rank_tile():
     assert full == 2 * C_OUT * H * W * 4
     tiles = [pm.read_bytes_per_rank(SHAPE, Layout(1, 3, 2), 1, domain_rank=d) for d in range(3)]
     assert sum(tiles) * 2 == full           # 3 latitude bands x 2 longitude tiles cover the globe once
+    with_history = dataclasses.replace(SHAPE, cfg=dataclasses.replace(SHAPE.cfg, history_steps=2))
+    assert pm.read_bytes_per_rank(with_history, Layout(), 1) == 4 * C_OUT * H * W * 4  # + 2 earlier states
 
 
 # ---- times -------------------------------------------------------------------------------------------------

@@ -332,10 +332,12 @@ def data_parallel_bytes(params: int, layout: Layout, setup: TrainSetup) -> dict:
 
 def read_bytes_per_rank(shape: ModelShape, layout: Layout, micro_batch: int, bytes_per_value: int = 4,
                         domain_rank: int = 0) -> int:
-    """Bytes one rank reads from the store per micro-step: state and target of its tile, B samples."""
+    """Bytes one rank reads from the store per micro-step: B samples of its tile, each the state, its
+    model.history_steps predecessors and the target (a one-step item, as the rest of this model)."""
     part = shape.partition(layout)
     lat, lon = part.lat_slice(domain_rank), part.lon_slice(0)
-    return 2 * micro_batch * shape.c_out * (lat.stop - lat.start) * (lon.stop - lon.start) * bytes_per_value
+    states = 2 + shape.cfg.history_steps
+    return states * micro_batch * shape.c_out * (lat.stop - lat.start) * (lon.stop - lon.start) * bytes_per_value
 
 
 def node_working_set(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainSetup) -> float:

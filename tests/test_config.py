@@ -152,3 +152,9 @@ def test_store_refuses_a_channel_constant_in_time_and_nan_static_fields(tmp_path
     store = WeatherStore(str(tmp_path / "s.zarr"), ["temperature"], [], [], ["land_sea_mask"])
     with pytest.raises(StoreError, match="static field 'land_sea_mask' has NaN/inf"):
         store.check_finite()
+
+
+@pytest.mark.parametrize("name", ["quickstart", "swe_small", "era5_025deg", "tiny_025deg"])
+def test_shipped_configs_load(name):
+    cfg = jc.load(os.path.join(ROOT, "configs", f"{name}.json"))  # every key known, every value in range
+    assert cfg.model.depth >= 1 and cfg.train.global_batch >= 1

@@ -33,6 +33,8 @@ class ModelConfig:
     forcings_at_target: bool = False    # the forcings at the target (valid) time as well as at the input time
     drop_path: float = 0.0              # stochastic depth in training: block i's residual branches are skipped per
                                         # sample with probability drop_path (i + 1) / depth (0: off)
+    dropout: float = 0.0                # dropout of the mixing MLPs' hidden units in training, per sample: token
+                                        # mixing's unit (j, channel d), channel mixing's unit k at every token (0: off)
     history_steps: int = 0              # input history: the states 1..h model steps (data.lead_steps each) before
                                         # the input time as extra input channels (0: the current state only)
 
@@ -261,8 +263,9 @@ def validate(cfg: JigsawConfig) -> None:
     _positive(cfg, "train", "ckpt_every", 0)
     _positive(cfg, "train", "seed", 0)
     _positive(cfg, "model", "history_steps", 0)
-    if not 0.0 <= cfg.model.drop_path < 1.0:
-        raise ConfigError(f"config key 'model.drop_path' must be in [0, 1), got {cfg.model.drop_path}")
+    for key in ("drop_path", "dropout"):
+        if not 0.0 <= getattr(cfg.model, key) < 1.0:
+            raise ConfigError(f"config key 'model.{key}' must be in [0, 1), got {getattr(cfg.model, key)}")
     if not math.isfinite(cfg.train.peak_tflops) or cfg.train.peak_tflops < 0:
         raise ConfigError(f"config key 'train.peak_tflops' must be a finite number >= 0, got {cfg.train.peak_tflops}")
     if not cfg.train.out_dir:

@@ -31,6 +31,7 @@ def cfg(**sections):
     ({"train": {"global_batch": 2.5}}, "'train.global_batch' must be int"),
     ({"data": {"val_fraction": 1.5}}, "'data.val_fraction' must be in (0, 1)"),
     ({"model": {"drop_path": 1.0}}, "'model.drop_path' must be in [0, 1)"),
+    ({"model": {"dropout": -0.1}}, "'model.dropout' must be in [0, 1)"),
     ({"data": {"generate": {"kind": "era6"}}}, "'data.generate.kind'"),
     ({"data": {"generate": {"kind": "synth", "time": 9}}}, "'data.generate.time' for kind 'synth' (did you mean 'times'?)"),
     ({"data": {"generate": {"kind": "synth", "grid": "17x32"}}}, "'data.generate.grid' must be [n_lat, n_lon]"),

@@ -44,12 +44,15 @@ def test_forward_backward_match_serial(results, check):
         assert r[check] <= TOL, f"{layout}: {check} relative error {r[check]:.2e}"
 
 
-def test_stochastic_depth_drops_the_serial_models_samples(results):
-    """model.drop_path: masks per global sample, identical on a replica's ranks, the same as one process's."""
+@pytest.mark.parametrize("noise", ["drop_path", "dropout"])
+def test_training_noise_drops_what_the_serial_model_drops(results, noise):
+    """model.drop_path (stochastic depth) and model.dropout: masks per global sample, identical on a replica's
+    ranks, cut as the activations are: output and gradients the same as one process's on the global batch."""
     for layout, r in results.items():
-        assert r["drop_path_output"] <= TOL, f"{layout}: output {r['drop_path_output']:.2e}"
-        assert r["drop_path_input_grad"] <= TOL, f"{layout}: input grad {r['drop_path_input_grad']:.2e}"
-        assert -r["drop_path_effect"] > 1e-2, f"{layout}: stochastic depth changed nothing"
+        for check in ("output", "input_grad", "param_grads"):
+            err = r[f"{noise}_{check}"]
+            assert err <= TOL, f"{layout}: {noise} {check} relative error {err:.2e}"
+        assert -r[f"{noise}_effect"] > 1e-2, f"{layout}: {noise} changed nothing"
 
 
 def test_missing_replicated_reduction_is_caught(results):

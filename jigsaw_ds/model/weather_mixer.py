@@ -70,8 +70,10 @@ class ChannelMixing(nn.Module):
         self.fc1 = ColumnParallelLinear(dim, hidden, groups, partition)
         self.fc2 = RowParallelLinear(hidden, dim, groups, partition)
 
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x, hidden_keep: Optional[torch.Tensor] = None):
+        """hidden_keep [1, B, Dc/TP] or None: dropout of this rank's hidden features, the same at every token."""
+        h = self.act(self.fc1(x))
+        return self.fc2(h if hidden_keep is None else h * hidden_keep)
 
 
 class MixerBlock(nn.Module):
@@ -83,12 +85,14 @@ class MixerBlock(nn.Module):
         self.channel_norm = LayerNorm(cfg.embed_dim, groups, partition)
         self.channel_mixing = ChannelMixing(cfg.embed_dim, cfg.channel_hidden, act, groups, partition)
 
-    def forward(self, x, keep: Optional[torch.Tensor] = None):
+    def forward(self, x, keep: Optional[torch.Tensor] = None, hidden_keep: Optional[tuple] = None):
         """x [n, B, D]; keep [2, 1, B, 1] or None: per sample, 0 or 1/(1 - rate) on each residual branch
-        (stochastic depth; WeatherMixer.drop_path_keep)."""
-        t = self.token_mixing(self.token_norm(x))
+        (stochastic depth; WeatherMixer.drop_path_keep); hidden_keep (token, channel) or None: dropout of the
+        mixing MLPs' hidden units (WeatherMixer.dropout_keep)."""
+        token_keep, channel_keep = hidden_keep or (None, None)
+        t = self.token_mixing(self.token_norm(x), token_keep)
         x = x + (t if keep is None else t * keep[0])
-        c = self.channel_mixing(self.channel_norm(x))
+        c = self.channel_mixing(self.channel_norm(x), channel_keep)
         return x + (c if keep is None else c * keep[1])
 
 
@@ -171,13 +175,14 @@ class WeatherMixer(nn.Module):
         prefetch_weights(stages[0], self.groups)
         h = self.embed(self.patchify(x.to(self.head_norm.weight.dtype)))
         keep = self.drop_path_keep(x.shape[0], h.device, h.dtype)
+        hidden_keep = self.dropout_keep(x.shape[0], h.device, h.dtype)
         for i, block in enumerate(self.blocks):
             prefetch_weights(stages[i + 1], self.groups)
-            mask = None if keep is None else keep[i]
+            masks = (None if keep is None else keep[i], None if hidden_keep is None else hidden_keep[i])
             if self.cfg.activation_checkpointing and torch.is_grad_enabled():
-                h = checkpoint(block, h, mask, use_reentrant=False)  # keep only block inputs; recompute in backward
+                h = checkpoint(block, h, *masks, use_reentrant=False)  # keep only block inputs; recompute in backward
             else:
-                h = block(h, mask)
+                h = block(h, *masks)
         tendency = self.unpatchify(self.head(self.head_norm(h)), x.shape[2], x.shape[3])
         return x[:, :self.out_channels] + self.tendency_scale.view(1, -1, 1, 1) * tendency.to(x.dtype)
 
@@ -196,6 +201,34 @@ class WeatherMixer(nn.Module):
         u = u[:, :, self.groups.data_rank * batch:(self.groups.data_rank + 1) * batch]
         keep = (u >= rate[:, None, None]).to(torch.float64) / (1 - rate[:, None, None])
         return keep.to(device, dtype)[:, :, None, :, None]
+
+    def dropout_keep(self, batch: int, device, dtype) -> Optional[list]:
+        """Dropout masks (model.dropout = p) for this forward: per block (token [Dt, B*D], channel [1, B, Dc/TP]),
+        entries 0 or 1/(1 - p); or None (off, or not training).
+
+        The unit dropped is a hidden unit of a sample: token mixing's (j, channel d), which every rank of a
+        replica holds whole, and channel mixing's feature k at every token of the sample (a per-element mask
+        over N tokens would be as large as the activations, and the same for any split only if drawn for the
+        whole field). Each sample's masks come from its own generator, seeded with one number drawn from the
+        CPU generator (seeded alike on every rank and saved by checkpoints) plus the sample's index in the
+        global batch: so a replica draws only its own samples, all its ranks draw the same, each tensor rank
+        keeps its features, and any layout drops what one process would. Drawn before the blocks run, so
+        activation checkpointing recomputes with the same masks."""
+        p = self.cfg.dropout
+        if not (p and self.training and torch.is_grad_enabled()):
+            return None
+        base = int(torch.randint(0, 2**62, (1,)))
+        depth, dt, d, dc = len(self.blocks), self.cfg.token_hidden, self.cfg.embed_dim, self.cfg.channel_hidden
+        features = slice(self.groups.tensor_rank * dc // self.groups.size("tensor"),
+                         (self.groups.tensor_rank + 1) * dc // self.groups.size("tensor"))
+        token, channel = [], []
+        for b in range(batch):
+            g = torch.Generator().manual_seed(base + self.groups.data_rank * batch + b)
+            token.append(torch.rand(depth, dt, d, generator=g))
+            channel.append(torch.rand(depth, dc, generator=g)[:, features])
+        token = ((torch.stack(token, dim=2) >= p) / (1 - p)).to(device, dtype)        # [L, Dt, B, D]
+        channel = ((torch.stack(channel, dim=1) >= p) / (1 - p)).to(device, dtype)    # [L, B, Dc/TP]
+        return [(token[i].reshape(dt, batch * d), channel[i][None]) for i in range(depth)]
 
     def collectives(self, micro_batch: int) -> list[tuple[str, int, str]]:
         """What the model itself issues besides its layers (perf/comm_model.py walks it): the bucket's sum."""

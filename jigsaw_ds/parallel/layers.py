@@ -483,12 +483,15 @@ class TokenMixing(JigsawModule):
         self.b1 = self.new_param((hidden,), Replicated(), ParamInit("zeros"))
         self.w2 = self.new_param((n, hidden), TokenSharded(dim=0), ParamInit("uniform", hidden))
 
-    def forward(self, x):
+    def forward(self, x, hidden_keep: Optional[torch.Tensor] = None):
+        """hidden_keep [Dt, B*D] or None: dropout of the hidden units (the same on every rank: h is)."""
         n, b, d = x.shape
         jigsaw = self.groups.comm("jigsaw")
         partial = self.w1 @ x.reshape(n, b * d)                      # [Dt, B*D]: W @ X, no transpose
         z = copy_to_group(reduce_from_group(partial, jigsaw), jigsaw)
         h = self.act(z + self.use(self.b1).unsqueeze(1))
+        if hidden_keep is not None:
+            h = h * hidden_keep
         y = self.w2 @ h                                               # [n_own, B*D]
         return y.view(n, b, d)
 

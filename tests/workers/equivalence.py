@@ -7,8 +7,9 @@ rank (same seed), the parallel model, and compares, in fp32:
   deepspeed    3 AdamW steps through deepspeed.initialize (ZeRO-1 and ZeRO-2, clipping active): the
                global grad norm DeepSpeed clips with, and every parameter after the steps, against the
                serial model trained with torch AdamW + clip_grad_norm_ on the global batch
-  drop_path    stochastic depth (model.drop_path) in training: output and input gradient of the replica's
-               samples against the serial model on the global batch with the same seed (same masks)
+  drop_path    stochastic depth (model.drop_path) and dropout (model.dropout) in training: output, input and
+  dropout      parameter gradients of the replica's samples against the serial model on the global batch with
+               the same seed (same masks)
   comm         bytes per collective and group of one training step vs perf/comm_model.py
   params       parameter elements per rank vs perf/comm_model.params_per_rank
 Rank 0 writes one JSON with the largest error of each check over all ranks.
@@ -163,11 +164,13 @@ def deepspeed_checks(groups, serial, x, y, weights, stage) -> dict:
             "adamw_update_size": update / ref_norm, "adamw_elementwise_max": elementwise}
 
 
-def drop_path_checks(groups, x) -> dict:
-    """model.drop_path = 0.5: every rank seeds the CPU generator alike (as the trainer does); the serial model
-    runs the global batch, each replica its micro-batch, so a sample is dropped alike in both only if the
-    masks are drawn per global sample and shared by a replica's ranks."""
-    cfg = dataclasses.replace(CFG, drop_path=0.5)
+def stochastic_checks(groups, x, name: str, **changes) -> dict:
+    """A model with training noise (model.drop_path, model.dropout): every rank seeds the CPU generator alike
+    (as the trainer does); the serial model runs the global batch, each replica its micro-batch, so a sample
+    is dropped alike in both only if the masks are drawn per global sample, shared by a replica's ranks and
+    cut as the activations are. Output, input gradient, every parameter gradient, and how far the noise moved
+    the output (so that a no-op cannot pass)."""
+    cfg = dataclasses.replace(CFG, **changes)
     serial, par = WeatherMixer(cfg, H, W, C_IN, C_OUT, seed=SEED), WeatherMixer(cfg, H, W, C_IN, C_OUT, groups, seed=SEED)
     part = par.partition
     probe = torch.randn(x.shape[0], C_OUT, H, W, generator=torch.Generator().manual_seed(5))  # d loss / d out
@@ -179,11 +182,19 @@ def drop_path_checks(groups, x) -> dict:
     torch.manual_seed(11)
     out = par(xl)
     (out * tile(probe, groups, part)).sum().backward()
+    data, sp = groups.comm("data"), dict(serial.named_parameters())
+    floor = 1e-6 * max(p.grad.abs().max().item() for p in serial.parameters())
+    grads = 0.0
+    for n, p in par.named_parameters():  # the replica's gradient, summed over replicas: the global batch's
+        if data is not None:
+            dist.all_reduce(p.grad, group=data)
+        grads = max(grads, rel_err(p.grad, p.jigsaw_split.local_shard(sp[n].grad, groups, part), floor))
     with torch.no_grad():
-        plain = WeatherMixer(CFG, H, W, C_IN, C_OUT, seed=SEED)(x)  # no stochastic depth
-    return {"drop_path_output": rel_err(out, tile(out_s.detach(), groups, part)),
-            "drop_path_input_grad": rel_err(xl.grad, tile(xs.grad, groups, part)),
-            "drop_path_effect": -rel_err(out_s.detach(), plain)}  # negated: the max over ranks is the smallest
+        plain = WeatherMixer(CFG, H, W, C_IN, C_OUT, seed=SEED)(x)  # no noise
+    return {f"{name}_output": rel_err(out, tile(out_s.detach(), groups, part)),
+            f"{name}_input_grad": rel_err(xl.grad, tile(xs.grad, groups, part)),
+            f"{name}_param_grads": grads,
+            f"{name}_effect": -rel_err(out_s.detach(), plain)}  # negated: the max over ranks is the smallest
 
 
 def comm_and_param_checks(groups, x, y, weights) -> dict:
@@ -225,7 +236,8 @@ def main():
         for stage in (1, 2):
             for key, value in deepspeed_checks(groups, serial, x, y, weights, stage).items():
                 res[f"zero{stage}_{key}"] = value
-        res.update(drop_path_checks(groups, x))
+        res.update(stochastic_checks(groups, x, "drop_path", drop_path=0.5))
+        res.update(stochastic_checks(groups, x, "dropout", dropout=0.3))
         extra = comm_and_param_checks(groups, x, y, weights)
         res.update({k: max_over_ranks(v) for k, v in res.items()})
         res.update({k: max_over_ranks(v) for k, v in extra.items() if not k.startswith("_")})

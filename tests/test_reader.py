@@ -115,6 +115,23 @@ def test_bytes_read_are_the_inner_chunks_of_the_tile(tmp_path):
     assert counter.bytes == sum(inner_chunk(path, key, n_inner, 4 * b + 1)[1] for key in keys for b in (1, 2))
 
 
+def test_a_wrapped_tile_is_one_read_of_each_chunk_once(tmp_path):
+    """Columns given as an index array that wraps past the last longitude (a rolled tile): the values of
+    the rolled field, and each inner chunk read once."""
+    ds = synth_dataset(33, 64, 4, seed=0)[["temperature", "2m_temperature"]]
+    path = write_store(ds, str(tmp_path / "s.zarr"), lat_chunk=4, lon_chunk=16)
+    store = WeatherStore(path, ["temperature"], ["2m_temperature"], [500, 850])
+    cols = np.r_[56:64, 0:8]  # longitude tiles 3 and 0
+    whole = store.read_raw([1, 3], slice(4, 12), slice(0, None))
+    np.testing.assert_array_equal(store.read_raw([1, 3], slice(4, 12), cols), whole[..., cols])
+    counter = ReadCounter()
+    store.read_raw([1, 3], slice(4, 12), cols)
+    n_inner = 9 * 4
+    keys = [f"temperature/c/{t}/0/0/0" for t in (1, 3)] + [f"2m_temperature/c/{t}/0/0" for t in (1, 3)]
+    assert counter.bytes == sum(inner_chunk(path, key, n_inner, 4 * b + tile)[1]
+                                for key in keys for b in (1, 2) for tile in (3, 0))
+
+
 @pytest.fixture()
 def damaged(tmp_path):
     path = write_store(synth_dataset(33, 64, 6, seed=0)[UPPER + SURFACE], str(tmp_path / "d.zarr"))
@@ -136,6 +153,9 @@ def test_a_flipped_bit_is_refused_naming_variable_time_and_chunk(damaged):
                                          r"'temperature/c/2/0/0/0' \(an inner chunk of that shard\), latitude "
                                          r"rows 20..23.*(mismatch|checksum)"):
         store.read([1, 2, 3], slice(0, None), slice(0, None))
+    with pytest.raises(StoreError, match=r"'temperature/c/2/0/0/0' \(an inner chunk of that shard\), latitude "
+                                         r"rows 20..23, longitude columns 60..63"):  # a wrapped tile: its own runs
+        store.read([2], slice(16, 24), np.r_[60:64, 0:4])
 
 
 def test_a_truncated_or_missing_chunk_file_is_refused(damaged):

@@ -59,7 +59,8 @@ class PairDataset(torch.utils.data.Dataset):
     An item read with a longitude shift s (augmentation, data.lon_roll) is the sample rolled by s columns:
     tile column j holds source column (j + s) mod n_lon of the state, targets, static fields and forcings
     (computed at the source longitudes), while the coordinate features stay those of column j. So every
-    rank reads its own tile of the rolled sample, at most two column ranges, and never the whole field."""
+    rank reads its own tile of the rolled sample (one read, of one column range or two where it wraps), and
+    never the whole field."""
 
     def __init__(self, store: WeatherStore, starts: np.ndarray, lead: int, lat: slice, lon: slice,
                  coord_feats: bool, rollout: int = 1, forcings=(), forcings_at_target: bool = False,
@@ -81,17 +82,16 @@ class PairDataset(torch.utils.data.Dataset):
         """Items of a batch (views of one read_batch)."""
         return list(zip(*self.read_batch(indices)))
 
-    def source_columns(self, shift: int) -> list[tuple[slice, slice]]:
-        """(store columns, tile columns) pairs of this tile rolled by `shift`: tile column j reads store column
-        (lon.start + j + shift) mod n_lon; one pair, or two where the range wraps past the last longitude."""
+    def source_columns(self, shift: int):
+        """The store columns of this tile rolled by `shift`: tile column j reads store column
+        (lon.start + j + shift) mod n_lon; a slice, or an index array where the range wraps past the last
+        longitude (one read all the same: WeatherStore._tile)."""
         n_lon = self.store.n_lon
         start, stop = self.lon.indices(n_lon)[:2]
         first, width = (start + shift) % n_lon, stop - start
-        head = min(width, n_lon - first)
-        pieces = [(slice(first, first + head), slice(0, head))]
-        if head < width:
-            pieces.append((slice(0, width - head), slice(head, width)))
-        return pieces
+        if first + width <= n_lon:
+            return slice(first, first + width)
+        return (first + np.arange(width)) % n_lon
 
     def forcings_for(self, indices, steps: int, lon_shifts=None) -> torch.Tensor:
         """[B, steps, F, h, w]: the forcing channels of `steps` model steps from each item's start, computed
@@ -110,15 +110,14 @@ class PairDataset(torch.utils.data.Dataset):
         if lon_shifts is None or not self.forcings:
             f = compute(starts, lon)
         else:
-            f = torch.cat([compute(starts[b:b + 1], np.concatenate([self.store.lon[src] for src, _ in
-                                                                   self.source_columns(shift)]))
+            f = torch.cat([compute(starts[b:b + 1], self.store.lon[self.source_columns(shift)])
                            for b, shift in enumerate(lon_shifts)])
         return torch.cat([f[:, :steps], f[:, 1:]], dim=2) if at_target else f
 
     def read_batch(self, indices, lon_shifts=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(inputs [B, C (1 + H) + S (+ 3), h, w], targets [B, K, C, h, w], forcings [B, K, F, h, w]) of the items
         `indices`, each rolled by its entry of `lon_shifts` (None: no roll). The union of the time steps of
-        the items that share a shift is read in one store read (WeatherStore.read_into) per column range into
+        the items that share a shift is read in one store read (WeatherStore.read_into) into
         a preallocated buffer, pinned when CUDA is present and this is the main process (a loader worker's
         tensors travel by shared memory and are pinned by the loader)."""
         shifts = [0] * len(indices) if lon_shifts is None else [int(s) for s in lon_shifts]
@@ -135,11 +134,9 @@ class PairDataset(torch.utils.data.Dataset):
             items = [b for b, s in enumerate(shifts) if s == shift]
             union = sorted({t for b in items for t in times[b]})
             states = torch.empty((len(union), n_state, h, w))  # staging only: x and y are what travel
-            static = self.static if shift == 0 else torch.empty_like(self.static)
-            for source, cols in self.source_columns(shift):  # shift 0: the tile itself, one range
-                self.store.read_into(states.numpy()[..., cols], union, self.lat, source)
-                if shift:
-                    static[..., cols] = torch.from_numpy(self.store.read_static(self.lat, source))
+            source = self.source_columns(shift)  # shift 0: the tile itself
+            self.store.read_into(states.numpy(), union, self.lat, source)
+            static = self.static if shift == 0 else torch.from_numpy(self.store.read_static(self.lat, source))
             row = {t: j for j, t in enumerate(union)}
             for b in items:
                 for j, t in enumerate(times[b][:1 + self.history]):

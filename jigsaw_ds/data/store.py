@@ -15,9 +15,10 @@ missing chunk raises StoreError naming variable, time and chunk file, never fill
 """
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import xarray as xr
@@ -62,6 +63,19 @@ def _keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
     libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's maximum
     libc.mallopt(m_trim_threshold, 1 * 2**30)
+
+
+def _extent(index: Union[slice, np.ndarray]) -> int:
+    """Columns in a normalised slice or an index array (WeatherStore._tile)."""
+    return index.stop - index.start if isinstance(index, slice) else len(index)
+
+
+def _runs(index: Union[slice, np.ndarray]) -> list[slice]:
+    """The contiguous runs of a normalised slice or of an increasing-by-one index array that may wrap."""
+    if isinstance(index, slice):
+        return [index]
+    cut = np.flatnonzero(np.diff(index) != 1) + 1
+    return [slice(int(run[0]), int(run[-1]) + 1) for run in np.split(index, cut)]
 
 
 def conversion_hint(path: str) -> str:
@@ -288,8 +302,18 @@ class WeatherStore:
             arrays[var] = array if self._dtypes[var] == np.float32 else ts.cast(array, ts.float32)
         return arrays
 
-    def _tile(self, lat: slice, lon: slice) -> tuple[slice, slice]:
-        return slice(*lat.indices(self.n_lat)), slice(*lon.indices(self.n_lon))
+    def _tile(self, lat: slice, lon) -> tuple[slice, Union[slice, np.ndarray]]:
+        """lat: a slice of rows; lon: a slice of columns, or an integer array of them (a tile of a sample rolled
+        in longitude that wraps past the last column: one read, which decodes each chunk once, where two
+        slices would decode the chunks of whole rows twice)."""
+        lat = slice(*lat.indices(self.n_lat))
+        if isinstance(lon, slice):
+            return lat, slice(*lon.indices(self.n_lon))
+        cols = np.asarray(lon, dtype=np.int64)
+        if cols.ndim != 1 or not len(cols) or cols.min() < 0 or cols.max() >= self.n_lon:
+            raise ValueError(f"longitude columns must be a non-empty 1-D array in [0, {self.n_lon}), got "
+                             f"{cols.shape} {cols.min() if cols.size else ''}..{cols.max() if cols.size else ''}")
+        return lat, cols
 
     def variable_blocks(self) -> list[tuple[str, int, Optional[list[int]]]]:
         """(variable, first channel, its level indices on the store's level axis, or None for a surface
@@ -302,8 +326,8 @@ class WeatherStore:
                 blocks.append((ch.var, c, None if ch.level_index is None else [ch.level_index]))
         return blocks
 
-    def read_into(self, out: np.ndarray, times, lat: slice, lon: slice, normalise: bool = True) -> np.ndarray:
-        """Read the tile (lat, lon) of every selected channel at the given time indices into `out`
+    def read_into(self, out: np.ndarray, times, lat: slice, lon, normalise: bool = True) -> np.ndarray:
+        """Read the tile (lat, lon; lon a slice or an array of columns, see _tile) of every selected channel at the given time indices into `out`
         ([T, C, h, w] float32, any memory: pinned, shared, a view), normalised in place ((x - mean) / std
         per channel) unless normalise=False; return `out`. One tensorstore read per variable, all issued at
         once; each variable is normalised as soon as it has arrived, while the others are still decoding."""
@@ -313,7 +337,7 @@ class WeatherStore:
             self._arrays = self._open_arrays()
         times = np.asarray(times, dtype=np.int64)
         lat, lon = self._tile(lat, lon)
-        shape = (len(times), len(self.channels), lat.stop - lat.start, lon.stop - lon.start)
+        shape = (len(times), len(self.channels), lat.stop - lat.start, _extent(lon))
         if out.shape != shape or out.dtype != np.float32:
             raise ValueError(f"read_into: out is {out.dtype} {out.shape}, expected float32 {shape}")
         pending = []
@@ -336,8 +360,8 @@ class WeatherStore:
                 np.divide(block, self.std[c0:c0 + n, None, None], out=block)
         return out
 
-    def _raise_read_error(self, var: str, times: np.ndarray, lat: slice, lon: slice, error: Exception):
-        """Find the chunk that failed (re-reading the tile chunk by chunk) and name it."""
+    def _raise_read_error(self, var: str, times: np.ndarray, lat: slice, lon, error: Exception):
+        """Find the chunk that failed (re-reading the tile chunk by chunk, each run of its columns) and name it."""
         import zarr
 
         meta = zarr.open_array(os.path.join(self.path, var), mode="r")
@@ -345,9 +369,9 @@ class WeatherStore:
         inner = dict(zip(dims, meta.chunks))
         outer = dict(zip(dims, meta.shards or meta.chunks))
         levels = sorted({c.level_index for c in self.channels if c.var == var})
-        ranges = {"level": levels, "latitude": range(lat.start, lat.stop), "longitude": range(lon.start, lon.stop)}
         array = self._arrays[var]
-        for t in times:
+        for t, lon in itertools.product(times, _runs(lon)):
+            ranges = {"level": levels, "latitude": range(lat.start, lat.stop), "longitude": range(lon.start, lon.stop)}
             # first index of every inner chunk that the tile touches, per dim
             starts = {"time": [int(t)]}
             for d in canonical[1:]:
@@ -375,13 +399,13 @@ class WeatherStore:
         """[T, C, h, w] float32 physical values of the selected channels at the given time indices, tile
         (lat, lon) only."""
         la, lo = self._tile(lat, lon)
-        out = np.empty((len(times), len(self.channels), la.stop - la.start, lo.stop - lo.start), np.float32)
+        out = np.empty((len(times), len(self.channels), la.stop - la.start, _extent(lo)), np.float32)
         return self.read_into(out, times, lat, lon, normalise=False)
 
     def read(self, times: list[int], lat: slice, lon: slice) -> np.ndarray:
         """Normalised tiles [T, C, h, w]: (x - mean) / std per channel."""
         la, lo = self._tile(lat, lon)
-        out = np.empty((len(times), len(self.channels), la.stop - la.start, lo.stop - lo.start), np.float32)
+        out = np.empty((len(times), len(self.channels), la.stop - la.start, _extent(lo)), np.float32)
         return self.read_into(out, times, lat, lon)
 
     def _read_static_raw(self, var: str, lat: slice, lon: slice) -> np.ndarray:
@@ -389,7 +413,7 @@ class WeatherStore:
             self._arrays = self._open_arrays()
         lat, lon = self._tile(lat, lon)
         try:
-            return self._arrays[var][lat, lon].read().result()
+            return self._arrays[var].oindex[lat, lon].read().result()
         except Exception as e:
             raise StoreError(f"data store '{self.path}': static field '{var}' cannot be read: "
                              f"{str(e).splitlines()[0]}; the store is damaged: write it again") from None
@@ -398,7 +422,7 @@ class WeatherStore:
         """[S, h, w] static fields of the tile, normalised with their stored mean and std."""
         stats = self._static_stats
         la, lo = self._tile(lat, lon)
-        out = np.zeros((len(self.static_variables), la.stop - la.start, lo.stop - lo.start), np.float32)
+        out = np.zeros((len(self.static_variables), la.stop - la.start, _extent(lo)), np.float32)
         for s, var in enumerate(self.static_variables):
             out[s] = (self._read_static_raw(var, lat, lon) - stats[var]["mean"]) / stats[var]["std"]
         return out

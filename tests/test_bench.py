@@ -46,3 +46,20 @@ def test_peer_sfno_budget_seconds_fixes_the_wall_budget_across_sizes():
     assert peer_sfno.budget_steps(fixed, {"WeatherMixer": 40.0, "SFNO": 200.0}, {}) == {"WeatherMixer": 1500, "SFNO": 300}
     with pytest.raises(SystemExit):  # a seconds budget is a wall budget only
         peer_sfno.main(["--budget", "flops", "--budget-seconds", "60"])
+
+
+def test_skill_compare_picks_each_models_best_run(tmp_path):
+    """Two committed skill runs (learning rate 2e-3 and 4e-3): the table and each model's best run per column."""
+    import shutil
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import skill_compare
+
+    runs = ["wall_rollout8h_lonroll_hist1_128", "wall_rollout8h_lonroll_hist1_lr4e-3_128"]
+    for run in runs:
+        shutil.copy(os.path.join(ROOT, "bench", "results", "skill", f"peer_sfno_{run}.json"), tmp_path)
+    assert skill_compare.main([*runs, "--name", "t", "--results", str(tmp_path)]) == 0
+    out = json.load(open(tmp_path / "compare_t.json"))
+    z24 = {run: out["runs"][run]["WeatherMixer"]["rmse"]["geopotential_500@24"] for run in runs}
+    assert out["best_run"]["WeatherMixer"]["geopotential_500@24"] == min(z24, key=z24.get)
+    assert set(out["best_run"]) == {"WeatherMixer", "SFNO"} and len(out["runs"][runs[0]]["SFNO"]["rmse"]) == 9

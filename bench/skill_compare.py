@@ -1,0 +1,67 @@
+"""Each model's own skill across bench/peer_sfno runs (issue 19's sweeps: learning rate, size, budget, options).
+
+    python bench/skill_compare.py RUN [RUN ...] [--name lr] [--results bench/results/skill]
+
+RUN names a peer_sfno JSON in --results: `wall_rollout8h_lonroll_hist1_lr8e-3_128` is
+peer_sfno_wall_rollout8h_lonroll_hist1_lr8e-3_128.json. skill_scaling's tables give the ratio WeatherMixer /
+SFNO within one run; a sweep asks which run is best for each model, so this prints, per run and model, the
+held-out RMSE of z500, u500, v500 at 24 / 72 / 120 h, the one-step held-out loss, steps and parameters, and
+each model's best run per column; JSON to <results>/compare_<name>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from skill_scaling import CHANNELS, MODELS, global_rmse  # noqa: E402
+
+LEADS = (24, 72, 120)
+SHORT = dict(zip(CHANNELS, ("z", "u", "v")))
+
+
+def summarise(run: str, result: dict) -> dict:
+    rmse = global_rmse(result["rows"])
+    return {m: {"steps": result["steps"][m], "parameters": result["models"][m]["parameters"],
+                "val_loss": result["history"][m][-1]["val_loss"],
+                "rmse": {f"{ch}@{lead}": rmse[(ch, lead)][m] for lead in LEADS for ch in CHANNELS}}
+            for m in MODELS}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--name", default="runs", help="names the JSON: compare_<name>.json")
+    ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "skill"))
+    args = ap.parse_args(argv)
+    table = {}
+    for run in args.runs:
+        path = os.path.join(args.results, f"peer_sfno_{run}.json")
+        if not os.path.exists(path):
+            raise SystemExit(f"{path}: no such run (bench/skill_scaling.py --tag writes them)")
+        table[run] = summarise(run, json.load(open(path)))
+    keys = list(next(iter(table.values()))["WeatherMixer"]["rmse"])
+    best = {m: {k: min(table, key=lambda r: table[r][m]["rmse"][k]) for k in keys} for m in MODELS}
+    width = max(len(r) for r in table)
+    print(f"{'run':{width}s}  {'model':12s} {'params':>7s} {'steps':>5s} {'val':>6s}  "
+          + "  ".join(f"{SHORT[k.split('@')[0]] + '@' + k.split('@')[1]:>8s} " for k in keys))
+    for run, models in table.items():
+        for m, s in models.items():
+            print(f"{run:{width}s}  {m:12s} {s['parameters']:7d} {s['steps']:5d} {s['val_loss']:6.4f}  "
+                  + "  ".join(f"{s['rmse'][k]:8.2f}" + ("*" if best[m][k] == run else " ") for k in keys))
+    print("* the model's lowest RMSE over these runs")
+    out = os.path.join(args.results, f"compare_{args.name}.json")
+    with open(out, "w") as f:
+        json.dump({"bench": "skill_compare", "command": " ".join(["python bench/skill_compare.py",
+                                                                    *(argv if argv is not None else sys.argv[1:])]),
+                   "runs": table, "best_run": best}, f, indent=1)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,12 +1,13 @@
 """Peer benchmark: WeatherMixer vs torch-harmonics' Spherical Fourier Neural Operator on shallow-water data.
 
     python bench/peer_sfno.py [--steps 1000] [--batch 8] [--grid 33x64 --trajectories 16 --traj-steps 24]
-                              [--budget steps|wall|flops] [--train-trajectories N]
+                              [--budget steps|wall|flops] [--budget-seconds S] [--train-trajectories N]
                               [--out bench/results/peer_sfno.json] [--plot docs/peer_sfno.png]
 
-Budget (--budget): "steps" trains both models --steps optimizer steps; "wall" gives both the wall-clock SFNO
-needs for --steps steps, or --budget-seconds of steps whatever the model sizes (each model's step time
-measured interleaved with the other's on this machine, before training: steps = budget / its median step); "flops" gives both SFNO's training FLOPs of --steps
+Budget (--budget): "steps" trains both models --steps optimizer steps; "wall" gives both the wall-clock
+SFNO needs for --steps steps, or --budget-seconds of steps whatever the model sizes (each model's step
+time measured interleaved with the other's on this machine, before training: steps = budget / its median
+step); "flops" gives both SFNO's training FLOPs of --steps
 steps (per step as torch's FlopCounterMode counts one forward + backward: GEMMs, einsums, convolutions;
 the FFTs of SFNO's spherical harmonic transforms are not counted, so this favours SFNO slightly). Each
 model's learning-rate schedule spans its own steps. --train-trajectories N trains on the first N training
@@ -410,6 +411,8 @@ def main(argv=None) -> int:
     g.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "peer_sfno.json"))
     g.add_argument("--plot", default=os.path.join(ROOT, "docs", "peer_sfno.png"))
     args = ap.parse_args(argv)
+    if args.budget_seconds < 0:
+        ap.error(f"--budget-seconds must be >= 0 (0: SFNO's --steps set the budget), got {args.budget_seconds}")
     if args.budget_seconds and args.budget != "wall":
         ap.error(f"--budget-seconds is a wall-clock budget: it needs --budget wall, not --budget {args.budget}")
     torch.set_num_threads(args.threads)

@@ -35,7 +35,8 @@ from jigsaw_ds.parallel.partition import TokenPartition  # noqa: E402
 PATCH = 4
 
 
-def measure(store: WeatherStore, layout: tuple[int, int], rollout: int, batch: int, repeats: int, seed: int = 0) -> dict:
+def measure(store: WeatherStore, layout: tuple[int, int], rollout: int, batch: int, repeats: int,
+            seed: int = 0) -> dict:
     """Median ms of read_batch for rank 0's tile of `layout`, the same random items unshifted and shifted."""
     part = TokenPartition(store.n_lat, store.n_lon, PATCH, *layout)
     lat, lon = part.lat_slice(0), part.lon_slice(0)
@@ -101,7 +102,8 @@ def main(argv=None) -> int:
             run(store, args.batch025, [k for k in args.rollout if k + 1 <= args.grid025])
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"bench": "rolled_read", "command": " ".join(["python bench/rolled_read.py", *(argv or sys.argv[1:])]),
+        command = ["python bench/rolled_read.py", *(argv if argv is not None else sys.argv[1:])]
+        json.dump({"bench": "rolled_read", "command": " ".join(command),
                    "threads": args.threads, "repeats": args.repeats, "rows": rows}, f, indent=1)
     print(f"wrote {args.json}")
     return 0

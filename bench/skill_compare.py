@@ -24,7 +24,7 @@ LEADS = (24, 72, 120)
 SHORT = dict(zip(CHANNELS, ("z", "u", "v")))
 
 
-def summarise(run: str, result: dict) -> dict:
+def summarise(result: dict) -> dict:
     rmse = global_rmse(result["rows"])
     return {m: {"steps": result["steps"][m], "parameters": result["models"][m]["parameters"],
                 "val_loss": result["history"][m][-1]["val_loss"],
@@ -43,7 +43,8 @@ def main(argv=None) -> int:
         path = os.path.join(args.results, f"peer_sfno_{run}.json")
         if not os.path.exists(path):
             raise SystemExit(f"{path}: no such run (bench/skill_scaling.py --tag writes them)")
-        table[run] = summarise(run, json.load(open(path)))
+        with open(path) as f:
+            table[run] = summarise(json.load(f))
     keys = list(next(iter(table.values()))["WeatherMixer"]["rmse"])
     best = {m: {k: min(table, key=lambda r: table[r][m]["rmse"][k]) for k in keys} for m in MODELS}
     width = max(len(r) for r in table)

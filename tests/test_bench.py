@@ -32,10 +32,10 @@ def test_peer_sfno_runs_and_scores_both_models(tmp_path):
         flops["WeatherMixer"] <= flops["SFNO"]
 
 
-def test_peer_sfno_budget_seconds_fixes_the_wall_budget_across_sizes():
+def test_peer_sfno_budget_seconds_fixes_the_wall_budget_across_sizes(monkeypatch):
     import argparse
 
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
     import peer_sfno
 
     ms = {"WeatherMixer": 20.0, "SFNO": 100.0}
@@ -46,13 +46,15 @@ def test_peer_sfno_budget_seconds_fixes_the_wall_budget_across_sizes():
     assert peer_sfno.budget_steps(fixed, {"WeatherMixer": 40.0, "SFNO": 200.0}, {}) == {"WeatherMixer": 1500, "SFNO": 300}
     with pytest.raises(SystemExit):  # a seconds budget is a wall budget only
         peer_sfno.main(["--budget", "flops", "--budget-seconds", "60"])
+    with pytest.raises(SystemExit):
+        peer_sfno.main(["--budget", "wall", "--budget-seconds", "-1"])
 
 
-def test_skill_compare_picks_each_models_best_run(tmp_path):
+def test_skill_compare_picks_each_models_best_run(tmp_path, monkeypatch):
     """Two committed skill runs (learning rate 2e-3 and 4e-3): the table and each model's best run per column."""
     import shutil
 
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
     import skill_compare
 
     runs = ["wall_rollout8h_lonroll_hist1_128", "wall_rollout8h_lonroll_hist1_lr4e-3_128"]

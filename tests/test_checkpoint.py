@@ -16,7 +16,9 @@ import subprocess
 
 
 def configs(tmp, store, out_dir, stage=1, bf16=False, **ds_extra):
-    conf = {"model": {"patch": 4, "embed_dim": 32, "token_hidden": 32, "channel_hidden": 64, "depth": 2},
+    # with training noise: a resumed run, at any layout, must draw the uninterrupted run's masks
+    conf = {"model": {"patch": 4, "embed_dim": 32, "token_hidden": 32, "channel_hidden": 64, "depth": 2,
+                      "drop_path": 0.2, "dropout": 0.1},
             "data": {"store": store, "variables": ["temperature"], "surface_variables": ["2m_temperature"],
                      "levels": [500, 850]},
             "parallel": {"domain": 2, "tensor": 2},

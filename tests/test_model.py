@@ -110,17 +110,39 @@ def test_weighted_mse_is_weighted_mean():
     assert AreaWeightedMSE(w, 2, 3)(pred, target).item() == pytest.approx(expected)
 
 
-def test_activation_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("noise", [{}, {"drop_path": 0.3, "dropout": 0.3}])
+def test_activation_checkpointing_gives_the_same_gradients(noise):
+    """With training noise too: the recomputed blocks use the masks of the first pass."""
     import dataclasses
 
     x = torch.randn(2, 7, 33, 64)
     grads = []
     for ckpt in (False, True):
-        m = WeatherMixer(dataclasses.replace(CFG, activation_checkpointing=ckpt), 33, 64, 7, 5, seed=1)
+        m = WeatherMixer(dataclasses.replace(CFG, activation_checkpointing=ckpt, **noise), 33, 64, 7, 5, seed=1)
+        torch.manual_seed(3)
         m(x).square().mean().backward()
         grads.append([p.grad.clone() for p in m.parameters()])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_only_in_training():
+    """model.dropout changes a training forward; evaluation and no_grad draw no masks (the random stream
+    stays where it was) and give the plain model's output."""
+    import dataclasses
+
+    x = torch.randn(2, 7, 33, 64)
+    plain = WeatherMixer(CFG, 33, 64, 7, 5, seed=1)
+    noisy = WeatherMixer(dataclasses.replace(CFG, dropout=0.3), 33, 64, 7, 5, seed=1)
+    with torch.no_grad():
+        expected = plain(x)
+        torch.manual_seed(0)
+        assert torch.equal(noisy(x), expected)
+        assert torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())
+    noisy.eval()
+    assert torch.equal(noisy(x), expected)
+    noisy.train()
+    assert not torch.allclose(noisy(x), expected, atol=1e-3)
 
 
 def test_rollout_feeds_back_the_newest_states_and_drops_the_oldest():

@@ -216,7 +216,10 @@ def make_loader(dataset: PairDataset, sampler: ReplicaBatches, num_workers: int,
     """Batches of the sampler's index lists. Workers start by forkserver: tensorstore, which the store reads
     with, cannot run in a process forked from one that has used it. Without workers, a thread of this
     process reads `prefetch_factor` batches ahead (tensorstore decodes without holding the GIL)."""
-    kwargs = dict(sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    # its own generator: a loader iterator draws its workers' base seed, which from the global generator would
+    # shift the model's random stream (drop_path, dropout) by one draw after a resume
+    kwargs = dict(sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                  generator=torch.Generator())
     if num_workers:
         kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False, multiprocessing_context="forkserver")
         return torch.utils.data.DataLoader(_Batches(dataset), **kwargs)

@@ -309,7 +309,10 @@ class WeatherStore:
         lat = slice(*lat.indices(self.n_lat))
         if isinstance(lon, slice):
             return lat, slice(*lon.indices(self.n_lon))
-        cols = np.asarray(lon, dtype=np.int64)
+        cols = np.asarray(lon)
+        if not np.issubdtype(cols.dtype, np.integer):
+            raise ValueError(f"longitude columns must be a slice or an integer array, got {cols.dtype}")
+        cols = cols.astype(np.int64)
         if cols.ndim != 1 or not len(cols) or cols.min() < 0 or cols.max() >= self.n_lon:
             raise ValueError(f"longitude columns must be a non-empty 1-D array in [0, {self.n_lon}), got "
                              f"{cols.shape} {cols.min() if cols.size else ''}..{cols.max() if cols.size else ''}")
@@ -327,10 +330,11 @@ class WeatherStore:
         return blocks
 
     def read_into(self, out: np.ndarray, times, lat: slice, lon, normalise: bool = True) -> np.ndarray:
-        """Read the tile (lat, lon; lon a slice or an array of columns, see _tile) of every selected channel at the given time indices into `out`
-        ([T, C, h, w] float32, any memory: pinned, shared, a view), normalised in place ((x - mean) / std
-        per channel) unless normalise=False; return `out`. One tensorstore read per variable, all issued at
-        once; each variable is normalised as soon as it has arrived, while the others are still decoding."""
+        """Read the tile (lat, lon; lon a slice or an array of columns, see _tile) of every selected channel at
+        the given time indices into `out` ([T, C, h, w] float32, any memory: pinned, shared, a view),
+        normalised in place ((x - mean) / std per channel) unless normalise=False; return `out`. One
+        tensorstore read per variable, all issued at once; each variable is normalised as soon as it has
+        arrived, while the others are still decoding."""
         import tensorstore as ts
 
         if self._arrays is None:
@@ -370,8 +374,8 @@ class WeatherStore:
         outer = dict(zip(dims, meta.shards or meta.chunks))
         levels = sorted({c.level_index for c in self.channels if c.var == var})
         array = self._arrays[var]
-        for t, lon in itertools.product(times, _runs(lon)):
-            ranges = {"level": levels, "latitude": range(lat.start, lat.stop), "longitude": range(lon.start, lon.stop)}
+        for t, run in itertools.product(times, _runs(lon)):
+            ranges = {"level": levels, "latitude": range(lat.start, lat.stop), "longitude": range(run.start, run.stop)}
             # first index of every inner chunk that the tile touches, per dim
             starts = {"time": [int(t)]}
             for d in canonical[1:]:
@@ -395,20 +399,20 @@ class WeatherStore:
         raise StoreError(f"data store '{self.path}': variable '{var}': reading times {list(times)} failed: "
                          f"{str(error).splitlines()[0]}") from None
 
-    def read_raw(self, times: list[int], lat: slice, lon: slice) -> np.ndarray:
+    def read_raw(self, times: list[int], lat: slice, lon) -> np.ndarray:
         """[T, C, h, w] float32 physical values of the selected channels at the given time indices, tile
         (lat, lon) only."""
         la, lo = self._tile(lat, lon)
         out = np.empty((len(times), len(self.channels), la.stop - la.start, _extent(lo)), np.float32)
         return self.read_into(out, times, lat, lon, normalise=False)
 
-    def read(self, times: list[int], lat: slice, lon: slice) -> np.ndarray:
+    def read(self, times: list[int], lat: slice, lon) -> np.ndarray:
         """Normalised tiles [T, C, h, w]: (x - mean) / std per channel."""
         la, lo = self._tile(lat, lon)
         out = np.empty((len(times), len(self.channels), la.stop - la.start, _extent(lo)), np.float32)
         return self.read_into(out, times, lat, lon)
 
-    def _read_static_raw(self, var: str, lat: slice, lon: slice) -> np.ndarray:
+    def _read_static_raw(self, var: str, lat: slice, lon) -> np.ndarray:
         if self._arrays is None:
             self._arrays = self._open_arrays()
         lat, lon = self._tile(lat, lon)
@@ -418,7 +422,7 @@ class WeatherStore:
             raise StoreError(f"data store '{self.path}': static field '{var}' cannot be read: "
                              f"{str(e).splitlines()[0]}; the store is damaged: write it again") from None
 
-    def read_static(self, lat: slice, lon: slice) -> np.ndarray:
+    def read_static(self, lat: slice, lon) -> np.ndarray:
         """[S, h, w] static fields of the tile, normalised with their stored mean and std."""
         stats = self._static_stats
         la, lo = self._tile(lat, lon)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,6 +116,7 @@ class WeatherMixer(nn.Module):
         scale = torch.ones(out_channels) if tendency_scale is None else torch.as_tensor(tendency_scale).float()
         self.register_buffer("tendency_scale", scale.clone())
         self.reset_parameters(seed)
+        self.noise_seed, self._noise_step, self._noise_forward = seed, 0, 0  # see start_step
 
     # ---- parameters: layout-free init and loading of a serial state dict --------------------------------
     def reset_parameters(self, seed: int) -> None:
@@ -174,8 +176,9 @@ class WeatherMixer(nn.Module):
         stages = [*self.blocks, self.head]
         prefetch_weights(stages[0], self.groups)
         h = self.embed(self.patchify(x.to(self.head_norm.weight.dtype)))
-        keep = self.drop_path_keep(x.shape[0], h.device, h.dtype)
-        hidden_keep = self.dropout_keep(x.shape[0], h.device, h.dtype)
+        seeds = self.noise_seeds(x.shape[0])
+        keep = self.drop_path_keep(seeds, h.device, h.dtype)
+        hidden_keep = self.dropout_keep(seeds, h.device, h.dtype)
         for i, block in enumerate(self.blocks):
             prefetch_weights(stages[i + 1], self.groups)
             masks = (None if keep is None else keep[i], None if hidden_keep is None else hidden_keep[i])
@@ -186,49 +189,65 @@ class WeatherMixer(nn.Module):
         tendency = self.unpatchify(self.head(self.head_norm(h)), x.shape[2], x.shape[3])
         return x[:, :self.out_channels] + self.tendency_scale.view(1, -1, 1, 1) * tendency.to(x.dtype)
 
-    def drop_path_keep(self, batch: int, device, dtype) -> Optional[torch.Tensor]:
-        """Stochastic depth masks [depth, 2, 1, batch, 1] for this forward, or None (off, or not training).
+    # ---- training noise (model.drop_path, model.dropout) ------------------------------------------------------
+    def start_step(self, step: int) -> None:
+        """The forwards that follow belong to optimizer step `step` (the trainer calls this before each step).
 
-        Drawn before the blocks run (activation checkpointing recomputes a block with the same mask) from the
-        CPU generator, which every rank seeds alike and checkpoints save: the ranks of a replica draw the same
-        numbers, so a sample's mask is the same on all of its tiles; each replica keeps its own slice of a draw
-        for the global batch (data x batch), so that any layout drops what one process would."""
-        if not (self.cfg.drop_path and self.training and torch.is_grad_enabled()):
+        Training noise is a function of (seed, step, forward within the step, sample's index in the global
+        batch) alone, never of a random stream: so every rank of a replica draws the same, each replica only
+        its own samples, any layout drops what one process would, and a run resumed at any layout draws what
+        the uninterrupted run drew. Without calls, every forward counts as the next one of step 0."""
+        self._noise_step, self._noise_forward = step, 0
+
+    def noise_seeds(self, batch: int) -> Optional[np.ndarray]:
+        """[batch, 2] seeds (stochastic depth, dropout) of this replica's samples for this forward, or None
+        (no noise configured, or not training). Each call is the next forward of the step."""
+        if not ((self.cfg.drop_path or self.cfg.dropout) and self.training and torch.is_grad_enabled()):
             return None
-        depth, data = len(self.blocks), self.groups.size("data")
+        step, forward = self._noise_step, self._noise_forward
+        self._noise_forward += 1
+        samples = range(self.groups.data_rank * batch, (self.groups.data_rank + 1) * batch)
+        seeds = [np.random.SeedSequence([self.noise_seed, step, forward, g]).generate_state(2, np.uint64)
+                 for g in samples]
+        return np.stack(seeds) >> np.uint64(1)  # 63 bits: what manual_seed takes
+
+    def drop_path_keep(self, seeds: Optional[np.ndarray], device, dtype) -> Optional[torch.Tensor]:
+        """Stochastic depth masks [depth, 2, 1, batch, 1] for this forward (noise_seeds), or None: per sample,
+        block i's two branches each kept with probability 1 - drop_path (i + 1) / depth, scaled by its inverse.
+        Drawn before the blocks run, so activation checkpointing recomputes a block with the same mask."""
+        if seeds is None or not self.cfg.drop_path:
+            return None
+        depth = len(self.blocks)
         rate = self.cfg.drop_path * torch.arange(1, depth + 1, dtype=torch.float64) / depth
-        u = torch.rand(depth, 2, data * batch, dtype=torch.float64)
-        u = u[:, :, self.groups.data_rank * batch:(self.groups.data_rank + 1) * batch]
+        u = torch.stack([torch.rand(depth, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(int(s)))
+                         for s in seeds[:, 0]], dim=-1)                                    # [depth, 2, batch]
         keep = (u >= rate[:, None, None]).to(torch.float64) / (1 - rate[:, None, None])
         return keep.to(device, dtype)[:, :, None, :, None]
 
-    def dropout_keep(self, batch: int, device, dtype) -> Optional[list]:
-        """Dropout masks (model.dropout = p) for this forward: per block (token [Dt, B*D], channel [1, B, Dc/TP]),
-        entries 0 or 1/(1 - p); or None (off, or not training).
+    def dropout_keep(self, seeds: Optional[np.ndarray], device, dtype) -> Optional[list]:
+        """Dropout masks (model.dropout = p) for this forward (noise_seeds): per block (token [Dt, B*D],
+        channel [1, B, Dc/TP]), entries 0 or 1/(1 - p); or None.
 
         The unit dropped is a hidden unit of a sample: token mixing's (j, channel d), which every rank of a
         replica holds whole, and channel mixing's feature k at every token of the sample (a per-element mask
         over N tokens would be as large as the activations, and the same for any split only if drawn for the
-        whole field). Each sample's masks come from its own generator, seeded with one number drawn from the
-        CPU generator (seeded alike on every rank and saved by checkpoints) plus the sample's index in the
-        global batch: so a replica draws only its own samples, all its ranks draw the same, each tensor rank
-        keeps its features, and any layout drops what one process would. Drawn before the blocks run, so
-        activation checkpointing recomputes with the same masks."""
+        whole field); each tensor rank keeps its features. Drawn on `device` from a generator per sample, so
+        layouts agree on the same kind of device. (In bf16 the scale 1/(1 - p) is rounded, as drop_path's is:
+        a bias under 0.2% for p <= 0.3.)"""
         p = self.cfg.dropout
-        if not (p and self.training and torch.is_grad_enabled()):
+        if seeds is None or not p:
             return None
-        base = int(torch.randint(0, 2**62, (1,)))
         depth, dt, d, dc = len(self.blocks), self.cfg.token_hidden, self.cfg.embed_dim, self.cfg.channel_hidden
-        features = slice(self.groups.tensor_rank * dc // self.groups.size("tensor"),
-                         (self.groups.tensor_rank + 1) * dc // self.groups.size("tensor"))
-        token, channel = [], []
-        for b in range(batch):
-            g = torch.Generator().manual_seed(base + self.groups.data_rank * batch + b)
-            token.append(torch.rand(depth, dt, d, generator=g))
-            channel.append(torch.rand(depth, dc, generator=g)[:, features])
-        token = ((torch.stack(token, dim=2) >= p) / (1 - p)).to(device, dtype)        # [L, Dt, B, D]
-        channel = ((torch.stack(channel, dim=1) >= p) / (1 - p)).to(device, dtype)    # [L, B, Dc/TP]
-        return [(token[i].reshape(dt, batch * d), channel[i][None]) for i in range(depth)]
+        tp, t, batch = self.groups.size("tensor"), self.groups.tensor_rank, len(seeds)
+        token = torch.empty(depth, dt, batch, d, device=device)
+        channel = torch.empty(depth, batch, dc, device=device)
+        for b, s in enumerate(seeds[:, 1]):
+            g = torch.Generator(device).manual_seed(int(s))
+            token[:, :, b].bernoulli_(1 - p, generator=g)
+            channel[:, b].bernoulli_(1 - p, generator=g)
+        token = (token / (1 - p)).to(dtype).view(depth, dt, batch * d)                   # [L, Dt, B*D]
+        channel = (channel[..., t * dc // tp:(t + 1) * dc // tp] / (1 - p)).to(dtype)  # [L, B, Dc/TP]
+        return [(token[i], channel[i][None]) for i in range(depth)]
 
     def collectives(self, micro_batch: int) -> list[tuple[str, int, str]]:
         """What the model itself issues besides its layers (perf/comm_model.py walks it): the bucket's sum."""

@@ -113,12 +113,13 @@ class Trainer:
         return value
 
     # ---- one optimizer step ----------------------------------------------------------------------------
-    def train_step(self, batch) -> torch.Tensor:
+    def train_step(self, step: int, batch) -> torch.Tensor:
         """One optimizer step; with train.rollout_steps = K the loss is the mean over a K-step rollout,
         each prediction fed back with the static channels and the next step's forcings, gradient through all
         K steps."""
         x, y, forcings = batch  # fp32 on the device: the model casts to its weights' precision (WeatherMixer.forward)
         k_steps = y.shape[1]
+        self.model.start_step(step)  # its training noise is this step's, resumed or not
         loss = 0.0
         for k, pred in enumerate(self.model.rollout(x, k_steps, forcings, step=self.engine)):
             loss = loss + self.loss_fn(pred.float(), y[:, k]) / k_steps
@@ -183,7 +184,7 @@ class Trainer:
             batch = next(loader)
             t_data = time.perf_counter() - t0
             lr = self.engine.get_lr()[0]  # the optimizer's rate, which this step uses (engine.step advances it)
-            window.add(step, self.train_step(batch), self.engine.get_global_grad_norm(), t_data)
+            window.add(step, self.train_step(step, batch), self.engine.get_global_grad_norm(), t_data)
             if progress:
                 progress.update(1)
             validate = step % cfg.val_every == 0 or step == cfg.steps

@@ -260,11 +260,11 @@ def test_step_memory_matches_the_allocators_timeline(tmp_path, checkpointing):
 MixerBlockForward = weather_mixer.MixerBlock.forward
 
 
-def checkpointed_forward(self, x, keep=None):
+def checkpointed_forward(self, x, *noise):
     """What activation checkpointing per block does (torch.utils.checkpoint, non-reentrant)."""
     from torch.utils.checkpoint import checkpoint
 
-    return checkpoint(MixerBlockForward, self, x, keep, use_reentrant=False)
+    return checkpoint(MixerBlockForward, self, x, *noise, use_reentrant=False)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])

@@ -7,9 +7,9 @@
 Budget (--budget): "steps" trains both models --steps optimizer steps; "wall" gives both the wall-clock
 SFNO needs for --steps steps, or --budget-seconds of steps whatever the model sizes (each model's step
 time measured interleaved with the other's on this machine, before training: steps = budget / its median
-step); "flops" gives both SFNO's training FLOPs of --steps
-steps (per step as torch's FlopCounterMode counts one forward + backward: GEMMs, einsums, convolutions;
-the FFTs of SFNO's spherical harmonic transforms are not counted, so this favours SFNO slightly). Each
+step); "flops" gives both SFNO's training FLOPs of --steps steps (per step as torch's FlopCounterMode
+counts one forward + backward: GEMMs, einsums, convolutions; the FFTs of SFNO's spherical harmonic
+transforms are not counted, so this favours SFNO slightly). Each
 model's learning-rate schedule spans its own steps. --train-trajectories N trains on the first N training
 trajectories only (the held-out ones stay the same): data scaling on one store. --rollout-steps K
 --rollout-fraction f: the last fraction f of each model's steps train on the mean loss of a K-step
@@ -525,7 +525,8 @@ def main(argv=None) -> int:
         "training": {key: getattr(args, key) for key in ("steps", "batch", "lr", "weight_decay", "warmup",
                                                          "warmup_min_ratio", "cos_min_ratio", "clip", "seed",
                                                          "budget", "budget_seconds", "train_trajectories",
-                                                         "rollout_steps", "rollout_fraction", "lon_roll", "history", "members")},
+                                                         "rollout_steps", "rollout_fraction", "lon_roll", "history",
+                                                         "members")},
         "member_val_loss": member_val_loss,
         "steps": steps, "train_flops_per_step": flops,
         "train_flops": {n: flops[n] * steps[n] for n in steps},

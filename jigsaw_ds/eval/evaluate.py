@@ -103,8 +103,8 @@ def load_model(path: str, groups):
 
 
 # What the members of an ensemble must share: the same inputs, in the same order, and the same step.
-MEMBER_KEYS = ("model.patch", "data.variables", "data.surface_variables", "data.levels", "data.lead_steps", "data.val_fraction",
-               "model.static_variables", "model.coord_features", "model.forcings", "model.forcings_at_target",
+MEMBER_KEYS = ("model.patch", "data.variables", "data.surface_variables", "data.levels", "data.lead_steps",
+               "data.val_fraction", "model.static_variables", "model.coord_features", "model.forcings", "model.forcings_at_target",
                "model.history_steps")
 
 

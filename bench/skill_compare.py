@@ -1,12 +1,14 @@
 """Each model's own skill across bench/peer_sfno runs (issue 19's sweeps: learning rate, size, budget, options).
 
     python bench/skill_compare.py RUN [RUN ...] [--name lr] [--results bench/results/skill]
+        [--x "budget (s)=57,114,171" --plot docs/skill_budget.png]
 
 RUN names a peer_sfno JSON in --results: `wall_rollout8h_lonroll_hist1_lr8e-3_128` is
 peer_sfno_wall_rollout8h_lonroll_hist1_lr8e-3_128.json. skill_scaling's tables give the ratio WeatherMixer /
 SFNO within one run; a sweep asks which run is best for each model, so this prints, per run and model, the
 held-out RMSE of z500, u500, v500 at 24 / 72 / 120 h, the one-step held-out loss, steps and parameters, and
-each model's best run per column; JSON to <results>/compare_<name>.json.
+each model's best run per column; JSON to <results>/compare_<name>.json. With --x (one value per run, e.g.
+the wall budget) and --plot, a plot of each model's RMSE against it: the curve of where the two cross.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from skill_scaling import CHANNELS, MODELS, global_rmse  # noqa: E402
+from skill_scaling import CHANNELS, MODELS, global_rmse, plot_rmse  # noqa: E402
 
 LEADS = (24, 72, 120)
 SHORT = dict(zip(CHANNELS, ("z", "u", "v")))
@@ -32,19 +34,38 @@ def summarise(result: dict) -> dict:
             for m in MODELS}
 
 
+def parse_x(spec: str, n_runs: int) -> tuple[str, list[float]]:
+    """'budget (s)=57,114,171' -> ('budget (s)', [57.0, 114.0, 171.0]), one value per run."""
+    label, sep, values = spec.rpartition("=")
+    try:
+        xs = [float(v) for v in values.split(",")]
+    except ValueError:
+        xs = []
+    if not sep or not label or len(xs) != n_runs:
+        raise SystemExit(f"--x {spec!r}: expected LABEL=V1,...,V{n_runs} (one number per run)")
+    return label, xs
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--name", default="runs", help="names the JSON: compare_<name>.json")
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "skill"))
+    ap.add_argument("--x", default="", metavar="LABEL=V1,V2,...", help="one value per run, for --plot")
+    ap.add_argument("--plot", default="", help="PNG of each model's RMSE against --x")
     args = ap.parse_args(argv)
-    table = {}
+    xlabel, xs = parse_x(args.x, len(args.runs)) if args.x else ("", [])
+    if args.plot and not xs:
+        raise SystemExit("--plot needs --x LABEL=V1,V2,... (one value per run)")
+    table, rmses = {}, []
     for run in args.runs:
         path = os.path.join(args.results, f"peer_sfno_{run}.json")
         if not os.path.exists(path):
             raise SystemExit(f"{path}: no such run (bench/skill_scaling.py --tag writes them)")
         with open(path) as f:
-            table[run] = summarise(json.load(f))
+            result = json.load(f)
+        table[run] = summarise(result)
+        rmses.append(global_rmse(result["rows"]))
     keys = list(next(iter(table.values()))["WeatherMixer"]["rmse"])
     best = {m: {k: min(table, key=lambda r: table[r][m]["rmse"][k]) for k in keys} for m in MODELS}
     width = max(len(r) for r in table)
@@ -59,8 +80,12 @@ def main(argv=None) -> int:
     with open(out, "w") as f:
         json.dump({"bench": "skill_compare", "command": " ".join(["python bench/skill_compare.py",
                                                                     *(argv if argv is not None else sys.argv[1:])]),
-                   "runs": table, "best_run": best}, f, indent=1)
+                   "runs": table, "best_run": best, **({"x": {"label": xlabel, "values": xs}} if xs else {})},
+                  f, indent=1)
     print(f"wrote {out}")
+    if args.plot:
+        plot_rmse(xs, rmses, xlabel, f"WeatherMixer vs SFNO: held-out RMSE against {xlabel}", args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 

@@ -55,30 +55,30 @@ def summarise(results: dict) -> dict:
     return out
 
 
-def plot(results: dict, summary: dict, path: str) -> None:
+def plot_rmse(xs, rmses, xlabel: str, title: str, path: str, log2_x: bool = False) -> None:
+    """Each model's held-out RMSE against x (one panel per channel, one line per lead); rmses[i] is
+    global_rmse of the run at xs[i]."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = sorted(results, key=int)
     fig, axes = plt.subplots(1, len(CHANNELS), figsize=(4 * len(CHANNELS), 3.4), squeeze=False)
     for ax, ch in zip(axes[0], CHANNELS):
         for lead, style in zip(LEADS, ("-", "--", ":", "-.")):
-            if (ch, lead) not in global_rmse(results[sizes[0]]["rows"]):
+            if (ch, lead) not in rmses[0]:
                 continue  # a rollout shorter than this lead
-            rmse = [global_rmse(results[s]["rows"])[(ch, lead)] for s in sizes]
             for m, color in zip(MODELS, ("C0", "C3")):
-                ax.plot([int(s) for s in sizes], [r[m] for r in rmse], color=color, ls=style, marker="o",
+                ax.plot(xs, [r[(ch, lead)][m] for r in rmses], color=color, ls=style, marker="o",
                         markersize=3, label=f"{m} {lead} h")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("training trajectories")
+        if log2_x:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
         ax.set_title(ch, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("RMSE (held-out)")
     axes[0][0].legend(fontsize=6)
-    fig.suptitle(f"WeatherMixer vs SFNO: skill vs training data ({next(iter(results.values()))['training']['budget']} "
-                 f"budget)", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -125,7 +125,9 @@ def main(argv=None) -> int:
         json.dump({"budget": args.budget, "sfno_steps": args.steps, "store": os.path.relpath(args.store, ROOT),
                    "extra": args.extra, "summary": summary}, f, indent=1)
     if args.plot:
-        plot(results, summary, args.plot)
+        sizes = sorted(results, key=int)
+        plot_rmse([int(n) for n in sizes], [global_rmse(results[n]["rows"]) for n in sizes], "training trajectories",
+                  f"WeatherMixer vs SFNO: skill vs training data ({args.budget} budget)", args.plot, log2_x=True)
     return 0
 
 

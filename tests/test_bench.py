@@ -65,3 +65,26 @@ def test_skill_compare_picks_each_models_best_run(tmp_path, monkeypatch):
     z24 = {run: out["runs"][run]["WeatherMixer"]["rmse"]["geopotential_500@24"] for run in runs}
     assert out["best_run"]["WeatherMixer"]["geopotential_500@24"] == min(z24, key=z24.get)
     assert set(out["best_run"]) == {"WeatherMixer", "SFNO"} and len(out["runs"][runs[0]]["SFNO"]["rmse"]) == 9
+    # the curve against one value per run (here the learning rate), and a wrong count of values named
+    assert skill_compare.main([*runs, "--name", "t", "--results", str(tmp_path), "--x", "learning rate=2e-3,4e-3",
+                               "--plot", str(tmp_path / "lr.png")]) == 0
+    assert (tmp_path / "lr.png").stat().st_size > 0
+    assert json.load(open(tmp_path / "compare_t.json"))["x"] == {"label": "learning rate", "values": [2e-3, 4e-3]}
+    with pytest.raises(SystemExit, match="one number per run"):
+        skill_compare.main([*runs, "--results", str(tmp_path), "--x", "learning rate=2e-3", "--plot", "p.png"])
+
+
+def test_skill_scaling_summarises_and_plots_finished_sizes(tmp_path, monkeypatch):
+    """Finished sizes are read back, not retrained: the ratio table, its JSON and the skill-vs-data plot."""
+    import shutil
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    import skill_scaling
+
+    for n in (16, 128):
+        shutil.copy(os.path.join(ROOT, "bench", "results", "skill", f"peer_sfno_wall_{n}.json"), tmp_path)
+    assert skill_scaling.main(["--store", str(tmp_path), "--sizes", "16,128", "--results", str(tmp_path),
+                               "--plot", str(tmp_path / "s.png")]) == 0
+    summary = json.load(open(tmp_path / "scaling_wall.json"))["summary"]
+    assert set(summary) == {"16", "128"} and (tmp_path / "s.png").stat().st_size > 0
+    assert summary["128"]["ratio"]["geopotential_500@24"] < summary["16"]["ratio"]["geopotential_500@24"]

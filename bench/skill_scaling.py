@@ -84,6 +84,12 @@ def plot_rmse(xs, rmses, xlabel: str, title: str, path: str, log2_x: bool = Fals
     plt.close(fig)
 
 
+def _flags(peer_sfno_argv: list) -> list:
+    """peer_sfno's arguments without the paths (--store, --out), which differ between clones."""
+    argv = [a for a in peer_sfno_argv if a]
+    return [a for i, a in enumerate(argv) if a not in ("--store", "--out") and argv[i - 1] not in ("--store", "--out")]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default=os.path.join(ROOT, "runs", "skill", "swe65_144x40.zarr"))
@@ -107,12 +113,15 @@ def main(argv=None) -> int:
     results = {}
     for size in args.sizes.split(","):
         out = os.path.join(args.results, f"peer_sfno_{args.budget}{args.tag}_{size}.json")
+        run = ["--store", args.store, "--val-fraction", "0.1112", "--train-trajectories", size, "--budget", args.budget,
+               "--steps", str(args.steps), "--inits", str(args.inits), "--threads", str(args.threads),
+               "--log-every", "200", "--val-every", "1000000", "--out", out, "--plot", "", *args.extra.split()]
         if not os.path.exists(out):  # a finished size is kept: the sweep resumes where it stopped
-            peer_sfno.main(["--store", args.store, "--val-fraction", "0.1112", "--train-trajectories", size,
-                            "--budget", args.budget, "--steps", str(args.steps), "--inits", str(args.inits),
-                            "--threads", str(args.threads), "--log-every", "200", "--val-every", "1000000",
-                            "--out", out, "--plot", "", *args.extra.split()])
+            peer_sfno.main(run)
         results[size] = json.load(open(out))
+        if _flags(results[size]["command"].split()[2:]) != _flags(run):
+            raise SystemExit(f"{out} was run as `{results[size]['command']}`, not with this command's flags: "
+                             "rerun with the same flags, or name the variant with --tag")
     summary = summarise(results)
     print(f"\nRMSE WeatherMixer / SFNO on held-out trajectories ({args.budget} budget, SFNO {args.steps} steps)")
     print(f"{'trajectories':>12s}  " + "  ".join(f"{ch.split('_')[0][:4]}@{lead:<3d}" for ch in CHANNELS
@@ -123,7 +132,8 @@ def main(argv=None) -> int:
               + "   " + ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in s["beats_persistence_and_climatology"].items()))
     with open(os.path.join(args.results, f"scaling_{args.budget}{args.tag}.json"), "w") as f:
         json.dump({"budget": args.budget, "sfno_steps": args.steps, "store": os.path.relpath(args.store, ROOT),
-                   "extra": args.extra, "summary": summary}, f, indent=1)
+                   "extra": args.extra, "commands": {n: r["command"] for n, r in results.items()},
+                   "summary": summary}, f, indent=1)
     if args.plot:
         sizes = sorted(results, key=int)
         plot_rmse([int(n) for n in sizes], [global_rmse(results[n]["rows"]) for n in sizes], "training trajectories",

@@ -75,7 +75,8 @@ def test_skill_compare_picks_each_models_best_run(tmp_path, monkeypatch):
 
 
 def test_skill_scaling_summarises_and_plots_finished_sizes(tmp_path, monkeypatch):
-    """Finished sizes are read back, not retrained: the ratio table, its JSON and the skill-vs-data plot."""
+    """Finished sizes are read back, not retrained (and not mixed with runs of other flags): the ratio table, its
+    JSON and the skill-vs-data plot."""
     import shutil
 
     monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
@@ -83,8 +84,10 @@ def test_skill_scaling_summarises_and_plots_finished_sizes(tmp_path, monkeypatch
 
     for n in (16, 128):
         shutil.copy(os.path.join(ROOT, "bench", "results", "skill", f"peer_sfno_wall_{n}.json"), tmp_path)
-    assert skill_scaling.main(["--store", str(tmp_path), "--sizes", "16,128", "--results", str(tmp_path),
-                               "--plot", str(tmp_path / "s.png")]) == 0
+    argv = ["--store", str(tmp_path), "--sizes", "16,128", "--results", str(tmp_path), "--plot", str(tmp_path / "s.png")]
+    with pytest.raises(SystemExit, match="not with this command's flags"):  # these runs had --steps 400, --lead-steps 20
+        skill_scaling.main(argv)
+    assert skill_scaling.main([*argv, "--steps", "400", "--extra", "--lead-steps 20"]) == 0
     summary = json.load(open(tmp_path / "scaling_wall.json"))["summary"]
     assert set(summary) == {"16", "128"} and (tmp_path / "s.png").stat().st_size > 0
     assert summary["128"]["ratio"]["geopotential_500@24"] < summary["16"]["ratio"]["geopotential_500@24"]

@@ -24,6 +24,7 @@ setup(
         "readers": ["h5netcdf", "netCDF4", "cfgrib"],
         "plots": ["matplotlib"],
         "bench": ["crc32c"],   # bench/io.py's decode floor checks crc32c as the reader does (hardware crc32c)
+        "pe": ["dinosaur-dycore"],  # `jigsaw-data held-suarez`: NeuralGCM's dynamical core, on jax (CPU)
         # `jigsaw-data swe` needs torch-harmonics, whose metadata pins a newer torch: it is installed with
         # --no-deps (scripts/install.sh does; by hand: pip install --no-deps torch-harmonics==0.9.3).
     },

@@ -15,8 +15,9 @@ trajectories only (the held-out ones stay the same): data scaling on one store. 
 --rollout-fraction f: the last fraction f of each model's steps train on the mean loss of a K-step
 autoregressive rollout (the trainer's train.rollout_steps), batches read from the store.
 
-Data: a store from `jigsaw-data swe` (made under runs/peer_sfno/ if --store is not given or missing),
-split by trajectory with data.dataset.split_train_val (the last val_fraction of trajectories held out),
+Data: a store from `jigsaw-data swe` (made under runs/peer_sfno/ if --store is not given or missing), or any
+store with a trajectory coordinate and the channels of --variables, --levels, --surface-variables (e.g. from
+`jigsaw-data held-suarez`: several levels, as with ERA5); split by trajectory with data.dataset.split_train_val (the last val_fraction of trajectories held out),
 read through WeatherStore / PairDataset with the coordinate features, as the trainer reads it.
 
 Training (the same for both models, one plain-PyTorch single-process loop; no DeepSpeed here, so that
@@ -65,7 +66,7 @@ from jigsaw_ds.data.dataset import split_train_val  # noqa: E402
 from jigsaw_ds.grid import lat_cell_weights  # noqa: E402
 from jigsaw_ds.train.loss import AreaWeightedMSE  # noqa: E402
 
-VARIABLES = ["geopotential", "u_component_of_wind", "v_component_of_wind"]
+VARIABLES = ["geopotential", "u_component_of_wind", "v_component_of_wind"]  # the default channels, at 500 hPa
 TABLE_LEADS = (6, 24, 48, 72)
 FULL = slice(0, None)
 
@@ -79,13 +80,13 @@ class ResidualSFNO(nn.Module):
     """torch-harmonics' SFNO in WeatherMixer's output form: x[:, :C] + tendency_scale * sfno(x)."""
 
     def __init__(self, n_lat, n_lon, in_channels, out_channels, tendency_scale, embed_dim, num_layers,
-                 scale_factor, mlp_ratio):
+                 scale_factor, mlp_ratio, grid="equiangular"):
         super().__init__()
         from torch_harmonics.examples.models import SphericalFourierNeuralOperator
 
         self.in_channels, self.out_channels = in_channels, out_channels
         self.net = SphericalFourierNeuralOperator(
-            img_size=(n_lat, n_lon), grid="equiangular", scale_factor=scale_factor, in_chans=in_channels,
+            img_size=(n_lat, n_lon), grid=grid, scale_factor=scale_factor, in_chans=in_channels,
             out_chans=out_channels, embed_dim=embed_dim, num_layers=num_layers, mlp_ratio=mlp_ratio,
             residual_prediction=False)
         self.register_buffer("tendency_scale", torch.as_tensor(tendency_scale).float().clone())
@@ -99,10 +100,22 @@ def build_mixer(cfg: ModelConfig, store, n_in, n_state, seed):
                         tendency_scale=torch.from_numpy(store.tendency_std / store.std), seed=seed)
 
 
+def sfno_grid(lat_deg) -> str:
+    """torch-harmonics' name for the store's latitude nodes: "equiangular" (poles included: WeatherBench2,
+    jigsaw-data swe) or "legendre-gauss" (jigsaw-data held-suarez); in either order."""
+    lat = np.sort(np.asarray(lat_deg, dtype=np.float64))
+    if np.allclose(lat, np.linspace(-90.0, 90.0, lat.size), atol=1e-4):
+        return "equiangular"
+    if np.allclose(np.sin(np.deg2rad(lat)), np.polynomial.legendre.leggauss(lat.size)[0], atol=1e-6):
+        return "legendre-gauss"
+    raise ValueError(f"SFNO here takes equiangular latitudes with both poles or Gaussian latitudes; the store's "
+                     f"{lat.size} latitudes ({lat[0]:.3f} to {lat[-1]:.3f}) are neither")
+
+
 def build_sfno(args, store, n_in, n_state, embed_dim, seed):
     torch.manual_seed(seed)  # SFNO initialises from the global generator
     return ResidualSFNO(store.n_lat, store.n_lon, n_in, n_state, store.tendency_std / store.std, embed_dim,
-                        args.sfno_layers, args.sfno_scale_factor, args.sfno_mlp_ratio)
+                        args.sfno_layers, args.sfno_scale_factor, args.sfno_mlp_ratio, grid=sfno_grid(store.lat))
 
 
 def sfno_count(args, store, n_in, n_state, width: int) -> int:
@@ -303,7 +316,7 @@ def summary_table(rows, names):
 
 
 def print_table(table, names):
-    print(f"\nRMSE (physical units; geopotential m^2/s^2, wind m/s), held-out trajectories")
+    print("\nRMSE (physical units; geopotential m^2/s^2, wind m/s), held-out trajectories")
     print(f"{'channel':26s} {'lead h':>6s} " + " ".join(f"{n:>13s}" for n in names) + "   best")
     for ch, by_lead in table.items():
         for lead, vals in sorted(by_lead.items()):
@@ -348,7 +361,7 @@ def plot(rows, names, channels, path):
     for ax in axes.ravel():
         handles.update(zip(*reversed(ax.get_legend_handles_labels())))
     axes[1][0].legend(handles.values(), handles.keys(), fontsize=7, loc="lower left")
-    fig.suptitle("WeatherMixer vs SFNO (matched parameters, same training) on held-out shallow-water "
+    fig.suptitle("WeatherMixer vs SFNO (matched parameters, same training) on held-out "
                  "trajectories", fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -359,7 +372,11 @@ def plot(rows, names, channels, path):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_argument_group("data")
-    g.add_argument("--store", default="", help="existing `jigsaw-data swe` store (default: made under runs/peer_sfno/)")
+    g.add_argument("--store", default="", help="existing `jigsaw-data swe` store (default: made under runs/peer_sfno/), "
+                                               "or another with the channels below (e.g. `jigsaw-data held-suarez`)")
+    g.add_argument("--variables", default=",".join(VARIABLES), help="upper-air variables both models forecast")
+    g.add_argument("--levels", default="500", help="their levels (hPa)")
+    g.add_argument("--surface-variables", default="", help="surface variables both models forecast")
     g.add_argument("--grid", default="33x64", type=lambda s: [int(v) for v in s.lower().split("x")])
     g.add_argument("--trajectories", type=int, default=16)
     g.add_argument("--traj-steps", type=int, default=24, help="6-hourly records per trajectory")
@@ -420,7 +437,8 @@ def main(argv=None) -> int:
 
     # ---- data: the trainer's store, split and pairs -------------------------------------------------------
     path = make_store(args)
-    store = WeatherStore(path, VARIABLES, [], [500])
+    store = WeatherStore(path, args.variables.split(","), [v for v in args.surface_variables.split(",") if v],
+                         [int(v) for v in args.levels.split(",")])
     n_state = len(store.channels)
     # as PairDataset(coord_feats=True, history=...) stacks them
     n_in = input_channels(ModelConfig(coord_features=True, history_steps=args.history), n_state, 0)
@@ -508,7 +526,7 @@ def main(argv=None) -> int:
     names = [*models, "persistence", "climatology"]
     table = summary_table(rows, names)
     print_table(table, names)
-    print(f"\nparameters: " + ", ".join(f"{n} {c:,}" for n, c in counts.items()))
+    print("\nparameters: " + ", ".join(f"{n} {c:,}" for n, c in counts.items()))
     print("train time: " + ", ".join(f"{n} {t['train_s']:.1f} s (median step {t['median_step_ms']:.1f} ms)"
                                      for n, t in timing.items()))
     print("interleaved median step: " + ", ".join(f"{n} {ms:.1f} ms" for n, ms in step_ms.items()))
@@ -534,7 +552,7 @@ def main(argv=None) -> int:
         "models": {"WeatherMixer": {"config": mixer_cfg.__dict__, "parameters": counts["WeatherMixer"]},
                    "SFNO": {"config": {"embed_dim": width, "num_layers": args.sfno_layers,
                                        "scale_factor": args.sfno_scale_factor, "mlp_ratio": args.sfno_mlp_ratio,
-                                       "internal_grid": [sfno.net.h, sfno.net.w],
+                                       "grid": sfno.net.grid, "internal_grid": [sfno.net.h, sfno.net.w],
                                        "spectral_truncation": sfno.net.trans.lmax},
                             "parameters": counts["SFNO"]}},
         "train_seconds": {n: round(t["train_s"], 2) for n, t in timing.items()},

@@ -98,7 +98,10 @@ ALLOWED = {
 GENERATE_DEFAULTS = {
     "synth": {"grid": [33, 64], "times": 400, "seed": 0},
     "swe": {"grid": [33, 64], "trajectories": 8, "steps": 40, "seed": 0},
+    # spinup and gap in days; truncation one of data/held_suarez.py's TRUNCATIONS
+    "held-suarez": {"truncation": 21, "layers": 8, "trajectories": 8, "steps": 40, "spinup": 200, "gap": 5, "seed": 0},
 }
+GENERATE_MAY_BE_ZERO = ("seed", "gap")
 
 
 def _type_ok(value, annotation: str) -> bool:
@@ -280,7 +283,7 @@ def _unique(cfg, sec, key) -> None:
 
 
 def check_generate_spec(spec: dict) -> None:
-    """data.generate (and jigsaw-data synth/swe): a known kind, its keys only, sane values."""
+    """data.generate (and jigsaw-data synth/swe/held-suarez): a known kind, its keys only, sane values."""
     kind = spec.get("kind")
     if kind not in GENERATE_DEFAULTS:
         raise ConfigError(f"config key 'data.generate.kind' is {kind!r}; allowed: {', '.join(GENERATE_DEFAULTS)}")
@@ -294,9 +297,15 @@ def check_generate_spec(spec: dict) -> None:
         if key == "grid":
             if not (isinstance(value, list) and len(value) == 2 and all(_type_ok(v, "int") and v > 1 for v in value)):
                 raise ConfigError(f"config key 'data.generate.grid' must be [n_lat, n_lon] (integers > 1), got {value!r}")
-        elif not _type_ok(value, "int") or value < (0 if key == "seed" else 1):
-            raise ConfigError(f"config key 'data.generate.{key}' must be an integer >= {0 if key == 'seed' else 1}, "
-                              f"got {value!r}")
+        elif not _type_ok(value, "int") or value < (0 if key in GENERATE_MAY_BE_ZERO else 1):
+            raise ConfigError(f"config key 'data.generate.{key}' must be an integer >= "
+                              f"{0 if key in GENERATE_MAY_BE_ZERO else 1}, got {value!r}")
+        elif key == "truncation":
+            from .data.held_suarez import TRUNCATIONS
+
+            if value not in TRUNCATIONS:
+                raise ConfigError(f"config key 'data.generate.truncation' is {value}; allowed: "
+                                  f"{', '.join(map(str, TRUNCATIONS))}")
 
 
 def check_against_grid(cfg: JigsawConfig, n_lat: int, lon_deg, longest_traj: int) -> None:

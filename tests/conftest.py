@@ -37,3 +37,13 @@ def synth_store(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("data") / "synth.zarr")
     write_store(synth_dataset(33, 64, 120, seed=1), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def held_suarez_store(tmp_path_factory):
+    """A small multi-level primitive-equation store made by the CLI: T21 (32 x 64), 4 runs of 6 records after
+    20 days of spin-up (jets built), 1 day apart."""
+    path = str(tmp_path_factory.mktemp("data") / "held_suarez.zarr")
+    run([os.path.join(BIN, "jigsaw-data"), "held-suarez", "--out", path, "--truncation", "21", "--trajectories", "4",
+         "--steps", "6", "--spinup", "20", "--gap", "1"])
+    return path

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, spawn_env
@@ -30,6 +31,22 @@ def test_peer_sfno_runs_and_scores_both_models(tmp_path):
     flops = result["train_flops"]  # equal budgets: WeatherMixer's steps fill SFNO's FLOPs of 4 steps
     assert result["steps"]["SFNO"] == 4 and flops["SFNO"] - result["train_flops_per_step"]["WeatherMixer"] < \
         flops["WeatherMixer"] <= flops["SFNO"]
+
+
+def test_peer_sfno_on_a_multilevel_primitive_equation_store(held_suarez_store, tmp_path):
+    """Every level and variable of a held-suarez store as channels of both models; SFNO on its Gaussian grid."""
+    out = tmp_path / "peer.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "peer_sfno.py"), "--store", held_suarez_store,
+                    "--variables", "geopotential,temperature,u_component_of_wind,v_component_of_wind",
+                    "--levels", "250,500,850", "--surface-variables", "surface_pressure", "--val-fraction", "0.25",
+                    "--steps", "2", "--time-steps", "1", "--lead-steps", "2", "--inits", "2", "--threads", "1",
+                    "--val-every", "2", "--log-every", "2", "--out", str(out), "--plot", ""],
+                   cwd=ROOT, env=spawn_env(), check=True, capture_output=True, timeout=600)
+    result = json.load(open(out))
+    assert result["models"]["SFNO"]["config"]["grid"] == "legendre-gauss"
+    channels = {r["channel"] for r in result["rows"] if r["metric"] == "rmse"}
+    assert {"temperature_850", "geopotential_250", "surface_pressure"} <= channels
+    assert result["grid"] == [32, 64] and result["train_pairs"] == 3 * 5
 
 
 def test_peer_sfno_budget_seconds_fixes_the_wall_budget_across_sizes(monkeypatch):
@@ -91,3 +108,16 @@ def test_skill_scaling_summarises_and_plots_finished_sizes(tmp_path, monkeypatch
     summary = json.load(open(tmp_path / "scaling_wall.json"))["summary"]
     assert set(summary) == {"16", "128"} and (tmp_path / "s.png").stat().st_size > 0
     assert summary["128"]["ratio"]["geopotential_500@24"] < summary["16"]["ratio"]["geopotential_500@24"]
+
+
+def test_sfno_takes_the_stores_latitude_nodes(monkeypatch):
+    """SFNO's spherical transforms are set up on the store's own latitudes: equiangular with poles (swe, WB2) or
+    Gaussian (held-suarez), in either order; anything else is refused, not silently treated as equiangular."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    from peer_sfno import sfno_grid
+
+    assert sfno_grid(np.linspace(90, -90, 33)) == "equiangular"
+    gauss = np.rad2deg(np.arcsin(np.polynomial.legendre.leggauss(32)[0]))
+    assert sfno_grid(gauss) == sfno_grid(gauss[::-1]) == "legendre-gauss"
+    with pytest.raises(ValueError, match="32 latitudes"):
+        sfno_grid(np.linspace(-88.6, 88.6, 32))

@@ -1,4 +1,6 @@
 """Synthetic store schema, per-rank tiles, sampler, trajectories."""
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -158,6 +160,44 @@ def test_swe_trajectories_are_balanced_weather(tmp_path):
     write_store(ds, path)
     store = WeatherStore(path, ["geopotential", "u_component_of_wind", "v_component_of_wind"], [], [500])
     assert len(store.pair_starts(1)) == 2 * 3
+
+
+def test_held_suarez_trajectories_are_driven_multilevel_weather(held_suarez_store):
+    """dinosaur's primitive equations with Held-Suarez forcing, on pressure levels in SI units: after 20 days the
+    forcing has built jets; levels are ordered as in the atmosphere; seeds give other runs; the store opens."""
+    from jigsaw_ds.data.held_suarez import LEVELS, SURFACE, UPPER, HeldSuarezRun
+
+    ds = xr.open_zarr(held_suarez_store)
+    assert ds["temperature"].dims == ("time", "level", "latitude", "longitude") and ds["temperature"].shape == (24, 3, 32, 64)
+    assert ds["surface_pressure"].dims == ("time", "latitude", "longitude")
+    assert list(ds["trajectory"].values) == [0] * 6 + [1] * 6 + [2] * 6 + [3] * 6
+    lat = ds["latitude"].values  # Gaussian nodes, south to north, no pole row
+    np.testing.assert_allclose(np.sin(np.deg2rad(lat)), np.polynomial.legendre.leggauss(32)[0], atol=1e-6)
+    z = ds["geopotential"].values
+    assert (z[:, 0] > z[:, 1]).all() and (z[:, 1] > z[:, 2]).all()  # 250 above 500 above 850 hPa
+    assert 5.0e4 < z[:, 1].mean() < 5.8e4  # z500 in m^2/s^2 (about 5.5 km)
+    t = ds["temperature"].values
+    assert 180 < t.min() and t.max() < 330 and t[:, 2].mean() > t[:, 0].mean()  # K, warmer below
+    assert abs(ds["surface_pressure"].values.mean() - 1e5) < 2e3  # Pa
+    u250 = ds["u_component_of_wind"].sel(level=250).values.mean(axis=(0, 2))  # zonal mean by latitude
+    for hemisphere in (lat < 0, lat > 0):  # a westerly jet in each hemisphere, in m/s
+        assert 8 < u250[hemisphere].max() < 60
+    v = ds["v_component_of_wind"].values
+    assert np.abs(v).max() < 40 and np.abs(v).mean() < np.abs(ds["u_component_of_wind"].values).mean()
+    store = WeatherStore(held_suarez_store, list(UPPER), list(SURFACE), list(LEVELS))
+    assert len(store.channels) == 13 and len(store.pair_starts(1)) == 4 * 5
+    run = HeldSuarezRun(21, 8)  # the seed places the initial surface-pressure bump
+    first, same, other = (run.trajectory(run.initial_state(seed), 1)[2] for seed in (0, 0, 1))
+    np.testing.assert_array_equal(first, same)
+    assert np.abs(other - first).max() > 10  # Pa
+
+
+def test_a_missing_optional_generator_library_is_named(monkeypatch, capsys):
+    from jigsaw_ds.data.cli import main
+
+    monkeypatch.setitem(sys.modules, "dinosaur", None)  # import dinosaur raises ImportError
+    assert main(["held-suarez", "--out", "never.zarr"]) == 2
+    assert "pip install -c constraints.txt dinosaur-dycore" in capsys.readouterr().err
 
 
 def test_rollout_items_hold_k_consecutive_targets(synth_store):

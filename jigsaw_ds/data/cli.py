@@ -20,9 +20,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="jigsaw-data", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     helps = {"synth": "small synthetic WB2-schema store with smooth travelling waves",
-             "swe": "shallow-water trajectories from torch-harmonics' solver"}
+             "swe": "shallow-water trajectories from torch-harmonics' solver",
+             "held-suarez": "multi-level primitive-equation trajectories (Held-Suarez forcing) from dinosaur; "
+                            "--spinup and --gap in days"}
     for kind, defaults in GENERATE_DEFAULTS.items():
-        g = sub.add_parser(kind, help=helps[kind])
+        g = sub.add_parser(kind, help=helps[kind], description=helps[kind])
         g.add_argument("--out", required=True)
         for key, default in defaults.items():
             g.add_argument(f"--{key}", type=_grid if key == "grid" else int, default=default)
@@ -66,6 +68,9 @@ def main(argv=None) -> int:
         out = from_spec(spec, args.out)
     except ConfigError as e:
         print(f"jigsaw-data {args.cmd}: error: {e}".replace("config key 'data.generate.", "option '--"), file=sys.stderr)
+        return 2
+    except ImportError as e:  # an optional generator's library is not installed
+        print(f"jigsaw-data {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     print(f"jigsaw-data: wrote {out}")
     return 0

@@ -11,6 +11,11 @@ def schema(kind: str) -> dict:
 
         return {"variables": list(UPPER), "levels": list(LEVELS), "surface_variables": list(SURFACE),
                 "static_variables": ["land_sea_mask", "geopotential_at_surface"]}
+    if kind == "held-suarez":
+        from .held_suarez import LEVELS, SURFACE, UPPER
+
+        return {"variables": list(UPPER), "levels": list(LEVELS), "surface_variables": list(SURFACE),
+                "static_variables": []}
     from .swe import LEVEL, VARIABLES
 
     return {"variables": list(VARIABLES), "levels": [LEVEL], "surface_variables": [], "static_variables": []}
@@ -32,20 +37,23 @@ def check_config(cfg) -> None:
 
 
 def from_spec(spec: dict, out: str) -> str:
-    """spec: {"kind": "synth" | "swe", other keys as config.GENERATE_DEFAULTS (missing ones take its defaults)};
-    a bad spec raises ConfigError before anything is generated."""
+    """spec: {"kind": "synth" | "swe" | "held-suarez", other keys as config.GENERATE_DEFAULTS (missing ones take
+    its defaults)}; a bad spec raises ConfigError before anything is generated."""
     from ..config import GENERATE_DEFAULTS, check_generate_spec
 
     check_generate_spec(spec)
     kind = spec["kind"]
-    spec = {**GENERATE_DEFAULTS[kind], **spec}
-    n_lat, n_lon = spec["grid"]
+    spec = {k: v for k, v in {**GENERATE_DEFAULTS[kind], **spec}.items() if k != "kind"}
     if kind == "synth":
         from .synth import synth_dataset
 
-        ds = synth_dataset(n_lat, n_lon, int(spec["times"]), seed=int(spec["seed"]))
-    else:
+        ds = synth_dataset(*spec["grid"], spec["times"], seed=spec["seed"])
+    elif kind == "swe":
         from .swe import swe_dataset
 
-        ds = swe_dataset(n_lat, n_lon, int(spec["trajectories"]), int(spec["steps"]), seed=int(spec["seed"]))
+        ds = swe_dataset(*spec["grid"], spec["trajectories"], spec["steps"], seed=spec["seed"])
+    else:
+        from .held_suarez import held_suarez_dataset
+
+        ds = held_suarez_dataset(**spec)
     return write_store(ds, out)

@@ -316,7 +316,7 @@ def summary_table(rows, names):
 
 
 def print_table(table, names):
-    print("\nRMSE (physical units; geopotential m^2/s^2, wind m/s), held-out trajectories")
+    print("\nRMSE (physical units: geopotential m^2/s^2, temperature K, wind m/s, pressure Pa), held-out trajectories")
     print(f"{'channel':26s} {'lead h':>6s} " + " ".join(f"{n:>13s}" for n in names) + "   best")
     for ch, by_lead in table.items():
         for lead, vals in sorted(by_lead.items()):

@@ -42,7 +42,7 @@ def parse_x(spec: str, n_runs: int) -> tuple[str, list[float]]:
     except ValueError:
         xs = []
     if not sep or not label or len(xs) != n_runs:
-        raise SystemExit(f"--x {spec!r}: expected LABEL=V1,...,V{n_runs} (one number per run)")
+        raise ValueError(f"--x {spec!r}: expected LABEL=V1,...,V{n_runs} (one number per run)")
     return label, xs
 
 
@@ -54,9 +54,12 @@ def main(argv=None) -> int:
     ap.add_argument("--x", default="", metavar="LABEL=V1,V2,...", help="one value per run, for --plot")
     ap.add_argument("--plot", default="", help="PNG of each model's RMSE against --x")
     args = ap.parse_args(argv)
-    xlabel, xs = parse_x(args.x, len(args.runs)) if args.x else ("", [])
+    try:
+        xlabel, xs = parse_x(args.x, len(args.runs)) if args.x else ("", [])
+    except ValueError as e:
+        ap.error(str(e))
     if args.plot and not xs:
-        raise SystemExit("--plot needs --x LABEL=V1,V2,... (one value per run)")
+        ap.error("--plot needs --x LABEL=V1,V2,... (one value per run)")
     table, rmses = {}, []
     for run in args.runs:
         path = os.path.join(args.results, f"peer_sfno_{run}.json")

@@ -306,6 +306,12 @@ def check_generate_spec(spec: dict) -> None:
             if value not in TRUNCATIONS:
                 raise ConfigError(f"config key 'data.generate.truncation' is {value}; allowed: "
                                   f"{', '.join(map(str, TRUNCATIONS))}")
+        elif key == "layers":
+            from .data.held_suarez import LEVELS, MIN_LAYERS
+
+            if value < MIN_LAYERS:
+                raise ConfigError(f"config key 'data.generate.layers' is {value}; at least {MIN_LAYERS} sigma levels "
+                                  f"are needed to interpolate to {LEVELS} hPa")
 
 
 def check_against_grid(cfg: JigsawConfig, n_lat: int, lon_deg, longest_traj: int) -> None:

@@ -67,7 +67,7 @@ def test_peer_sfno_budget_seconds_fixes_the_wall_budget_across_sizes(monkeypatch
         peer_sfno.main(["--budget", "wall", "--budget-seconds", "-1"])
 
 
-def test_skill_compare_picks_each_models_best_run(tmp_path, monkeypatch):
+def test_skill_compare_picks_each_models_best_run(tmp_path, monkeypatch, capsys):
     """Two committed skill runs (learning rate 2e-3 and 4e-3): the table and each model's best run per column."""
     import shutil
 
@@ -87,8 +87,9 @@ def test_skill_compare_picks_each_models_best_run(tmp_path, monkeypatch):
                                "--plot", str(tmp_path / "lr.png")]) == 0
     assert (tmp_path / "lr.png").stat().st_size > 0
     assert json.load(open(tmp_path / "compare_t.json"))["x"] == {"label": "learning rate", "values": [2e-3, 4e-3]}
-    with pytest.raises(SystemExit, match="one number per run"):
+    with pytest.raises(SystemExit):
         skill_compare.main([*runs, "--results", str(tmp_path), "--x", "learning rate=2e-3", "--plot", "p.png"])
+    assert "expected LABEL=V1,...,V2 (one number per run)" in capsys.readouterr().err
 
 
 def test_skill_scaling_summarises_and_plots_finished_sizes(tmp_path, monkeypatch):

@@ -38,6 +38,7 @@ def cfg(**sections):
     ({"data": {"generate": {"kind": "held-suarez", "truncation": 22}}}, "'data.generate.truncation' is 22; allowed: 21, 31"),
     ({"data": {"generate": {"kind": "held-suarez", "gap": -1}}}, "'data.generate.gap' must be an integer >= 0"),
     ({"data": {"generate": {"kind": "held-suarez", "spinup": 0}}}, "'data.generate.spinup' must be an integer >= 1"),
+    ({"data": {"generate": {"kind": "held-suarez", "layers": 2}}}, "'data.generate.layers' is 2; at least 4 sigma levels"),
     ({"data": {"variables": ["temperature", "geopotential", "temperature"]}}, "'data.variables' lists temperature more than once"),
     ({"data": {"levels": [500, 500]}}, "'data.levels' lists 500 more than once"),
     ({"data": {"levels": ["abc"]}}, "'data.levels' must be a list of integers"),

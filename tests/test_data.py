@@ -186,18 +186,52 @@ def test_held_suarez_trajectories_are_driven_multilevel_weather(held_suarez_stor
     assert np.abs(v).max() < 40 and np.abs(v).mean() < np.abs(ds["u_component_of_wind"].values).mean()
     store = WeatherStore(held_suarez_store, list(UPPER), list(SURFACE), list(LEVELS))
     assert len(store.channels) == 13 and len(store.pair_starts(1)) == 4 * 5
+    assert (np.diff(ds["time"].values[5:7]) == np.timedelta64(6 + 24, "h")).all()  # runs 1 day apart (+ 6 h)
     run = HeldSuarezRun(21, 8)  # the seed places the initial surface-pressure bump
     first, same, other = (run.trajectory(run.initial_state(seed), 1)[2] for seed in (0, 0, 1))
     np.testing.assert_array_equal(first, same)
     assert np.abs(other - first).max() > 10  # Pa
+    # a trajectory continues exactly where the one before stopped
+    state = run.initial_state(0)
+    _, two, _ = run.trajectory(state, 2)
+    after_one, one, _ = run.trajectory(state, 1)
+    np.testing.assert_array_equal(two["temperature"][1], run.trajectory(after_one, 1)[1]["temperature"][0])
 
 
-def test_a_missing_optional_generator_library_is_named(monkeypatch, capsys):
+def test_held_suarez_records_known_states_exactly():
+    """Through the recording on pressure levels, states with known answers: an isothermal atmosphere's
+    geopotential is R T log(ps / p) (exact for log-sigma interpolation), solid-body rotation's wind is
+    U cos(lat) eastward with no v (u is cos(lat) u / cos(lat), in m/s)."""
+    import jax.numpy as jnp
+    from dinosaur import primitive_equations, scales
+
+    from jigsaw_ds.data.held_suarez import LEVELS, HeldSuarezRun
+
+    run = HeldSuarezRun(21, 8)
+    rest = run.initial_state(0)  # 288 K everywhere, at rest, a surface-pressure bump
+    fields, ps = (np.asarray(a) if not isinstance(a, dict) else {k: np.asarray(v) for k, v in a.items()}
+                  for a in run.record(rest))
+    for i, p in enumerate(LEVELS):
+        np.testing.assert_allclose(fields["geopotential"][i], 287.05 * 288.0 * np.log(ps / (100.0 * p)), rtol=1e-3)
+    np.testing.assert_allclose(fields["temperature"], 288.0, rtol=1e-6)
+    specs = primitive_equations.PrimitiveEquationsSpecs.from_si()
+    speed = specs.nondimensionalize(20 * scales.units.meter / scales.units.second)
+    _, sin_lat = run.grid.nodal_mesh  # [lon, lat]; unit radius: vorticity of U cos(lat) is 2 U sin(lat)
+    vorticity = run.grid.to_modal(jnp.stack([2 * speed * sin_lat] * run.coords.vertical.layers))
+    spin = primitive_equations.State(vorticity, rest.divergence, rest.temperature_variation, rest.log_surface_pressure)
+    wind, _ = run.record(spin)
+    u = np.asarray(wind["u_component_of_wind"])  # [level, lon, lat]
+    np.testing.assert_allclose(u, np.broadcast_to(20 * np.sqrt(1 - sin_lat ** 2), u.shape), rtol=1e-4)
+    assert np.abs(np.asarray(wind["v_component_of_wind"])).max() < 1e-4
+
+
+def test_a_missing_optional_generator_library_is_named(monkeypatch, capsys, tmp_path):
     from jigsaw_ds.data.cli import main
 
     monkeypatch.setitem(sys.modules, "dinosaur", None)  # import dinosaur raises ImportError
-    assert main(["held-suarez", "--out", "never.zarr"]) == 2
+    assert main(["held-suarez", "--out", str(tmp_path / "never.zarr"), "--spinup", "1"]) == 2
     assert "pip install -c constraints.txt dinosaur-dycore" in capsys.readouterr().err
+    assert not (tmp_path / "never.zarr").exists()
 
 
 def test_rollout_items_hold_k_consecutive_targets(synth_store):

@@ -390,3 +390,17 @@ def test_plan_ranks_feasible_layouts(capsys, tmp_path):
     assert "no layout fits" in text
     res, _ = run(4, "--accumulate")          # with gradient accumulation they fit
     assert res["feasible"] and all(r["accumulation"] > 1 for r in res["feasible"])
+
+
+def test_the_grid_of_a_store_still_to_be_generated():
+    """A config whose store is to be made: the grid of what its generator writes (held-suarez: its truncation's)."""
+    from jigsaw_ds.config import from_dict
+
+    def grid(generate):
+        return pm.resolve_grid(from_dict({"data": {"store": "/nonexistent/x.zarr", "generate": generate,
+                                                   "variables": ["geopotential"], "levels": [500]}}))
+
+    assert grid({"kind": "held-suarez", "truncation": 42}) == (64, 128)
+    assert grid({"kind": "held-suarez"}) == (32, 64)  # the default T21
+    assert grid({"kind": "swe", "grid": [17, 32]}) == (17, 32)
+    assert grid({"kind": "synth"}) == (33, 64)

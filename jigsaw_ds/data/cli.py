@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     if args.cmd == "prepare":
         return _prepare(args)
 
-    from .generate import from_spec
+    from .generate import MissingLibrary, from_spec
 
     spec = {"kind": args.cmd, **{k: v for k, v in vars(args).items() if k not in ("cmd", "out")}}
     try:
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"jigsaw-data {args.cmd}: error: {e}".replace("config key 'data.generate.", "option '--"), file=sys.stderr)
         return 2
-    except ImportError as e:  # an optional generator's library is not installed
+    except MissingLibrary as e:
         print(f"jigsaw-data {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     print(f"jigsaw-data: wrote {out}")

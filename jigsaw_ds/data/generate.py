@@ -4,6 +4,22 @@ from __future__ import annotations
 from .writer import write_store
 
 
+class MissingLibrary(ImportError):
+    """An optional generator's library is not installed (the message says how to install it)."""
+
+
+def generated_grid(spec: dict) -> tuple[int, int]:
+    """(n_lat, n_lon) of the store a data.generate spec makes, without making it."""
+    from ..config import GENERATE_DEFAULTS
+
+    spec = {**GENERATE_DEFAULTS[spec["kind"]], **spec}
+    if spec["kind"] == "held-suarez":
+        from .held_suarez import TRUNCATIONS
+
+        return TRUNCATIONS[spec["truncation"]][0]
+    return tuple(spec["grid"])
+
+
 def schema(kind: str) -> dict:
     """What a generator writes: upper-air variables, their levels, surface variables, static fields."""
     if kind == "synth":

@@ -9,12 +9,14 @@ is driven: jets and baroclinic eddies are in statistical equilibrium, not decayi
 One integration, seeded: an isothermal atmosphere at rest with a random surface-pressure bump, spun up for
 `spinup` days (at T21 the eddies are developed after about 100: 5 m/s eddy wind at the lowest level); then
 each trajectory is `steps` 6-hourly records followed by `gap` unrecorded days, so that trajectories are
-nearly independent samples of the same climate (eddies decorrelate in a few days). The time axis lists the
-records of all trajectories one after another at 6 h spacing; the `trajectory` coordinate on time keeps them
-apart, so that no training pair spans two of them (as in swe.py).
+nearly independent samples of the same climate (eddies decorrelate in a few days). Times are the model's own
+(from 2000-01-01 at the end of the spin-up), so the gaps between runs are in the time axis too; the
+`trajectory` coordinate on time keeps the runs apart, so that no training pair spans two of them.
 
-Recorded on pressure levels like ERA5's: geopotential, temperature, u and v at LEVELS hPa, interpolated
-linearly in sigma within each column (dinosaur's interp_sigma_to_pressure), and the surface pressure.
+Recorded on pressure levels like ERA5's: geopotential, temperature, u and v at LEVELS hPa and the surface
+pressure. The interpolation from sigma levels is linear in log(sigma) within each column (dinosaur's
+interp_sigma_to_pressure with a log-pressure interpolant): hydrostatic geopotential is linear in log pressure
+across an isothermal layer, so this is exact there, where linear in sigma is 2% high at 250 hPa.
 Latitudes are the run's own Gaussian nodes, south to north: no pole rows, so u and v are defined everywhere.
 The forcing and the surface do not depend on longitude, so longitude-roll augmentation is valid here.
 
@@ -30,18 +32,21 @@ RECORD_HOURS = 6
 LEVELS = (250, 500, 850)  # hPa
 UPPER = ("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind")
 SURFACE = ("surface_pressure",)
-# truncation -> dinosaur's Grid constructor (Gaussian grids with quadratic de-aliasing); and the time step:
-# 20 min is stable at T21 (measured: 200 days), halved per doubling of resolution (the advective limit)
-TRUNCATIONS = {21: ("T21", 20), 31: ("T31", 15), 42: ("T42", 10), 85: ("T85", 5)}
+# truncation -> (Gaussian grid n_lat x n_lon, as dinosaur's Grid.T21() etc.; time step in minutes): 20 min is
+# stable at T21 (measured: 2360 days), 10 min at T42 (dinosaur's own example), the others scaled between
+TRUNCATIONS = {21: ((32, 64), 20), 31: ((48, 96), 15), 42: ((64, 128), 10), 85: ((128, 256), 5)}
+MIN_LAYERS = 4  # 250 and 850 hPa must lie between sigma levels (one layer: no vertical structure at all)
 
 
 def _dinosaur():
+    from .generate import MissingLibrary
+
     try:
         import jax  # noqa: F401
         import dinosaur  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"jigsaw-data held-suarez needs dinosaur-dycore and jax ({e}); install them with "
-                          "`pip install -c constraints.txt dinosaur-dycore` (scripts/install.sh does)") from None
+        raise MissingLibrary(f"jigsaw-data held-suarez needs dinosaur-dycore and jax ({e}); install them with "
+                             "`pip install -c constraints.txt dinosaur-dycore` (scripts/install.sh does)") from None
 
 
 class HeldSuarezRun:
@@ -55,8 +60,8 @@ class HeldSuarezRun:
                               xarray_utils)
 
         units = scales.units
-        grid_name, dt_minutes = TRUNCATIONS[truncation]
-        self.grid = getattr(spherical_harmonic.Grid, grid_name)()
+        (n_lat, _), self.dt_minutes = TRUNCATIONS[truncation]
+        self.grid = spherical_harmonic.Grid.construct(max_wavenumber=truncation, gaussian_nodes=n_lat // 2)
         self.coords = coordinate_systems.CoordinateSystem(self.grid,
                                                           sigma_coordinates.SigmaCoordinates.equidistant(layers))
         specs = primitive_equations.PrimitiveEquationsSpecs.from_si()
@@ -67,15 +72,18 @@ class HeldSuarezRun:
         equations = time_integration.compose_equations([
             primitive_equations.PrimitiveEquations(ref_temperature, orography, self.coords, specs),
             held_suarez.HeldSuarezForcing(self.coords, specs, ref_temperature, p0=1e5 * units.pascal)])
-        dt = specs.nondimensionalize(dt_minutes * units.minute)
+        dt = specs.nondimensionalize(self.dt_minutes * units.minute)
         # the scale-selective filter of dinosaur's Held-Suarez example: damps the few smallest resolved scales
         step = time_integration.step_with_filters(
             time_integration.imex_rk_sil3(equations, dt),
             [time_integration.exponential_step_filter(self.grid, dt, tau=0.0087504, order=1.5, cutoff=0.8)])
-        self.steps_per_record = RECORD_HOURS * 60 // dt_minutes
-        self.steps_per_day = 24 * 60 // dt_minutes
+        self.steps_per_record = RECORD_HOURS * 60 // self.dt_minutes
+        self.steps_per_day = 24 * 60 // self.dt_minutes
         pressure = vertical_interpolation.PressureCoordinates(
             [specs.nondimensionalize(p * 100 * units.pascal) for p in LEVELS])
+        log_linear = vertical_interpolation.vectorize_vertical_interpolation(
+            lambda x, xp, fp: vertical_interpolation.linear_interp_with_linear_extrap(
+                jax.numpy.log(x), jax.numpy.log(xp), fp))
         cos_lat = self.grid.cos_lat
 
         def record(state):
@@ -89,7 +97,7 @@ class HeldSuarezRun:
                         "u_component_of_wind": diag.cos_lat_u[0] / cos_lat,
                         "v_component_of_wind": diag.cos_lat_u[1] / cos_lat}
             on_pressure = vertical_interpolation.interp_sigma_to_pressure(
-                on_sigma, pressure, self.coords.vertical, surface_pressure)
+                on_sigma, pressure, self.coords.vertical, surface_pressure, log_linear)
             si = {"geopotential": units.meter ** 2 / units.second ** 2, "temperature": units.degK,
                   "u_component_of_wind": units.meter / units.second, "v_component_of_wind": units.meter / units.second}
             return ({k: specs.dimensionalize(v, si[k]).magnitude for k, v in on_pressure.items()},
@@ -98,6 +106,7 @@ class HeldSuarezRun:
         self._advance_day = jax.jit(time_integration.repeated(step, self.steps_per_day))
         self._step = step
         self._record = record
+        self.record = jax.jit(record)
         self._trajectories = {}
 
     def initial_state(self, seed: int):
@@ -111,7 +120,8 @@ class HeldSuarezRun:
         return state
 
     def trajectory(self, state, records: int):
-        """(state after the last record, {name: [time, level, lon, lat]}, surface pressure [time, lon, lat])."""
+        """`records` records 6 h apart from `state` on: (the state 6 h after the last record, {name: [time,
+        level, lon, lat]}, surface pressure [time, lon, lat])."""
         import jax
         from dinosaur import time_integration
 
@@ -133,20 +143,24 @@ def held_suarez_dataset(truncation: int, layers: int, trajectories: int, steps: 
     4 bytes x (4 x len(LEVELS) + 1) channels x grid points x trajectories x steps."""
     run = HeldSuarezRun(truncation, layers)
     state = run.advance_days(run.initial_state(seed), spinup)
-    upper, surface = {k: [] for k in UPPER}, []
+    upper, surface, starts = {k: [] for k in UPPER}, [], []
+    hours = 0  # since the end of the spin-up
     for _ in range(trajectories):
+        starts.append(hours)
         state, fields, ps = run.trajectory(state, steps)
         for k in UPPER:
             upper[k].append(fields[k].transpose(0, 1, 3, 2))  # [time, level, lat, lon]
         surface.append(ps.transpose(0, 2, 1))
         state = run.advance_days(state, gap)
+        hours += steps * RECORD_HOURS + 24 * gap
     data = {k: np.concatenate(v).astype(np.float32) for k, v in upper.items()}
     data["surface_pressure"] = np.concatenate(surface).astype(np.float32)
     bad = [k for k, v in data.items() if not np.isfinite(v).all()]
     if bad:
         raise RuntimeError(f"Held-Suarez integration went unstable (non-finite {', '.join(bad)}) at T{truncation}")
     lat, lon = run.latitudes_longitudes()
-    coords = {"time": pd.date_range("2000-01-01", periods=trajectories * steps, freq=f"{RECORD_HOURS}h").values,
+    hours = np.concatenate([start + RECORD_HOURS * np.arange(steps) for start in starts])
+    coords = {"time": (pd.Timestamp("2000-01-01") + pd.to_timedelta(hours, unit="h")).values,
               "level": np.array(LEVELS), "latitude": np.round(lat, 6), "longitude": np.round(lon, 6),
               "trajectory": ("time", np.repeat(np.arange(trajectories), steps))}
     upper_dims, surface_dims = ("time", "level", "latitude", "longitude"), ("time", "latitude", "longitude")

@@ -129,7 +129,7 @@ class ModelShape:
 
 
 def resolve_grid(cfg: JigsawConfig) -> tuple[int, int]:
-    """The grid of the config's data: the store's coordinates if it exists, else data.generate.grid,
+    """The grid of the config's data: the store's coordinates if it exists, else data.generate's grid,
     else a WeatherBench2 equiangular grid with poles named in the store path ('0.25deg' -> 721 x 1440)."""
     path = cfg.data.store
     if path and os.path.exists(path):
@@ -137,8 +137,10 @@ def resolve_grid(cfg: JigsawConfig) -> tuple[int, int]:
 
         ds = xr.open_zarr(path, chunks=None)
         return ds.sizes["latitude"], ds.sizes["longitude"]
-    if cfg.data.generate.get("grid"):
-        n_lat, n_lon = cfg.data.generate["grid"]
+    if cfg.data.generate:
+        from ..data.generate import generated_grid
+
+        n_lat, n_lon = generated_grid(cfg.data.generate)
         return int(n_lat), int(n_lon)
     match = re.search(r"(\d+(?:\.\d+)?)\s*deg", os.path.basename(path))
     if match:

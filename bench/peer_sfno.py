@@ -17,8 +17,9 @@ autoregressive rollout (the trainer's train.rollout_steps), batches read from th
 
 Data: a store from `jigsaw-data swe` (made under runs/peer_sfno/ if --store is not given or missing), or any
 store with a trajectory coordinate and the channels of --variables, --levels, --surface-variables (e.g. from
-`jigsaw-data held-suarez`: several levels, as with ERA5); split by trajectory with data.dataset.split_train_val (the last val_fraction of trajectories held out),
-read through WeatherStore / PairDataset with the coordinate features, as the trainer reads it.
+`jigsaw-data held-suarez`: several levels, as with ERA5); split by trajectory with
+data.dataset.split_train_val (the last val_fraction of trajectories held out), read through WeatherStore /
+PairDataset with the coordinate features, as the trainer reads it.
 
 Training (the same for both models, one plain-PyTorch single-process loop; no DeepSpeed here, so that
 neither model gets an engine feature the other lacks): identical seeded batch stream (ReplicaBatches),

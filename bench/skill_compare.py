@@ -26,8 +26,8 @@ LEADS = (24, 72, 120)
 SHORT = dict(zip(CHANNELS, ("z", "u", "v")))
 
 
-def summarise(result: dict) -> dict:
-    rmse = global_rmse(result["rows"])
+def summarise(result: dict, rmse: dict) -> dict:
+    """Per model: steps, parameters, held-out loss and the RMSE columns; rmse is global_rmse of its rows."""
     return {m: {"steps": result["steps"][m], "parameters": result["models"][m]["parameters"],
                 "val_loss": result["history"][m][-1]["val_loss"],
                 "rmse": {f"{ch}@{lead}": rmse[(ch, lead)][m] for lead in LEADS for ch in CHANNELS}}
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"{path}: no such run (bench/skill_scaling.py --tag writes them)")
         with open(path) as f:
             result = json.load(f)
-        table[run] = summarise(result)
         rmses.append(global_rmse(result["rows"]))
+        table[run] = summarise(result, rmses[-1])
     keys = list(next(iter(table.values()))["WeatherMixer"]["rmse"])
     best = {m: {k: min(table, key=lambda r: table[r][m]["rmse"][k]) for k in keys} for m in MODELS}
     width = max(len(r) for r in table)

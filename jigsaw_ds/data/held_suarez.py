@@ -105,7 +105,6 @@ class HeldSuarezRun:
 
         self._advance_day = jax.jit(time_integration.repeated(step, self.steps_per_day))
         self._step = step
-        self._record = record
         self.record = jax.jit(record)
         self._trajectories = {}
 
@@ -127,7 +126,7 @@ class HeldSuarezRun:
 
         if records not in self._trajectories:
             self._trajectories[records] = jax.jit(time_integration.trajectory_from_step(
-                self._step, records, self.steps_per_record, start_with_input=True, post_process_fn=self._record))
+                self._step, records, self.steps_per_record, start_with_input=True, post_process_fn=self.record))
         state, (upper, surface) = self._trajectories[records](state)
         return state, {k: np.asarray(v) for k, v in upper.items()}, np.asarray(surface)
 

@@ -41,11 +41,10 @@ def configs(work: str, store: str, name: str, forcings: list, args) -> list:
             "parallel": {"domain": 1, "tensor": 1},
             "train": {"steps": args.steps, "global_batch": args.batch, "seed": args.seed,
                       "out_dir": os.path.join(work, name), "val_every": args.steps, "val_batches": 4,
-                      "ckpt_every": 0, "progress": False}}
+                      "ckpt_every": 0, "progress": False, "warmup_fraction": min(1.0, 50 / args.steps)}}
     ds = {"zero_optimization": {"stage": 1}, "gradient_clipping": 1.0,
           "optimizer": {"type": "AdamW", "params": {"lr": args.lr, "weight_decay": 0.01, "torch_adam": True}},
-          "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": args.steps, "warmup_num_steps": 50,
-                                                             "warmup_min_ratio": 0.1, "cos_min_ratio": 0.02}}}
+          "scheduler": {"type": "WarmupCosineLR", "params": {"warmup_min_ratio": 0.1, "cos_min_ratio": 0.02}}}
     paths = [os.path.join(work, f"{name}.json"), os.path.join(work, "ds.json")]
     for path, content in zip(paths, (conf, ds)):
         with open(path, "w") as f:

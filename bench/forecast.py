@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     for precision in args.precisions.split(","):
         out = os.path.join("/tmp", f"jigsaw_forecast_bench_{tag}_{precision}")
         ev.evaluate(weights, args.store, out, args.lead_steps, batch=args.batch, init_times=inits,
-                    precision=precision)
+                    precision=precision, overwrite=True)  # a scratch folder of this benchmark's own
         got = json.load(open(os.path.join(out, "forecast.json")))["throughput"]
         res["runs"][precision] = got
         print(f"{precision}: {got['forecast_steps_per_s']:.3f} forecast steps/s ({got['device']}), "

@@ -83,11 +83,11 @@ def make_store(path: str, fmt: str, n_times: int) -> dict:
 class Floor:
     """The format's own work for a tile, with the codecs' own libraries: no tensorstore, no zarr."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, variables=tuple(UPPER + SURFACE)):
         import numcodecs
 
         self.path, self.vars = path, {}
-        for var in UPPER + SURFACE:
+        for var in variables:
             with open(os.path.join(path, var, "zarr.json")) as f:
                 meta = json.load(f)
             sharded = meta["codecs"][0]["name"] == "sharding_indexed"
@@ -99,7 +99,9 @@ class Floor:
             compressor = {"blosc": numcodecs.Blosc(), "zstd": numcodecs.Zstd()}.get(chain[1]) \
                 if len(chain) > 1 + crc else None
             n_inner = -(-N_LAT // inner[-2])
-            self.vars[var] = dict(sharded=sharded, inner=inner, crc=crc, compressor=compressor, n_inner=n_inner)
+            levels = meta["shape"][1] if len(meta["shape"]) == 4 else 1  # (time, level, lat, lon) or (time, lat, lon)
+            self.vars[var] = dict(sharded=sharded, inner=inner, crc=crc, compressor=compressor, n_inner=n_inner,
+                                  levels=levels)
 
     def _chunk_file(self, var: str, t: int, band: int) -> str:
         info = self.vars[var]
@@ -147,10 +149,10 @@ class Floor:
                 os.close(fd)
 
     def read(self, out: np.ndarray, t: int, lat: slice, pool: ThreadPoolExecutor, n_threads: int) -> None:
-        """out [1, 26, h, N_LON]: every variable's bands, split into n_threads pieces each."""
+        """out [1, C, h, N_LON]: every variable's bands (all its levels), split into n_threads pieces each."""
         rows, jobs, c = range(lat.start, lat.stop), [], 0
-        for var in UPPER + SURFACE:
-            n_lev = len(LEVELS) if var in UPPER else 1
+        for var, info in self.vars.items():
+            n_lev = info["levels"]
             band_h = self.vars[var]["inner"][-2]
             bands = range(rows.start // band_h, -(-rows.stop // band_h))
             for k in range(n_threads):

@@ -9,14 +9,17 @@ In one process and one run it measures
   2. a bare PyTorch stack of the same mixer blocks (token mixing W @ X, channel mixing X @ W, LayerNorm,
      GELU), forward + backward, optionally torch.compile'd;
   3. the full training step: batches from the data pipeline (a WB2-schema zarr store with the config's
-     variables, read by PairDataset + DataLoader workers), WeatherMixer forward, area-weighted MSE, backward
+     variables, read by the trainer's Loader: reading threads into a ring of pinned buffers, or DataLoader
+     worker processes with --workers N), WeatherMixer forward, area-weighted MSE, backward
      and the ZeRO-1 AdamW step, all through the DeepSpeed engine; optionally engine.compile() and activation
      checkpointing (torch.utils.checkpoint around each MixerBlock).
 It prints the step's TFLOP/s (model FLOPs from model/flops.py) as a fraction of the GEMM rate and of the
 bare stack, the data-wait fraction, peak memory against perf/step_model.py's prediction, and writes JSON.
 
 Model FLOPs count matrix multiplies only (model/flops.py); "device step" excludes the wait for the next
-batch, "step" includes it. On the GPU machine see docs/benchmarks.md for the wheel install first.
+batch, "step" includes it. Every rate is work / total time: the mean over the timed steps (p95 and max beside
+it; the median is recorded only to compare with older figures). On the GPU machine see docs/benchmarks.md
+for the wheel install first.
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ def sync(device):
 
 
 def timed(fn, device, reps: int, warmup: int = 2) -> float:
-    """Median seconds of fn() over reps runs after warmup runs."""
+    """Mean seconds of fn() over reps runs after warmup runs (total time / reps)."""
     for _ in range(warmup):
         fn()
     sync(device)
@@ -61,7 +64,7 @@ def timed(fn, device, reps: int, warmup: int = 2) -> float:
         fn()
         sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return sum(times) / len(times)
 
 
 def gemm_rate(device, dtype, size: int, reps: int) -> float:
@@ -180,14 +183,14 @@ def engine_state_bytes(engine) -> dict:
 def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
     import deepspeed
 
-    from jigsaw_ds.data.dataset import DeviceBatches, PairDataset, ReplicaBatches, make_loader
+    from jigsaw_ds.data.dataset import Loader, PairDataset, ReplicaBatches
     from jigsaw_ds.data.store import WeatherStore
     from jigsaw_ds.grid import lat_cell_weights
     from jigsaw_ds.model import WeatherMixer
     from jigsaw_ds.train.loss import AreaWeightedMSE
 
     store = WeatherStore(store_path, jcfg.data.variables, jcfg.data.surface_variables, jcfg.data.levels,
-                         jcfg.model.static_variables)
+                         jcfg.model.static_variables, read_threads=args.read_threads)
     model_cfg = dataclasses.replace(jcfg.model, activation_checkpointing=args.checkpointing)  # the model's own option
     model = WeatherMixer(model_cfg, store.n_lat, store.n_lon, shape.c_in, shape.c_out,
                          tendency_scale=torch.from_numpy(store.tendency_std / store.std))
@@ -205,8 +208,8 @@ def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
     dataset = PairDataset(store, store.pair_starts(1, history), 1, *full, jcfg.model.coord_features, history=history)
     n_steps = args.warmup + args.steps + args.profile
     sampler = ReplicaBatches(len(dataset), args.batch, 0, 1, seed=0, steps=n_steps)
-    # as the trainer: fp32 batches copied to the device one step ahead on a side stream
-    loader = DeviceBatches(make_loader(dataset, sampler, args.workers, 2), device)
+    # the trainer's loader: fp32 batches copied to the device one step ahead on a side stream
+    loader = Loader(dataset, sampler, device, prefetch=2, workers=args.workers)
     loss_fn = AreaWeightedMSE(torch.from_numpy(lat_cell_weights(store.lat)).float(), store.n_lat, store.n_lon)
 
     cuda = device.type == "cuda"
@@ -232,15 +235,19 @@ def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
         if cuda and step >= args.warmup:
             phases.append([marks[i].elapsed_time(marks[i + 1]) / 1e3 for i in range(3)])
     timed_steps = records[args.warmup:]
-    out = {k: statistics.median(r[k] for r in timed_steps) for k in ("step_s", "data_wait_s", "device_s")}
+    out = {}
+    for k in ("step_s", "data_wait_s", "device_s"):  # mean = total / steps: the rate; p95, max, median beside it
+        values = sorted(r[k] for r in timed_steps)
+        out.update({k: sum(values) / len(values), f"{k}_p95": values[min(len(values) - 1, int(0.95 * len(values)))],
+                    f"{k}_max": values[-1], f"{k}_median": statistics.median(values)})
     out["data_wait_frac"] = sum(r["data_wait_s"] for r in timed_steps) / sum(r["step_s"] for r in timed_steps)
     out["losses"] = [r["loss"] for r in records]
     out["state_bytes"] = engine_state_bytes(engine)
     out["params"] = sum(p.numel() for p in engine.module.parameters())
     out["peak_mem_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
-    if phases:  # forward + loss, backward, optimizer step: device time from CUDA events, medians
+    if phases:  # forward + loss, backward, optimizer step: device time from CUDA events, means
         out["phases_s"] = dict(zip(("forward", "backward", "optimizer"),
-                                   (statistics.median(p[i] for p in phases) for i in range(3))))
+                                   (sum(p[i] for p in phases) / len(phases) for i in range(3))))
     if args.profile:
         out["kernels"] = profile_steps(args.profile, loader, engine, loss_fn, device)
     return out
@@ -311,8 +318,11 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true", help="torch.compile the bare stack and engine.compile() the step")
     ap.add_argument("--checkpointing", action="store_true", help="torch.utils.checkpoint around each MixerBlock")
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="", help="default: bf16 on CUDA, fp32 on CPU")
-    ap.add_argument("--workers", type=int, default=-1,
-                    help="DataLoader workers (default 4 on CUDA, 0 on CPU; each holds batches in /dev/shm)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="DataLoader worker processes (each holds batches in /dev/shm); 0 (default): the trainer's "
+                         "reading threads into a ring of pinned buffers")
+    ap.add_argument("--read-threads", type=int, default=0,
+                    help="tensorstore decode threads per reading process (default: its cores / max(1, workers))")
     ap.add_argument("--times", type=int, default=6, help="time steps in the generated store")
     ap.add_argument("--store", default="", help="store to read (created there if missing)")
     ap.add_argument("--ds-config", default="", help="DeepSpeed JSON (default configs/ds_zero1_{bf16,fp32}.json)")
@@ -333,7 +343,8 @@ def main(argv=None):
     dtype_name = args.dtype or ("bf16" if cuda else "fp32")
     dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
     args.batch = args.batch or (2 if cuda else 4)
-    args.workers = args.workers if args.workers >= 0 else (4 if cuda else 0)
+    from jigsaw_ds.data.store import default_read_threads
+    args.read_threads = args.read_threads or default_read_threads(args.workers)
     args.ds_config = args.ds_config or os.path.join(ROOT, "configs", f"ds_zero1_{dtype_name}.json")
     if not cuda:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -357,6 +368,7 @@ def main(argv=None):
         "torch": torch.__version__, "dtype": dtype_name, "grid": grid, "tokens": shape.n_tokens,
         "model": dataclasses.asdict(jcfg.model), "c_in": shape.c_in, "c_out": shape.c_out, "batch": args.batch,
         "compile": args.compile, "checkpointing": args.checkpointing, "workers": args.workers,
+        "read_threads": args.read_threads, "load_average_start": os.getloadavg(),
     }
 
     def save(**part):
@@ -412,8 +424,8 @@ def report(r: dict) -> None:
     if bare:
         rows.append(("bare PyTorch mixer stack, fwd+bwd" + (" (compiled)" if r["compile"] else ""),
                      f"{bare['seconds'] * 1e3:.1f} ms", bare["tflops"], bare["tflops"] / g, 1.0))
-    for name, key, t in [("DeepSpeed step, device only", "tflops_device", r["device_s"]),
-                         ("DeepSpeed step incl. data wait", "tflops_step", r["step_s"])]:
+    for name, key, t in [("DeepSpeed step, device only (mean)", "tflops_device", r["device_s"]),
+                         ("whole step by throughput (data incl.)", "tflops_step", r["step_s"])]:
         rows.append((name, f"{t * 1e3:.1f} ms", r[key], r[key] / g, r[key] / bare["tflops"] if bare else None))
     print(f"\n{'what':44s} {'time':>10} {'TFLOP/s':>9} {'of GEMM':>8} {'of bare':>8}")
     for name, t, rate, of_gemm, of_bare in rows:
@@ -432,8 +444,11 @@ def report(r: dict) -> None:
         for e in k["top"][:12]:
             print(f"  {e['s'] * 1e3:8.2f} ms {e['calls']:5d}x  {e['name'][:90]}")
     p = r["predicted"]
-    print(f"\ndata wait {r['data_wait_frac']:.1%} of the step (median wait {r['data_wait_s'] * 1e3:.1f} ms, "
-          f"{r['workers']} workers); copy bandwidth {r['copy_gbps']:.1f} GB/s")
+    loader = f"{r['workers']} worker processes" if r["workers"] else f"{r['read_threads']} reading threads"
+    print(f"\ndata wait {r['data_wait_frac']:.1%} of the time (per step mean {r['data_wait_s'] * 1e3:.1f} ms, p95 "
+          f"{r['data_wait_s_p95'] * 1e3:.1f}, max {r['data_wait_s_max'] * 1e3:.1f}; {loader}); step mean "
+          f"{r['step_s'] * 1e3:.1f} ms (p95 {r['step_s_p95'] * 1e3:.1f}, max {r['step_s_max'] * 1e3:.1f}); "
+          f"copy bandwidth {r['copy_gbps']:.1f} GB/s")
     print(f"perf model with this run's rates: compute {p['t_compute_s'] * 1e3:.1f} ms + optimizer "
           f"{p['t_optimizer_s'] * 1e3:.1f} ms vs measured device step {r['device_s'] * 1e3:.1f} ms")
     mem, st = p["memory_bytes"], r["state_bytes"]

@@ -47,9 +47,10 @@ class DataConfig:
     levels: list = field(default_factory=list)      # hPa; empty = all levels in the store
     lead_steps: int = 1                 # target = state this many store time steps later
     val_fraction: float = 0.2           # last fraction of times (or trajectories) held out
-    num_workers: int = 0                # DataLoader worker processes per rank
+    num_workers: int = 0                # 0: read on threads of each rank's process into a ring of reused (pinned)
+                                        # buffers (data/dataset.Loader); N > 0: N DataLoader worker processes instead
     read_threads: int = 0               # chunk decode threads per reading process; 0: its cores / num_workers
-    prefetch_factor: int = 2
+    prefetch_factor: int = 2            # batches read ahead of the step (the ring holds prefetch_factor + 1)
     lon_roll: bool = False              # augmentation: roll each training sample (state, targets, static fields,
                                         # forcings) by a random whole number of longitude columns; the coordinate
                                         # features stay. Only for longitude-invariant dynamics (the aquaplanet
@@ -67,6 +68,8 @@ class ParallelConfig:
 class TrainConfig:
     steps: int = 100
     global_batch: int = 4               # samples per optimizer step, over all data-parallel replicas
+    micro_batch: int = 0                # samples per forward/backward of one replica; its share of the global batch
+                                        # in share / micro_batch accumulated micro-batches (0: the whole share at once)
     seed: int = 0
     out_dir: str = "runs/default"
     log_every: int = 1
@@ -78,6 +81,8 @@ class TrainConfig:
     peak_tflops: float = 0.0            # per-GPU peak TFLOP/s for MFU in metrics (0: not logged), e.g. 989 H100 bf16
     progress: bool = True
     tf32: bool = True                   # on NVIDIA GPUs, fp32 matmuls on TF32 tensor cores (the rate machine files assume)
+    warmup_fraction: float = 0.04       # the DeepSpeed LR schedule's warm-up: round(fraction x steps) steps, at least 2
+                                        # (500 steps: 20); its length is train.steps (train/cli.load_deepspeed_config)
 
 
 @dataclass
@@ -94,6 +99,29 @@ class JigsawConfig:
 ALLOWED = {
     ("model", "activation"): ("gelu", "silu", "relu"),
 }
+# Every numeric key's range, checked by `number` (the assert at the end of this file: no int or float key is
+# left out).
+RANGES = {
+    **{("model", key): {"ge": 1} for key in ("patch", "embed_dim", "token_hidden", "channel_hidden", "depth")},
+    ("model", "history_steps"): {"ge": 0},
+    ("model", "drop_path"): {"ge": 0, "lt": 1},
+    ("model", "dropout"): {"ge": 0, "lt": 1},
+    ("data", "lead_steps"): {"ge": 1},
+    ("data", "prefetch_factor"): {"ge": 1},
+    ("data", "num_workers"): {"ge": 0},
+    ("data", "read_threads"): {"ge": 0},
+    ("data", "val_fraction"): {"gt": 0, "lt": 1},
+    ("parallel", "domain"): {"ge": 1},
+    ("parallel", "tensor"): {"ge": 1},
+    **{("train", key): {"ge": 1} for key in ("steps", "global_batch", "log_every", "val_every", "val_batches",
+                                             "ckpt_keep", "rollout_steps")},
+    ("train", "ckpt_every"): {"ge": 0},
+    ("train", "micro_batch"): {"ge": 0},
+    ("train", "seed"): {"ge": 0},
+    ("train", "peak_tflops"): {"ge": 0},
+    ("train", "warmup_fraction"): {"ge": 0, "le": 1},
+}
+INT64_MAX = 2**63 - 1  # numpy and torch take integers (seeds, sizes) up to this
 # data.generate: each kind's keys with their defaults (data/generate.py reads them from here).
 GENERATE_DEFAULTS = {
     "synth": {"grid": [33, 64], "times": 400, "seed": 0},
@@ -109,6 +137,35 @@ def _type_ok(value, annotation: str) -> bool:
     if annotation in ("int", "float") and isinstance(value, bool):
         return False
     return isinstance(value, kind)
+
+
+def number(value, what: str, integer: bool = False, ge=None, gt=None, le=None, lt=None):
+    """The one check of a numeric value in the configs (jigsaw and DeepSpeed): a finite number (an integer
+    within int64 if `integer`; never a bool or a string) within the bounds given; else a ConfigError naming
+    `what` (the key)."""
+    lo, hi = (ge if ge is not None else gt), (le if le is not None else lt)
+    if lo is not None and hi is not None:
+        bounds = f" in {'[' if ge is not None else '('}{lo}, {hi}{']' if le is not None else ')'}"
+    elif lo is not None:
+        bounds = f" {'>=' if ge is not None else '>'} {lo}"
+    elif hi is not None:
+        bounds = f" {'<=' if le is not None else '<'} {hi}"
+    else:
+        bounds = ""
+    kind = "a finite number"
+    if integer:
+        ok = _type_ok(value, "int") and -INT64_MAX - 1 <= value <= INT64_MAX
+        kind = "an integer" if not _type_ok(value, "int") or ok else "an integer within int64 (|x| < 2**63)"
+    else:
+        try:  # NaN compares False both ways, so it would pass a `value < 0` test; a huge int overflows a float
+            ok = _type_ok(value, "float") and math.isfinite(value)
+        except OverflowError:
+            ok = False
+    ok = ok and (ge is None or value >= ge) and (gt is None or value > gt) and (le is None or value <= le) \
+        and (lt is None or value < lt)
+    if not ok:
+        raise ConfigError(f"{what} must be {kind}{bounds}, got {value!r}")
+    return value
 
 
 def _suggest(key, allowed) -> str:
@@ -191,6 +248,28 @@ def load(path: str, overrides: Optional[list[str]] = None) -> JigsawConfig:
 # checkpoint export/import (and so any change of layout) reads ZeRO's fp32 partitions and Adam's moments.
 DEEPSPEED_OPTIMIZERS = ("Adam", "AdamW")
 DEEPSPEED_ZERO_STAGES = (1, 2)
+# The DeepSpeed LR schedules (deepspeed.runtime.lr_schedules) whose length follows train.steps, with the params
+# each takes: total_num_steps and warmup_num_steps are derived (deepspeed_schedule). WarmupLR warms up, then
+# holds the lr. OneCycle and LRRangeTest count their phases in steps of their own, which cannot follow
+# train.steps; torch's schedulers cannot drive a ZeRO optimizer: refused. No scheduler: a constant lr.
+DEEPSPEED_SCHEDULERS = {
+    "WarmupCosineLR": ("total_num_steps", "warmup_num_steps", "warmup_min_ratio", "cos_min_ratio", "warmup_type"),
+    "WarmupDecayLR": ("total_num_steps", "warmup_num_steps", "warmup_min_lr", "warmup_max_lr", "warmup_type"),
+    "WarmupLR": ("warmup_num_steps", "warmup_min_lr", "warmup_max_lr", "warmup_type"),
+}
+SCHEDULE_RANGES = {"warmup_min_ratio": {"ge": 0, "le": 1}, "cos_min_ratio": {"ge": 0, "le": 1},
+                   "warmup_min_lr": {"ge": 0}, "warmup_max_lr": {"ge": 0}}
+WARMUP_TYPES = ("log", "linear")  # DeepSpeed would take any other as log, with a warning
+# The optimizer params that are numbers (Adam and AdamW): betas are checked apart.
+OPTIMIZER_RANGES = {"lr": {"gt": 0}, "eps": {"ge": 0}, "weight_decay": {"ge": 0}}
+
+
+def deepspeed_schedule(train: TrainConfig, scheduler_type: str) -> dict:
+    """What a DeepSpeed schedule of this type takes of train.steps: its length, and its warm-up (at least the 2
+    steps DeepSpeed's schedulers warm up over whatever they are given)."""
+    derived = {"total_num_steps": train.steps,
+               "warmup_num_steps": max(2, round(train.warmup_fraction * train.steps))}
+    return {key: value for key, value in derived.items() if key in DEEPSPEED_SCHEDULERS[scheduler_type]}
 
 
 def check_deepspeed_config(ds: dict, path: str) -> None:
@@ -202,8 +281,18 @@ def check_deepspeed_config(ds: dict, path: str) -> None:
     if str(opt["type"]).lower() not in [o.lower() for o in DEEPSPEED_OPTIMIZERS]:
         raise ConfigError(f"{where}: optimizer.type '{opt['type']}' is not supported; allowed: "
                           f"{', '.join(DEEPSPEED_OPTIMIZERS)} (checkpoints carry Adam's moments)")
-    if not isinstance(opt.get("params", {}), dict):
+    params = opt.get("params", {})
+    if not isinstance(params, dict):
         raise ConfigError(f"{where}: optimizer.params must be an object")
+    for key, bounds in OPTIMIZER_RANGES.items():
+        if key in params:
+            number(params[key], f"{where}: optimizer.params.{key}", **bounds)
+    if "betas" in params:
+        betas = params["betas"]
+        if not (isinstance(betas, list) and len(betas) == 2):
+            raise ConfigError(f"{where}: optimizer.params.betas must be two numbers in [0, 1), got {betas!r}")
+        for beta in betas:
+            number(beta, f"{where}: optimizer.params.betas: each", ge=0, lt=1)
     zero = ds.get("zero_optimization", {})
     if not isinstance(zero, dict):
         raise ConfigError(f"{where}: zero_optimization must be an object, got {zero!r}")
@@ -218,15 +307,30 @@ def check_deepspeed_config(ds: dict, path: str) -> None:
     if ds.get("fp16", {}).get("enabled"):
         raise ConfigError(f"{where}: fp16 is not supported (its loss scaling is not wired through the Jigsaw "
                           f"reductions); use \"bf16\": {{\"enabled\": true}}")
-    clip = ds.get("gradient_clipping", 0.0)
-    if not _type_ok(clip, "float") or clip < 0:
-        raise ConfigError(f"{where}: gradient_clipping must be a number >= 0, got {clip!r}")
+    number(ds.get("gradient_clipping", 0.0), f"{where}: gradient_clipping", ge=0)
+    if "scheduler" in ds:
+        check_deepspeed_scheduler(ds["scheduler"], where)
 
 
-def _positive(cfg, sec, key, minimum=1):
-    value = getattr(getattr(cfg, sec), key)
-    if value < minimum:
-        raise ConfigError(f"config key '{sec}.{key}' must be >= {minimum}, got {value}")
+def check_deepspeed_scheduler(scheduler: dict, where: str) -> None:
+    kind = scheduler.get("type")
+    if not isinstance(kind, str) or kind not in DEEPSPEED_SCHEDULERS:
+        raise ConfigError(f"{where}: scheduler.type {kind!r} is not supported"
+                          f"{_suggest(str(kind), DEEPSPEED_SCHEDULERS)}: a schedule must follow train.steps; allowed: "
+                          f"{', '.join(DEEPSPEED_SCHEDULERS)}, or no scheduler section (a constant lr)")
+    params = scheduler.get("params", {})
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: scheduler.params must be an object, got {params!r}")
+    allowed = DEEPSPEED_SCHEDULERS[kind]
+    for key, value in params.items():
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key scheduler.params.{key} for {kind}{_suggest(key, allowed)}; "
+                              f"allowed: {', '.join(allowed)}")
+        if key in SCHEDULE_RANGES:
+            number(value, f"{where}: scheduler.params.{key}", **SCHEDULE_RANGES[key])
+    if params.get("warmup_type", "log") not in WARMUP_TYPES:
+        raise ConfigError(f"{where}: scheduler.params.warmup_type {params['warmup_type']!r}; allowed: "
+                          f"{', '.join(WARMUP_TYPES)}")
 
 
 def validate(cfg: JigsawConfig) -> None:
@@ -235,44 +339,38 @@ def validate(cfg: JigsawConfig) -> None:
         value = getattr(getattr(cfg, sec), key)
         if value not in allowed:
             raise ConfigError(f"config key '{sec}.{key}' is '{value}'; allowed: {', '.join(allowed)}")
-    for key in ("patch", "embed_dim", "token_hidden", "channel_hidden", "depth"):
-        _positive(cfg, "model", key)
-    for key in ("lead_steps", "prefetch_factor"):
-        _positive(cfg, "data", key)
-    _positive(cfg, "data", "num_workers", 0)
-    _positive(cfg, "data", "read_threads", 0)
-    if not 0.0 < cfg.data.val_fraction < 1.0:
-        raise ConfigError(f"config key 'data.val_fraction' must be in (0, 1), got {cfg.data.val_fraction}")
+    for (sec, key), bounds in RANGES.items():
+        number(getattr(getattr(cfg, sec), key), f"config key '{sec}.{key}'", _field_type(cfg, sec, key) == "int",
+               **bounds)
     if not cfg.data.store:
         raise ConfigError("config key 'data.store' is empty: give the path of a zarr store")
     if not cfg.data.variables and not cfg.data.surface_variables:
         raise ConfigError("config keys 'data.variables' and 'data.surface_variables' are both empty")
-    for sec, key in (("data", "variables"), ("data", "surface_variables"), ("data", "levels"),
-                     ("model", "static_variables"), ("model", "forcings")):
+    for sec, key in NAME_LISTS:  # names, not lists or objects: each is looked up in the store or a table
+        values = getattr(getattr(cfg, sec), key)
+        if not all(isinstance(v, str) for v in values):
+            raise ConfigError(f"config key '{sec}.{key}' must be a list of names (strings), got {values!r}")
+    for level in cfg.data.levels:
+        number(level, "config key 'data.levels': each level (hPa)", integer=True, gt=0)
+    for sec, key in NAME_LISTS + (("data", "levels"),):
         _unique(cfg, sec, key)
     from .forcings import KINDS
 
     unknown = [k for k in cfg.model.forcings if k not in KINDS]
     if unknown:
         raise ConfigError(f"config key 'model.forcings' lists {unknown}; allowed: {', '.join(KINDS)}")
-    if not all(_type_ok(level, "int") for level in cfg.data.levels):
-        raise ConfigError(f"config key 'data.levels' must be a list of integers (hPa), got {cfg.data.levels!r}")
     if cfg.data.generate:
         check_generate_spec(cfg.data.generate)
-    for key in ("domain", "tensor"):
-        _positive(cfg, "parallel", key)
-    for key in ("steps", "global_batch", "log_every", "val_every", "val_batches", "ckpt_keep", "rollout_steps"):
-        _positive(cfg, "train", key)
-    _positive(cfg, "train", "ckpt_every", 0)
-    _positive(cfg, "train", "seed", 0)
-    _positive(cfg, "model", "history_steps", 0)
-    for key in ("drop_path", "dropout"):
-        if not 0.0 <= getattr(cfg.model, key) < 1.0:
-            raise ConfigError(f"config key 'model.{key}' must be in [0, 1), got {getattr(cfg.model, key)}")
-    if not math.isfinite(cfg.train.peak_tflops) or cfg.train.peak_tflops < 0:
-        raise ConfigError(f"config key 'train.peak_tflops' must be a finite number >= 0, got {cfg.train.peak_tflops}")
     if not cfg.train.out_dir:
         raise ConfigError("config key 'train.out_dir' is empty: give a directory for the run's outputs")
+
+
+NAME_LISTS = (("data", "variables"), ("data", "surface_variables"), ("model", "static_variables"),
+              ("model", "forcings"))
+
+
+def _field_type(cfg: JigsawConfig, sec: str, key: str) -> str:
+    return next(f.type for f in dataclasses.fields(getattr(cfg, sec)) if f.name == key)
 
 
 def _unique(cfg, sec, key) -> None:
@@ -295,12 +393,13 @@ def check_generate_spec(spec: dict) -> None:
             raise ConfigError(f"unknown config key 'data.generate.{key}' for kind '{kind}'{_suggest(key, allowed)}; "
                               f"allowed: kind, {', '.join(allowed)}")
         if key == "grid":
-            if not (isinstance(value, list) and len(value) == 2 and all(_type_ok(v, "int") and v > 1 for v in value)):
+            if not (isinstance(value, list) and len(value) == 2):
                 raise ConfigError(f"config key 'data.generate.grid' must be [n_lat, n_lon] (integers > 1), got {value!r}")
-        elif not _type_ok(value, "int") or value < (0 if key in GENERATE_MAY_BE_ZERO else 1):
-            raise ConfigError(f"config key 'data.generate.{key}' must be an integer >= "
-                              f"{0 if key in GENERATE_MAY_BE_ZERO else 1}, got {value!r}")
-        elif key == "truncation":
+            for n in value:
+                number(n, "config key 'data.generate.grid': n_lat and n_lon each", integer=True, gt=1)
+            continue
+        number(value, f"config key 'data.generate.{key}'", integer=True, ge=0 if key in GENERATE_MAY_BE_ZERO else 1)
+        if key == "truncation":
             from .data.held_suarez import TRUNCATIONS
 
             if value not in TRUNCATIONS:
@@ -335,6 +434,9 @@ def check_against_grid(cfg: JigsawConfig, n_lat: int, lon_deg, longest_traj: int
                           f"is not shorter than the longest trajectory ({longest_traj} time steps)")
 
 
-# The type names that the dataclass annotations carry (from __future__ annotations keeps them strings).
+# The type names that the dataclass annotations carry (from __future__ annotations keeps them strings), and a
+# range for every numeric key.
 assert all(f.type in ("int", "float", "str", "bool", "list", "dict")
            for sec in (ModelConfig, DataConfig, ParallelConfig, TrainConfig) for f in dataclasses.fields(sec))
+assert {(sec.name, f.name) for sec in dataclasses.fields(JigsawConfig) for f in dataclasses.fields(sec.default_factory())
+        if f.type in ("int", "float")} == set(RANGES)

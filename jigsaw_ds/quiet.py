@@ -9,10 +9,15 @@ Filtered on every rank (each names a fact that is expected on our machines, not 
     "Attempting to get learning rate from scheduler before it has started" (said by DeepSpeed's own WarmupLR
     constructor; the trainer reads the rate from the optimizer, engine.get_lr(), which is right).
 On ranks other than 0, DeepSpeed's logger keeps only errors: the same notices 4 or 256 times say nothing more.
+It also keeps DeepSpeed's compiled ops (the CPU shared-memory comm op, 55-115 s to build) inside this Python
+environment: in torch's default cache, shared by every venv of the user, a build from another venv's torch is
+rebuilt each time the other one ran.
 """
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
 
 HARMLESS_WARNINGS = ("Transformer Engine and Apex are not installed",
@@ -33,6 +38,7 @@ class _DropHarmless(logging.Filter):
 
 def quiet_libraries(rank: int) -> None:
     """Install the filters; call before importing deepspeed or megatron (their notices come at import)."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
     for text in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=text)
     # DeepSpeed's logger (deepspeed.utils.logging, name "DeepSpeed") keeps filters added before it is created

@@ -23,10 +23,11 @@ def configs(tmp, store, out_dir, stage=1, bf16=False, **ds_extra):
                      "levels": [500, 850]},
             "parallel": {"domain": 2, "tensor": 2},
             "train": {"steps": 6, "global_batch": 4, "seed": 3, "out_dir": str(out_dir), "val_every": 6,
-                      "val_batches": 1, "ckpt_every": 3, "progress": False}}
+                      "val_batches": 1, "ckpt_every": 3, "progress": False,
+                      "warmup_fraction": 1.0}}  # the lr still rising at the checkpoint: resume must restore it
     ds = {"zero_optimization": {"stage": stage}, "gradient_clipping": 1.0,
           "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "weight_decay": 0.01, "torch_adam": True}},
-          "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10, "warmup_max_lr": 3e-3}},
+          "scheduler": {"type": "WarmupLR", "params": {"warmup_max_lr": 3e-3}},
           "bf16": {"enabled": bf16}, **ds_extra}
     name = f"ds{stage}{'_bf16' if bf16 else ''}{'_' + '_'.join(ds_extra) if ds_extra else ''}.json"
     (tmp / "j.json").write_text(json.dumps(conf))

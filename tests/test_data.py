@@ -286,7 +286,7 @@ def test_lon_roll_tiles_are_the_tiles_of_the_rolled_sample(synth_store):
 def test_lon_roll_shifts_are_one_stream_for_any_layout_and_reach_loader_workers(synth_store):
     """The shifts, like the items, are the same on a replica's ranks and split over replicas exactly as one
     replica's stream; the order does not change with lon_roll on; a loader worker reads the same rolled batch."""
-    from jigsaw_ds.data.dataset import make_loader
+    from jigsaw_ds.data.dataset import Loader
 
     a, again = (ReplicaBatches(50, 8, 0, 2, seed=3, lon_roll=64) for _ in range(2))
     b = ReplicaBatches(50, 8, 1, 2, seed=3, lon_roll=64)
@@ -301,7 +301,7 @@ def test_lon_roll_shifts_are_one_stream_for_any_layout_and_reach_loader_workers(
     assert min(shifts) >= 0 and max(shifts) < 64 and len(set(shifts)) > 40
     dataset = PairDataset(open_store(synth_store), [3, 8, 15, 22], 1, slice(0, 17), slice(32, 64), True)
     sampler = ReplicaBatches(4, 2, 0, 1, seed=1, steps=3, lon_roll=64)
-    for got, draw in zip(make_loader(dataset, sampler, 1, 2), sampler):
+    for got, draw in zip(Loader(dataset, sampler, "cpu", workers=1), sampler):
         assert draw.lon_shifts and all(torch.equal(u, v) for u, v in zip(got, dataset.read_batch(*draw)))
 
 
@@ -330,3 +330,12 @@ def test_history_items_hold_the_earlier_states_newest_first_within_their_run(tmp
     cut = 32
     train, val = split_train_val(one, 1, 0.2, before=3)
     assert train.max() + 1 < cut and val.min() - 3 == cut
+
+
+def test_generated_stores_carry_wb2_units(synth_store):
+    """Every variable and coordinate of a generated store has WB2's units and a long name (data/names.py)."""
+    ds = xr.open_zarr(synth_store)
+    assert ds["geopotential"].attrs["units"] == "m**2 s**-2" and ds["2m_temperature"].attrs["units"] == "K"
+    assert ds["latitude"].attrs["units"] == "degrees_north" and ds["level"].attrs["units"] == "hPa"
+    for name in [*ds.data_vars, "latitude", "longitude", "level"]:
+        assert ds[name].attrs.get("units") and ds[name].attrs.get("long_name"), name

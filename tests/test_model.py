@@ -162,3 +162,17 @@ def test_rollout_feeds_back_the_newest_states_and_drops_the_oldest():
     assert [o.flatten().tolist() for o in out] == [[10, 10], [30, 30], [60, 60]]
     assert seen[1].flatten().tolist() == [10, 10, 0, 0, -1, -1, 7, 7, 1]
     assert seen[2].flatten().tolist() == [30, 30, 10, 10, 0, 0, 7, 7, 2]
+
+
+def test_an_accumulated_micro_batch_draws_the_noise_of_its_samples_in_the_whole_batch():
+    """Gradient accumulation: a micro-batch starting at global sample 2 draws the masks that samples 2 and 3
+    of the whole batch draw (noise keyed by the sample's index in the global batch, not by the micro-batch)."""
+    from dataclasses import replace
+
+    m = WeatherMixer(replace(CFG, drop_path=0.3, dropout=0.2), 33, 64, 7, 5).train()
+    m.start_step(4)
+    whole = m.noise_seeds(4)
+    m.start_step(4, first_sample=2)
+    assert np.array_equal(m.noise_seeds(2), whole[2:])
+    m.start_step(4, first_sample=0)
+    assert np.array_equal(m.noise_seeds(2), whole[:2]) and not np.array_equal(whole[:2], whole[2:])

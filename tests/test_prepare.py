@@ -274,11 +274,11 @@ def test_interrupted_ingest_keeps_the_old_store_until_the_new_one_is_complete(tm
     with monkeypatch.context() as m:
         m.setattr(parallel_prepare, "statistics", interrupt)  # after the blocks, before the rename
         with pytest.raises(KeyboardInterrupt):
-            prepare([path], out, lat_chunk=4)
+            prepare([path], out, lat_chunk=4, overwrite=True)  # other arguments: replacing needs overwrite
     assert os.path.exists(out + ".partial")  # kept for a resume
     assert set(xr.open_zarr(out).data_vars) == {"2m_temperature"}  # the earlier, complete store
     capsys.readouterr()
-    prepare([path], out, lat_chunk=4)
+    prepare([path], out, lat_chunk=4, overwrite=True)
     assert "resuming" in capsys.readouterr().err and not os.path.exists(out + ".partial")
     assert set(xr.open_zarr(out).data_vars) == {"2m_temperature", "temperature", "geopotential"}
     mtime = os.stat(os.path.join(out, "zarr.json")).st_mtime_ns

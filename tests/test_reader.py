@@ -199,19 +199,19 @@ def test_a_layout_the_reader_cannot_read_names_store_and_conversion(tmp_path):
 
 
 def test_loader_without_workers_prefetches_the_same_batches_and_raises_read_errors(damaged):
-    """make_loader(num_workers=0) reads ahead in a thread: the same batches as read_batch, in order, and a
+    """The Loader reads ahead on a thread into its ring: the same batches as read_batch, in order, and a
     damaged chunk is raised to the consumer as the StoreError that names it."""
     import torch
 
-    from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches, make_loader
+    from jigsaw_ds.data.dataset import Loader, PairDataset, ReplicaBatches
 
     path, store = damaged
     dataset = PairDataset(store, store.pair_starts(1), 1, slice(0, 20), slice(0, 64), coord_feats=False)
     sampler = ReplicaBatches(len(dataset), 2, 0, 1, seed=0, steps=6)
-    for got, draw in zip(make_loader(dataset, sampler, 0, 2), sampler):
+    for got, draw in zip(Loader(dataset, sampler, "cpu"), sampler):
         for a, b in zip(got, dataset.read_batch(*draw)):
             assert torch.equal(a, b)
     os.remove(os.path.join(path, "temperature/c/3/0/0/0"))
     with pytest.raises(StoreError, match=r"variable 'temperature' at time 2020-01-01T18:00.*'temperature/c/3/0/0/0'"):
-        for _ in make_loader(dataset, ReplicaBatches(len(dataset), 4, 0, 1, seed=0, steps=6, shuffle=False), 0, 2):
+        for _ in Loader(dataset, ReplicaBatches(len(dataset), 4, 0, 1, seed=0, steps=6, shuffle=False), "cpu"):
             pass

@@ -149,3 +149,22 @@ def test_lon_roll_and_history_train_alike_at_a_layout_and_evaluate(serial_run, t
     assert ev.main(["--checkpoint", f"{tmp_path / 'a' / 'run'},{serial_run}", "--data", synth_store, "--out",
                     str(tmp_path / "ens"), "--no-plots"]) == 2
     assert f"ensemble member '{serial_run}' has 'model.history_steps' = 0" in capsys.readouterr().err
+
+
+def test_gradient_accumulation_equals_the_whole_batch_at_two_layouts(serial_run, tmp_path, synth_store):
+    """train.micro_batch: the global batch of 4 in micro-batches of 1, in one process (4 accumulated) and at
+    data 2 x tensor 2 under the launcher (2 accumulated per replica): the losses, gradient norms and
+    validation losses of the unaccumulated one-process run, in fp32."""
+    serial = read_metrics(serial_run)
+    one = tmp_path / "one"
+    one.mkdir()
+    run(write_configs(one, synth_store, one / "run") + ["--set", "train.micro_batch=1"])
+    cmd = write_configs(tmp_path, synth_store, tmp_path / "run", domain=1, tensor=2)
+    run([os.path.join(BIN, "deepspeed"), "--num_gpus", "4"] + cmd + ["--set", "train.micro_batch=1"])
+    for out in (one / "run", tmp_path / "run"):
+        config = json.load(open(out / "config.json"))
+        assert config["deepspeed"]["gradient_accumulation_steps"] == (4 if out == one / "run" else 2)
+        for p, s in zip(read_metrics(out), serial, strict=True):
+            assert p["loss"] == pytest.approx(s["loss"], rel=1e-5), (out, p["step"], p["loss"], s["loss"])
+            assert p["grad_norm"] == pytest.approx(s["grad_norm"], rel=1e-4), (out, p["step"])
+        assert p["val_loss"] == pytest.approx(s["val_loss"], rel=1e-5)

@@ -33,7 +33,11 @@ def main(argv=None) -> int:
                                    "store (WB2 names and dims, source values and grid kept exactly), with "
                                    "per-channel statistics and a climatology. See docs/data.md.")
     p.add_argument("sources", nargs="+", metavar="SRC", help="zarr stores, netCDF or GRIB files")
-    p.add_argument("--out", required=True, help="the store to write (replaced only when complete)")
+    p.add_argument("--out", required=True,
+                   help="the store to write: a new path, an empty directory or a store prepare wrote (replaced "
+                        "only when the new one is complete)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the store prepare wrote at --out from other arguments or sources")
     p.add_argument("--variables", nargs="+", help="WB2 or ECMWF short names (default: all, or the config's)")
     p.add_argument("--levels", nargs="+", type=int, help="pressure levels in hPa (default: all, or the config's)")
     p.add_argument("--member", type=int, default=0, help="ensemble member kept from files with a 'number' axis")
@@ -63,11 +67,17 @@ def main(argv=None) -> int:
 
     from .generate import MissingLibrary, from_spec
 
+    from .writer import check_replaceable
+
     spec = {"kind": args.cmd, **{k: v for k, v in vars(args).items() if k not in ("cmd", "out")}}
     try:
+        check_replaceable(os.path.abspath(args.out))  # before the generator's work, not after it
         out = from_spec(spec, args.out)
     except ConfigError as e:
         print(f"jigsaw-data {args.cmd}: error: {e}".replace("config key 'data.generate.", "option '--"), file=sys.stderr)
+        return 2
+    except ValueError as e:  # an --out that may not be replaced
+        print(f"jigsaw-data {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     except MissingLibrary as e:
         print(f"jigsaw-data {args.cmd}: error: {e}", file=sys.stderr)
@@ -89,7 +99,7 @@ def _prepare(args) -> int:
             print(plan(args.sources, args.out, args.variables, args.levels, workers=max(args.workers, 1), **common))
             return 0
         out = prepare(args.sources, args.out, args.variables, args.levels, workers=args.workers,
-                      scheduler=args.scheduler, **common)
+                      scheduler=args.scheduler, overwrite=args.overwrite, **common)
     except ValueError as e:  # SourceError, StoreError, ConfigError, ClusterError, bad options: one line
         print(f"jigsaw-data prepare: error: {e}", file=sys.stderr)
         return 2

@@ -114,36 +114,71 @@ class PairDataset(torch.utils.data.Dataset):
                            for b, shift in enumerate(lon_shifts)])
         return torch.cat([f[:, :steps], f[:, 1:]], dim=2) if at_target else f
 
-    def read_batch(self, indices, lon_shifts=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch_shapes(self, n_items: int) -> tuple[tuple, tuple]:
+        """Shapes of read_batch's inputs and targets for `n_items` items: what a ring buffer holds."""
+        h, w = self.coords.shape[1:]
+        n_state = len(self.store.channels)
+        n_x = n_state * (1 + self.history) + len(self.static) + len(self.coords)
+        return (n_items, n_x, h, w), (n_items, self.rollout, n_state, h, w)
+
+    def empty_batch(self, n_items: int, pin: bool = False, touch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh (inputs, targets) buffers for read_batch; `pin`: page-locked, for copies to a GPU (resident
+        from the start); `touch`: zeroed now, so that their page faults are paid once here and not by the
+        first reads into them (a fresh 0.25 deg batch costs more in page faults than in decoding)."""
+        make = torch.zeros if touch and not pin else torch.empty
+        shape_x, shape_y = self.batch_shapes(n_items)
+        return make(shape_x, pin_memory=pin), make(shape_y, pin_memory=pin)
+
+    def normalise_(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Normalise in place the state channels of a batch read with normalise=False, on whatever device it
+        is: the same float32 operations as WeatherStore.read_into's, so the result is bit for bit its own."""
+        n_state = len(self.store.channels)
+        mean = torch.from_numpy(self.store.mean).to(x.device)[:, None, None]
+        std = torch.from_numpy(self.store.std).to(x.device)[:, None, None]
+        for states in (x[:, :n_state * (1 + self.history)].unflatten(1, (1 + self.history, n_state)), y):
+            states.sub_(mean).div_(std)
+
+    def read_batch(self, indices, lon_shifts=None, out=None,
+                   normalise: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(inputs [B, C (1 + H) + S (+ 3), h, w], targets [B, K, C, h, w], forcings [B, K, F, h, w]) of the items
-        `indices`, each rolled by its entry of `lon_shifts` (None: no roll). The union of the time steps of
-        the items that share a shift is read in one store read (WeatherStore.read_into) into
-        a preallocated buffer, pinned when CUDA is present and this is the main process (a loader worker's
-        tensors travel by shared memory and are pinned by the loader)."""
+        `indices`, each rolled by its entry of `lon_shifts` (None: no roll), written into `out` (an (inputs,
+        targets) pair of empty_batch's shapes, e.g. a loader's ring buffer; None: fresh ones). With
+        normalise=False the state channels are left in physical units, for normalise_ on the GPU.
+
+        Each time step is decoded once, straight into its place in the batch (WeatherStore.read_into with one
+        destination per time; no staging array): the union of the times of the items that share a shift is
+        one store read, and a time that two items need (an item's target is another's input) is decoded into
+        the first place and copied to the others."""
         shifts = [0] * len(indices) if lon_shifts is None else [int(s) for s in lon_shifts]
         # per item: its input time, its history (newest first), then its K targets
         times = [[int(self.starts[i]) + k * self.lead for k in [0, *range(-1, -self.history - 1, -1),
                                                                 *range(1, self.rollout + 1)]] for i in indices]
-        pin = torch.cuda.is_available() and torch.utils.data.get_worker_info() is None
-        n_static, (h, w) = len(self.static), self.coords.shape[1:]
-        n_state, n_inputs = len(self.store.channels), len(self.store.channels) * (1 + self.history)
-        x = torch.empty((len(indices), n_inputs + n_static + len(self.coords), h, w), pin_memory=pin)
-        y = torch.empty((len(indices), self.rollout, n_state, h, w), pin_memory=pin)
+        x, y = self.empty_batch(len(indices)) if out is None else out
+        if (tuple(x.shape), tuple(y.shape)) != self.batch_shapes(len(indices)):
+            raise ValueError(f"read_batch: out is {tuple(x.shape)}, {tuple(y.shape)}, expected "
+                             f"{self.batch_shapes(len(indices))}")
+        n_state, n_inputs, n_static = len(self.store.channels), len(self.store.channels) * (1 + self.history), len(self.static)
+
+        def place(b: int, j: int) -> torch.Tensor:
+            """Where time j of item b goes: an input slot of x, or a target of y ([C, h, w] views)."""
+            return x[b, j * n_state:(j + 1) * n_state] if j <= self.history else y[b, j - 1 - self.history]
+
         x[:, n_inputs + n_static:] = self.coords
         for shift in sorted(set(shifts)):
             items = [b for b, s in enumerate(shifts) if s == shift]
-            union = sorted({t for b in items for t in times[b]})
-            states = torch.empty((len(union), n_state, h, w))  # staging only: x and y are what travel
-            source = self.source_columns(shift)  # shift 0: the tile itself
-            self.store.read_into(states.numpy(), union, self.lat, source)
-            static = self.static if shift == 0 else torch.from_numpy(self.store.read_static(self.lat, source))
-            row = {t: j for j, t in enumerate(union)}
+            places: dict[int, list] = {}  # time -> every place it goes, in item order
             for b in items:
-                for j, t in enumerate(times[b][:1 + self.history]):
-                    x[b, j * n_state:(j + 1) * n_state] = states[row[t]]
+                for j, t in enumerate(times[b]):
+                    places.setdefault(t, []).append(place(b, j))
+            union = sorted(places)
+            source = self.source_columns(shift)  # shift 0: the tile itself
+            self.store.read_into([places[t][0].numpy() for t in union], union, self.lat, source, normalise)
+            for t in union:
+                for other in places[t][1:]:
+                    other.copy_(places[t][0])
+            static = self.static if shift == 0 else torch.from_numpy(self.store.read_static(self.lat, source))
+            for b in items:
                 x[b, n_inputs:n_inputs + n_static] = static
-                for k, t in enumerate(times[b][1 + self.history:]):
-                    y[b, k] = states[row[t]]
         return x, y, self.forcings_for(indices, self.rollout, lon_shifts)
 
 
@@ -173,13 +208,18 @@ class ReplicaBatches(torch.utils.data.Sampler):
     and global batch, the union over replicas is the same for any layout, so losses do not depend on it.
     `start_step` resumes the stream exactly. With lon_roll = n_lon (> 0) each position of the stream also
     gets a longitude shift in [0, n_lon), drawn per epoch from its own generator, so the order is the same
-    with or without it.
+    with or without it. With `accumulate` = A > 1 a step's share is iterated as A consecutive micro-batches
+    of share / A items (gradient accumulation: the same items, the same order).
     """
 
     def __init__(self, n_items: int, global_batch: int, dp_rank: int, dp_size: int, seed: int,
-                 start_step: int = 0, steps: int = 10**9, shuffle: bool = True, lon_roll: int = 0):
+                 start_step: int = 0, steps: int = 10**9, shuffle: bool = True, lon_roll: int = 0,
+                 accumulate: int = 1):
         self.n, self.g, self.rank = n_items, global_batch, dp_rank
-        self.micro = Layout(data=dp_size).micro_batch(global_batch)  # ValueError unless the replicas' shares are whole
+        self.share = Layout(data=dp_size).micro_batch(global_batch)  # ValueError unless the replicas' shares are whole
+        if self.share % accumulate:
+            raise ValueError(f"{accumulate} micro-batches do not divide a replica's share of {self.share} samples")
+        self.accumulate, self.micro = accumulate, self.share // accumulate
         self.seed, self.start, self.steps, self.shuffle, self.lon_roll = seed, start_step, steps, shuffle, lon_roll
         self._cached_epoch: tuple[int, np.ndarray, Optional[np.ndarray]] = (-1, np.empty(0, int), None)
 
@@ -193,8 +233,8 @@ class ReplicaBatches(torch.utils.data.Sampler):
         return self._cached_epoch[1:]
 
     def _positions(self, step: int):
-        lo = step * self.g + self.rank * self.micro
-        return [divmod(pos, self.n) for pos in range(lo, lo + self.micro)]
+        lo = step * self.g + self.rank * self.share
+        return [divmod(pos, self.n) for pos in range(lo, lo + self.share)]
 
     def indices_for_step(self, step: int) -> list[int]:
         return [int(self._epoch(e)[0][i]) for e, i in self._positions(step)]
@@ -205,103 +245,140 @@ class ReplicaBatches(torch.utils.data.Sampler):
         return Draw(self.indices_for_step(step), shifts)
 
     def __iter__(self):
+        """Each step's micro-batches in turn (one per step without accumulation)."""
         for step in range(self.start, self.start + self.steps):
-            yield self.draw(step)
+            draw = self.draw(step)
+            for a in range(0, self.share, self.micro):
+                yield Draw(draw.indices[a:a + self.micro], draw.lon_shifts and draw.lon_shifts[a:a + self.micro])
 
     def __len__(self):
-        return self.steps
+        return self.steps * self.accumulate
 
 
-def make_loader(dataset: PairDataset, sampler: ReplicaBatches, num_workers: int, prefetch_factor: int):
-    """Batches of the sampler's index lists. Workers start by forkserver: tensorstore, which the store reads
-    with, cannot run in a process forked from one that has used it. Without workers, a thread of this
-    process reads `prefetch_factor` batches ahead (tensorstore decodes without holding the GIL)."""
-    # its own generator: a loader iterator draws its workers' base seed, which from the global generator would
-    # shift the model's random stream (drop_path, dropout) by one draw after a resume
-    kwargs = dict(sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                  generator=torch.Generator())
-    if num_workers:
-        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False, multiprocessing_context="forkserver")
-        return torch.utils.data.DataLoader(_Batches(dataset), **kwargs)
-    return _ThreadPrefetch(torch.utils.data.DataLoader(_Batches(dataset), **kwargs), prefetch_factor)
+class Loader:
+    """This replica's batches of `sampler`, (inputs, targets, forcings) as fp32 on `device`, read ahead.
 
+    Reads run on a thread of this process (workers = 0, the default): tensorstore decodes on the store's own
+    `read_threads` threads without holding the GIL, and PairDataset.read_batch writes every time step
+    straight into a ring of `prefetch + 1` host buffers allocated once (page-locked on CUDA) and reused. So a
+    batch's bytes are decoded once, into the memory the GPU copies from, and never cross a process. With
+    `workers` > 0 the reads run in DataLoader worker processes instead: each batch then crosses into this
+    process through shared memory and is copied again into pinned memory. bench/loader.py measures both
+    side by side (docs/benchmarks.md); threads are the default because they were faster there.
 
-class _ThreadPrefetch:
-    """Iterate `loader` in a background thread, at most `depth` batches ahead; its errors are raised here."""
+    On CUDA the next batch's copy to the device runs on a side stream while the current step computes, and
+    the reading threads' batches are normalised there, on the GPU, after the copy (PairDataset.normalise_: the
+    same float32 operations, bit for bit), which leaves the host only the decoding; a host buffer is refilled
+    only after its copy has finished (a CUDA event that the reading thread waits on, never the training
+    thread). On the CPU the reading thread normalises, and the step reads the host buffer itself, which is
+    refilled once the step has asked for the next batch: a batch is valid until then.
+    """
 
-    def __init__(self, loader, depth: int):
-        self.loader, self.depth = loader, depth
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
+    def __init__(self, dataset: PairDataset, sampler: ReplicaBatches, device: torch.device, prefetch: int = 2,
+                 workers: int = 0):
         import queue
         import threading
 
-        batches, stop, done = queue.Queue(self.depth), threading.Event(), object()
+        self.device, self.dataset = torch.device(device), dataset
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._held = None  # the ring slot of the batch the CPU step is using
+        self._stop = threading.Event()
+        if workers:
+            self._thread = None
+            # its own generator: a loader iterator draws its workers' base seed, which from the global generator
+            # would shift the model's random stream (drop_path, dropout) by one draw after a resume. Workers start
+            # by forkserver: tensorstore cannot run in a process forked from one that has used it.
+            self._batches = iter(torch.utils.data.DataLoader(
+                _Batches(dataset), sampler=sampler, batch_size=None, num_workers=workers, prefetch_factor=prefetch,
+                pin_memory=self.stream is not None, persistent_workers=False, multiprocessing_context="forkserver",
+                generator=torch.Generator()))
+        else:
+            pin = self.stream is not None
+            # slot: [(inputs, targets), the CUDA event after which its last copy to the device has finished]
+            self._ring = [[dataset.empty_batch(sampler.micro, pin, touch=True), None] for _ in range(prefetch + 1)]
+            self._free, self._ready = queue.Queue(), queue.Queue()
+            for slot in self._ring:
+                self._free.put(slot)
+            self._thread = threading.Thread(target=self._read, args=(dataset, sampler), name="jigsaw-loader",
+                                            daemon=True)
+            self._thread.start()
+        self._ahead = self._to_device() if self.stream is not None else None
 
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    batches.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    pass
-            return False
+    _DONE = object()
 
-        def produce():
-            try:
-                for batch in self.loader:
-                    if not put(batch):
+    def _read(self, dataset: PairDataset, sampler: ReplicaBatches) -> None:
+        """The reading thread: fill free ring slots in the sampler's order; its errors go to the consumer."""
+        import queue
+
+        try:
+            for draw in sampler:
+                while True:
+                    if self._stop.is_set():
                         return
-                put(done)
-            except BaseException as e:  # the consumer re-raises it
-                put(e)
+                    try:
+                        slot = self._free.get(timeout=0.1)
+                        break
+                    except queue.Empty:
+                        pass
+                if slot[1] is not None:
+                    slot[1].synchronize()  # its previous batch's copy to the device has finished
+                self._ready.put((slot, dataset.read_batch(*draw, out=slot[0], normalise=self.stream is None)))
+            self._ready.put((None, self._DONE))
+        except BaseException as e:  # raised in the consumer, in order
+            self._ready.put((None, e))
 
-        thread = threading.Thread(target=produce, name="jigsaw-prefetch", daemon=True)
-        thread.start()
+    def _next_host(self):
+        """The next host batch (and its ring slot, None for worker batches); StopIteration at the end."""
+        if self._thread is None:
+            return None, next(self._batches)
+        slot, batch = self._ready.get()
+        if batch is self._DONE:
+            raise StopIteration
+        if isinstance(batch, BaseException):
+            raise batch
+        return slot, batch
+
+    def _to_device(self):
+        """Start the next batch's copy to the GPU on the side stream; None at the end."""
         try:
-            while (item := batches.get()) is not done:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:  # the consumer stopped (or failed): let the producer go
-            stop.set()
-
-
-class DeviceBatches:
-    """A loader's (x, y) batches on `device` as fp32, one batch ahead: on CUDA the next batch's copy from
-    pinned host memory runs on a side stream while the current step computes, so the step does not wait
-    for the copy (about 0.6 GB per sample at 0.25 deg: its inputs and target). On the CPU it only converts
-    the dtype."""
-
-    def __init__(self, loader, device: torch.device):
-        self.batches, self.device = iter(loader), device
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.ahead = self._fetch()
-
-    def _fetch(self):
-        try:
-            batch = next(self.batches)
+            slot, batch = self._next_host()
         except StopIteration:
             return None
-        if self.stream is None:
-            return tuple(t.to(self.device, torch.float32) for t in batch)
         with torch.cuda.stream(self.stream):
-            return tuple(t.to(self.device, torch.float32, non_blocking=True) for t in batch)
+            batch = tuple(t.to(self.device, torch.float32, non_blocking=True) for t in batch)
+            if slot is not None:  # a reading thread's batch: normalised here, on the GPU
+                self.dataset.normalise_(*batch[:2])
+                slot[1] = torch.cuda.Event()
+                slot[1].record(self.stream)
+                self._free.put(slot)  # the reading thread waits for the event before refilling it
+        return batch
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        if self.ahead is None:
+        if self.stream is None:
+            if self._held is not None:  # the step that used it has asked for its successor: refill it
+                self._free.put(self._held)
+                self._held = None
+            self._held, batch = self._next_host()
+            return tuple(t.to(self.device, torch.float32) for t in batch)
+        if self._ahead is None:
             raise StopIteration
-        batch = self.ahead
-        if self.stream is not None:
-            compute = torch.cuda.current_stream(self.device)
-            compute.wait_stream(self.stream)  # the copy is done before the step reads it
-            for t in batch:
-                t.record_stream(compute)  # and its memory is not reused while the step still reads it
-        self.ahead = self._fetch()
+        batch = self._ahead
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_stream(self.stream)  # the copy is done before the step reads it
+        for t in batch:
+            t.record_stream(compute)  # and its memory is not reused while the step still reads it
+        self._ahead = self._to_device()
         return batch
+
+    def close(self) -> None:
+        """Stop reading ahead (the reading thread ends within 0.1 s)."""
+        self._stop.set()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

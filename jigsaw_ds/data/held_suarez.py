@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .names import describe
+
 RECORD_HOURS = 6
 LEVELS = (250, 500, 850)  # hPa
 UPPER = ("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind")
@@ -166,4 +168,4 @@ def held_suarez_dataset(truncation: int, layers: int, trajectories: int, steps: 
     ds = xr.Dataset({k: (surface_dims if k in SURFACE else upper_dims, v) for k, v in data.items()}, coords=coords)
     ds.attrs["source"] = (f"jigsaw-data held-suarez (dinosaur, Held & Suarez 1994) T{truncation} L{layers} "
                           f"spinup={spinup}d gap={gap}d seed={seed}")
-    return ds
+    return describe(ds)

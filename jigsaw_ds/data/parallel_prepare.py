@@ -38,6 +38,7 @@ from .writer import BLOCK_BYTES, DEFAULT_CODEC, chunk_encoding, time_blocks
 
 STATE = ".jigsaw-prepare"  # inside STORE.partial: job.json (the job key), blocks/, climatology/
 KEY_ATTR = "jigsaw_prepare"  # the job key of a complete store: a second run with the same one does nothing
+SOURCE = "jigsaw-data prepare"  # attrs['source'] of every store prepare writes (prepare.open_layout), partial ones too
 CONNECT_TIMEOUT = "20s"
 WORKER_WAIT = "600s"
 WRITE_EMPTY = True  # as writer.write_store: every chunk is written (the reader refuses missing ones)
@@ -398,9 +399,12 @@ def _tasks(job: Job, client, workers: int, scheduler: Optional[str]):
         yield _Tasks(job, c)
 
 
-def run(job: Job, client=None, workers: int = 0, scheduler: Optional[str] = None, progress: bool = False) -> str:
-    """Convert, reduce, commit; resume a partial store of the same job; nothing to do for a complete one."""
+def run(job: Job, client=None, workers: int = 0, scheduler: Optional[str] = None, progress: bool = False,
+        overwrite: bool = False) -> str:
+    """Convert, reduce, commit; resume a partial store of the same job; nothing to do for a complete one.
+    A store of another job at `out` is replaced only with `overwrite` (check_out)."""
     out, tmp = job.out, job.tmp
+    check_out(job, overwrite)
     if _key_of(out) == job.key:
         shutil.rmtree(os.path.join(out, STATE), ignore_errors=True)  # a run killed right after its rename
         _note(f"{out} is complete (same arguments, same source layout): nothing to do")
@@ -445,6 +449,39 @@ def _records(job: Job, kind: str, n: int) -> dict:
     names = os.listdir(folder) if os.path.isdir(folder) else []
     recs = {int(name[:-5]): os.path.join(folder, name) for name in names if name.endswith(".json")}
     return {i: _read_json(path) for i, path in recs.items() if i < n}
+
+
+def check_out(job: Job, overwrite: bool) -> None:
+    """Refuse, before any work, an output that prepare may not write: the store is renamed over `out` at the
+    end (whatever was there is deleted) and `out`.partial is started over, so both may only be new, empty or
+    prepare's own (a typo such as `--out ~/data` must not delete the directory's contents), and a complete
+    store of other arguments or sources is replaced only with `overwrite`."""
+    for path in (job.out, job.tmp):
+        where = f"--out {job.out}" + ("" if path == job.out else f": {path}")
+        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+            kind = "a symbolic link" if os.path.islink(path) else "a file"
+            raise ValueError(f"{where}: is {kind}, not a store that jigsaw-data prepare wrote: choose a new path")
+        entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
+        if entries and not _made_by_prepare(path):
+            raise ValueError(f"{where}: is a directory that jigsaw-data prepare did not write ({len(entries)} "
+                             f"entries, e.g. '{entries[0]}'); prepare writes only into a new path, an empty directory "
+                             f"or a store it wrote, and replaces what is there: choose another --out")
+    another_job = os.path.isdir(job.out) and os.listdir(job.out) and _key_of(job.out) != job.key
+    if another_job and not overwrite:
+        raise ValueError(f"--out {job.out}: holds a store that jigsaw-data prepare wrote from other arguments or "
+                         f"sources; pass --overwrite to replace it (once the new store is complete), or choose "
+                         f"another --out")
+
+
+def _made_by_prepare(path: str) -> bool:
+    """Whether a directory is a store, complete or partial, that prepare wrote: its job state, key or source."""
+    if os.path.isdir(os.path.join(path, STATE)):
+        return True
+    try:
+        attrs = zarr.open_group(path, mode="r").attrs
+    except Exception:  # not a zarr store at all
+        return False
+    return KEY_ATTR in attrs or attrs.get("source") == SOURCE
 
 
 def _key_of(path: str) -> Optional[str]:

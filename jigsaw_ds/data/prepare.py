@@ -14,12 +14,14 @@ What a source may look like, and what the store gets (see docs/data.md):
   - several files: files with the same variables are joined along time (monthly files); files with other
     variables over the same times are merged (a surface and a pressure-level file); files without a time
     axis give static fields. Grids, levels and times must match exactly, or it is an error.
-Bad input (missing variable or level, NaN/inf, non-monotonic or duplicated coordinates, files joined along
-time on different grids, a grid the model config cannot use, an unreadable or truncated file) raises one
-SourceError naming file, variable and coordinate; all but NaN/inf and unreadable data are refused before
-anything is written. The store is written by the Dask job in parallel_prepare (chunks in latitude bands of
-whole patch rows, statistics, an optional climatology group), resumably, and appears under its final name
-only when complete.
+Values are read decoded (xarray applies CF scale_factor/add_offset/_FillValue and CF time units), so the
+store holds physical values and dates. Bad input (missing variable or level, NaN/inf, non-monotonic or
+duplicated coordinates, a latitude/longitude without coordinate values or in radians, times that are not
+dates, files joined along time on different grids, a grid the model config cannot use, an unreadable or
+truncated file) raises one SourceError naming file, variable and coordinate; all but NaN/inf and unreadable
+data are refused before anything is written, as is an --out that is not new, empty or prepare's own. The
+store is written by the Dask job in parallel_prepare (chunks in latitude bands of whole patch rows,
+statistics, an optional climatology group), resumably, and appears under its final name only when complete.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from typing import Optional
 import numpy as np
 import xarray as xr
 
-from .store import StoreError, gap_starts
+from .store import StoreError, gap_starts, grid_problem
 
 SHORT_NAMES = {  # ECMWF short name -> WeatherBench2 name
     "z": "geopotential", "t": "temperature", "u": "u_component_of_wind", "v": "v_component_of_wind",
@@ -205,19 +207,21 @@ def _integer_levels(src: Source, levels: np.ndarray) -> np.ndarray:
 
 # ---- checks ----------------------------------------------------------------------------------------------
 def check_coords(src: Source) -> Source:
-    """Refuse NaN, duplicated or unsorted coordinates; relabel a longitude axis that wraps (see module doc)."""
+    """Refuse missing, NaN, duplicated or unsorted coordinates, angles that are not degrees and times that are
+    not dates (store.grid_problem, the rule WeatherStore applies too); relabel a longitude axis that wraps (see
+    module doc)."""
     ds = src.ds
     for dim in ("latitude", "longitude"):
         if dim not in ds.dims:
             raise SourceError(f"{src.path}: no coordinate '{dim}' (has {list(ds.dims)})")
+    problem = grid_problem(ds, src.name)
+    if problem:
+        raise SourceError(f"{src.path}: {problem}")
     if "time" in ds.dims:
         _check_increasing(src, "time", ds["time"].values)
     if "level" in ds.dims:
         _check_monotonic(src, "level", ds["level"].values)
-    lat = ds["latitude"].values
-    _check_monotonic(src, "latitude", lat)
-    if np.abs(lat).max() > 90:
-        raise SourceError(f"{src.path}: coordinate {src.name('latitude')} has values beyond +-90 deg")
+    _check_monotonic(src, "latitude", ds["latitude"].values)
     lon = _unwrap_longitude(ds["longitude"].values)
     _check_increasing(src, "longitude", lon)
     if not np.array_equal(lon, ds["longitude"].values):
@@ -407,6 +411,7 @@ def open_layout(sources: list[str], variables: Optional[list] = None, levels: Op
     """Open, rename, select and check every source, and combine them: (parts, checked sources, patch,
     lat_chunk). Everything prepare refuses is refused here, before anything is written."""
     from .. import config as jconfig
+    from .parallel_prepare import SOURCE
 
     cfg = jconfig.load(config) if config else None
     if cfg:
@@ -428,7 +433,7 @@ def open_layout(sources: list[str], variables: Optional[list] = None, levels: Op
     _note_unknown_names(used)
     members = sorted({s.member for s in used if s.member is not None})
     for part in parts:
-        part.ds.attrs = {"source": "jigsaw-data prepare", "files": [os.path.abspath(p) for p in sources],
+        part.ds.attrs = {"source": SOURCE, "files": [os.path.abspath(p) for p in sources],
                          "ensemble_member": members[0] if members else "none"}
     return parts, used, patch, lat_chunk
 
@@ -450,7 +455,7 @@ def prepare(sources: list[str], out: str, variables: Optional[list] = None, leve
             member: int = 0, patch: int = 4, lat_chunk: int = 0, lon_chunk: int = 0, level_chunk: int = 0,
             config: Optional[str] = None, climatology: bool = True, time_block: int = 0,
             progress: Optional[bool] = None, workers: int = 0, scheduler: Optional[str] = None,
-            client=None, checksum: bool = True) -> str:
+            client=None, checksum: bool = True, overwrite: bool = False) -> str:
     """Ingest `sources` into a training store at `out`; return its path.
 
     config: a jigsaw config whose data.variables/surface_variables/levels and model.static_variables are the
@@ -462,14 +467,16 @@ def prepare(sources: list[str], out: str, variables: Optional[list] = None, leve
     reads 18-29% faster, but a flipped bit then reaches the model unnoticed).
     Where the work runs (parallel_prepare.run): `client` (a dask.distributed Client), else a cluster at
     `scheduler`, else a LocalCluster of `workers` processes, else (workers=0) this process. An interrupted
-    prepare run again with the same arguments resumes; one over a complete store does nothing.
+    prepare run again with the same arguments resumes; one over a complete store does nothing. `out` must
+    be new, an empty directory or a store prepare wrote; one of other arguments or sources is replaced only
+    with `overwrite` (parallel_prepare.check_out).
     """
     from .parallel_prepare import run
 
     job = _job(sources, out, variables, levels, member, patch, lat_chunk, lon_chunk, level_chunk, config,
                climatology, time_block, checksum)
     return run(job, client=client, workers=workers, scheduler=scheduler,
-               progress=sys.stderr.isatty() if progress is None else progress)
+               progress=sys.stderr.isatty() if progress is None else progress, overwrite=overwrite)
 
 
 def plan(sources: list[str], out: str, variables: Optional[list] = None, levels: Optional[list] = None,

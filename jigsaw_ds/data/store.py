@@ -82,6 +82,66 @@ def conversion_hint(path: str) -> str:
     return f"convert it with `jigsaw-data prepare {path} --out NEW.zarr`"
 
 
+# A latitude axis of more than RADIAN_ROWS rows spanning less than this many "degrees" is in radians (pole to
+# pole is pi); in degrees it would be a strip under 3.2 deg high, too small to train a global model on.
+RADIAN_SPAN, RADIAN_ROWS = 3.2, 10
+CF_CODING = ("scale_factor", "add_offset", "_FillValue", "missing_value", "_Unsigned")
+
+
+def grid_problem(ds: xr.Dataset, name=lambda dim: f"'{dim}'") -> Optional[str]:
+    """What makes the time, latitude or longitude coordinates of `ds` unusable, or None: the one rule that
+    prepare (naming the file) and WeatherStore (naming the store) apply; `name(dim)` names a coordinate in
+    the message. Without it, a dimension with no coordinate values (xarray numbers it 0, 1, 2, ...), angles in
+    radians, or times that are numbers rather than dates are taken for degrees and dates: wrong area
+    weights, leads of 0 h, forcings frozen at 1970-01-01. NaN and order are left to the monotonicity checks."""
+    for dim in ("time", "latitude", "longitude"):
+        if dim in ds.dims and dim not in ds.coords:
+            return (f"dimension {name(dim)} has no coordinate values (they would be taken to be 0, 1, 2, ...): "
+                    f"write the {'dates' if dim == 'time' else 'degrees'} as a coordinate variable")
+    if "time" in ds.dims and ds["time"].dtype.kind != "M":
+        fix = ("convert it to the standard calendar (xarray: ds.convert_calendar('standard'))"  # cftime dates
+               if ds["time"].dtype.kind == "O" else
+               "give it CF units (attrs['units'] = 'hours since 1900-01-01', which xarray decodes) or write "
+               "datetime64 times")
+        return f"coordinate {name('time')} holds {ds['time'].dtype} values, not dates (datetime64): {fix}"
+    for dim in ("latitude", "longitude"):
+        units = str(ds[dim].attrs.get("units", "")).strip()
+        if units.lower().startswith("rad"):
+            return f"coordinate {name(dim)} has units '{units}': coordinates must be in degrees (numpy.rad2deg)"
+    lat, lon = (np.asarray(ds[d].values, np.float64) for d in ("latitude", "longitude"))
+    if not lat.size or not lon.size:
+        return f"the grid is empty ({lat.size} latitudes x {lon.size} longitudes)"
+    if np.abs(lat).max() > 90:
+        return f"coordinate {name('latitude')} has values beyond +-90 deg ({lat.min()} .. {lat.max()})"
+    if lon.min() < -180 or lon.max() > 360:
+        return f"coordinate {name('longitude')} has values outside -180 .. 360 deg ({lon.min()} .. {lon.max()})"
+    span = lat.max() - lat.min()
+    if len(lat) > RADIAN_ROWS and span < RADIAN_SPAN:
+        return (f"coordinate {name('latitude')} spans {span:.2f} over {len(lat)} rows: radians? coordinates must "
+                f"be in degrees (numpy.rad2deg)")
+    return None
+
+
+def cf_coding(da: xr.DataArray) -> tuple[np.dtype, dict]:
+    """The dtype a variable is stored as, and its CF packing and masking attributes that a raw read of its
+    chunks (tensorstore's) would not apply, where they change values ({} if none): xarray decodes them on open
+    (and keeps them in .encoding), so the statistics would describe the decoded values while the model got the
+    raw numbers. A float fill value is left: the raw read shows the points it marks as they are stored."""
+    enc = da.encoding
+    stored = np.dtype(enc.get("dtype", da.dtype))
+    coding = {k: enc[k] for k in CF_CODING if enc.get(k) is not None}
+    if np.all(np.asarray(coding.get("scale_factor", 1)) == 1):
+        coding.pop("scale_factor", None)
+    if np.all(np.asarray(coding.get("add_offset", 0)) == 0):
+        coding.pop("add_offset", None)
+    if stored.kind == "f":
+        coding.pop("_FillValue", None)
+        coding.pop("missing_value", None)
+    if stored.kind not in "iu":
+        coding.pop("_Unsigned", None)
+    return stored, coding
+
+
 def open_store(path: str) -> xr.Dataset:
     if not os.path.exists(path):
         raise StoreError(f"data store '{path}' does not exist (make one with `jigsaw-data synth` or `prepare`)")
@@ -199,6 +259,9 @@ class WeatherStore:
         for dim in ("time", "latitude", "longitude"):
             if dim not in ds.dims:
                 raise StoreError(f"data store '{self.path}' lacks the dimension '{dim}' (has {list(ds.dims)})")
+        problem = grid_problem(ds)
+        if problem:
+            raise StoreError(f"data store '{self.path}': {problem}")
         for dim in ("latitude", "longitude", "time"):
             step = np.diff(ds[dim].values)
             if not (np.all(step > step[:1] * 0) or (dim == "latitude" and np.all(step < step[:1] * 0))):
@@ -211,6 +274,12 @@ class WeatherStore:
                              f"{', '.join(sorted(map(str, ds.data_vars)))}")
         if set(ds[var].dims) != set(dims):
             raise StoreError(f"data store '{self.path}': variable '{var}' has dims {ds[var].dims}, expected {dims}")
+        stored, coding = cf_coding(ds[var])
+        if coding:
+            raise StoreError(f"data store '{self.path}': variable '{var}' is stored as {stored} with CF attributes "
+                             f"{', '.join(f'{k}={v}' for k, v in coding.items())} that the reader does not apply "
+                             f"(the model would get the raw numbers, not the values xarray decodes); "
+                             f"{conversion_hint(self.path)}, which decodes them")
 
     def _select_channels(self, ds, variables, surface_variables, levels) -> list[Channel]:
         channels = []
@@ -276,7 +345,7 @@ class WeatherStore:
         if _TS_PID not in (None, os.getpid()):
             raise StoreError(f"data store '{self.path}': this process was forked from one that had read with "
                              f"tensorstore, which cannot work after fork(); start DataLoader workers with "
-                             f"multiprocessing_context='forkserver' or 'spawn' (data.dataset.make_loader does)")
+                             f"multiprocessing_context='forkserver' or 'spawn' (data.dataset.Loader does)")
         if _TS_PID is None:
             _keep_freed_memory()
         _TS_PID = os.getpid()
@@ -329,11 +398,13 @@ class WeatherStore:
                 blocks.append((ch.var, c, None if ch.level_index is None else [ch.level_index]))
         return blocks
 
-    def read_into(self, out: np.ndarray, times, lat: slice, lon, normalise: bool = True) -> np.ndarray:
+    def read_into(self, out, times, lat: slice, lon, normalise: bool = True):
         """Read the tile (lat, lon; lon a slice or an array of columns, see _tile) of every selected channel at
-        the given time indices into `out` ([T, C, h, w] float32, any memory: pinned, shared, a view),
-        normalised in place ((x - mean) / std per channel) unless normalise=False; return `out`. One
-        tensorstore read per variable, all issued at once; each variable is normalised as soon as it has
+        the given time indices into `out`, normalised in place ((x - mean) / std per channel) unless
+        normalise=False; return `out`. `out` is one float32 array [T, C, h, w], or a sequence of T arrays
+        [C, h, w], one per time (any memory: pinned, shared, views of a batch buffer: PairDataset.read_batch
+        decodes each time step straight into its place in the batch, with no staging copy). One tensorstore
+        read per variable and destination, all issued at once; each variable is normalised as soon as it has
         arrived, while the others are still decoding."""
         import tensorstore as ts
 
@@ -341,27 +412,39 @@ class WeatherStore:
             self._arrays = self._open_arrays()
         times = np.asarray(times, dtype=np.int64)
         lat, lon = self._tile(lat, lon)
-        shape = (len(times), len(self.channels), lat.stop - lat.start, _extent(lon))
-        if out.shape != shape or out.dtype != np.float32:
-            raise ValueError(f"read_into: out is {out.dtype} {out.shape}, expected float32 {shape}")
+        tile = (len(self.channels), lat.stop - lat.start, _extent(lon))
+        # (time indices, destination [T', C, h, w]) pairs: one for an array, one per time for a sequence
+        whole = isinstance(out, np.ndarray) and out.ndim == 4
+        groups = [(times, out)] if whole else [(times[i:i + 1], o[None]) for i, o in enumerate(out)]
+        for _, dest in groups:
+            if not isinstance(dest, np.ndarray) or dest.shape[1:] != tile or dest.dtype != np.float32:
+                raise ValueError(f"read_into: out is {getattr(dest, 'dtype', type(dest))} "
+                                 f"{getattr(dest, 'shape', '')}, expected float32 {(len(times), *tile)}")
+        if sum(len(dest) for _, dest in groups) != len(times):
+            raise ValueError(f"read_into: out holds {sum(len(d) for _, d in groups)} time steps, {len(times)} asked")
         pending = []
         for var, c0, levels in self.variable_blocks():
             n = 1 if levels is None else len(levels)
             if levels is not None and levels == list(range(levels[0], levels[0] + n)):
                 levels = slice(levels[0], levels[0] + n)  # a slice where it can be: fewer index lookups
-            index = (times, lat, lon) if levels is None else (times, levels, lat, lon)
-            source = self._arrays[var].oindex[index]
-            target = ts.array(out[:, c0] if levels is None else out[:, c0:c0 + n], copy=False, write=True)
-            pending.append((var, c0, n, target.write(source[ts.d[:].translate_to[0]])))
-        for var, c0, n, future in pending:
+            futures = []
+            for group_times, dest in groups:
+                index = (group_times, lat, lon) if levels is None else (group_times, levels, lat, lon)
+                source = self._arrays[var].oindex[index]
+                target = ts.array(dest[:, c0] if levels is None else dest[:, c0:c0 + n], copy=False, write=True)
+                futures.append(target.write(source[ts.d[:].translate_to[0]]))
+            pending.append((var, c0, n, futures))
+        for var, c0, n, futures in pending:
             try:
-                future.result()
+                for future in futures:
+                    future.result()
             except Exception as e:
                 self._raise_read_error(var, times, lat, lon, e)
             if normalise:
-                block = out[:, c0:c0 + n]
-                np.subtract(block, self.mean[c0:c0 + n, None, None], out=block)
-                np.divide(block, self.std[c0:c0 + n, None, None], out=block)
+                for _, dest in groups:
+                    block = dest[:, c0:c0 + n]
+                    np.subtract(block, self.mean[c0:c0 + n, None, None], out=block)
+                    np.divide(block, self.std[c0:c0 + n, None, None], out=block)
         return out
 
     def _raise_read_error(self, var: str, times: np.ndarray, lat: slice, lon, error: Exception):

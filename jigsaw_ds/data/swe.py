@@ -17,6 +17,8 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from .names import describe
+
 RECORD_HOURS = 6
 SPINUP_RECORDS = 4
 
@@ -87,4 +89,4 @@ def swe_dataset(n_lat: int, n_lon: int, trajectories: int, steps: int, seed: int
     dims = ("time", "level", "latitude", "longitude")
     ds = xr.Dataset({name: (dims, data[:, i]) for i, name in enumerate(VARIABLES)}, coords=coords)
     ds.attrs["source"] = f"jigsaw-data swe (torch-harmonics ShallowWaterSolver) seed={seed}"
-    return ds
+    return describe(ds)

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .names import describe
+
 UPPER = {  # name: (base at equator, pole-to-equator contrast, wave amplitude, per-level scale)
     "geopotential": (55000.0, 4000.0, 800.0, lambda lev: (1000.0 - lev) / 500.0),
     "temperature": (260.0, 30.0, 5.0, lambda lev: 1.0 + (lev - 500.0) / 1000.0),
@@ -65,4 +67,4 @@ def synth_dataset(n_lat: int, n_lon: int, n_times: int, seed: int = 0, levels=LE
               "level": np.asarray(levels, dtype=np.int64), "latitude": lat, "longitude": lon}
     ds = xr.Dataset(data, coords=coords)
     ds.attrs["source"] = f"jigsaw-data synth seed={seed}"
-    return ds
+    return describe(ds)

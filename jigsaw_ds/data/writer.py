@@ -93,6 +93,7 @@ def write_store(ds: Union[xr.Dataset, Sequence[xr.Dataset]], out: str, lat_chunk
     """
     parts = [part.copy() for part in ([ds] if isinstance(ds, xr.Dataset) else ds)]  # encodings change below
     out = os.path.abspath(out)
+    check_replaceable(out)
     tmp = out + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -110,6 +111,28 @@ def write_store(ds: Union[xr.Dataset, Sequence[xr.Dataset]], out: str, lat_chunk
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def check_replaceable(out: str) -> None:
+    """The finished store is renamed over `out`, deleting what was there: so `out` must be new, an empty
+    directory or a store this writer wrote (it has statistics in its attrs), never a directory of the user's
+    (a typo such as `--out ~/data`) or a file. Raises ValueError naming the path."""
+    if not os.path.lexists(out):
+        return
+    if os.path.islink(out) or not os.path.isdir(out):
+        raise ValueError(f"--out {out}: is {'a symbolic link' if os.path.islink(out) else 'a file'}, not a store: "
+                         f"choose a new path")
+    entries = sorted(os.listdir(out))
+    if not entries:
+        return
+    try:
+        ours = STATS_ATTR in zarr.open_group(out, mode="r").attrs
+    except Exception:  # not a zarr store at all
+        ours = False
+    if not ours:
+        raise ValueError(f"--out {out}: is a directory that holds something other than a jigsaw store ({len(entries)} "
+                         f"entries, e.g. '{entries[0]}'); a store is written only into a new path, an empty directory "
+                         f"or over a store jigsaw-data wrote: choose another --out")
 
 
 def _write_blocks(parts, tmp, encoding, time_block, progress, check_block) -> None:

@@ -116,7 +116,7 @@ class WeatherMixer(nn.Module):
         scale = torch.ones(out_channels) if tendency_scale is None else torch.as_tensor(tendency_scale).float()
         self.register_buffer("tendency_scale", scale.clone())
         self.reset_parameters(seed)
-        self.noise_seed, self._noise_step, self._noise_forward = seed, 0, 0  # see start_step
+        self.noise_seed, self._noise_step, self._noise_forward, self._first_sample = seed, 0, 0, None  # start_step
 
     # ---- parameters: layout-free init and loading of a serial state dict --------------------------------
     def reset_parameters(self, seed: int) -> None:
@@ -190,14 +190,16 @@ class WeatherMixer(nn.Module):
         return x[:, :self.out_channels] + self.tendency_scale.view(1, -1, 1, 1) * tendency.to(x.dtype)
 
     # ---- training noise (model.drop_path, model.dropout) ------------------------------------------------------
-    def start_step(self, step: int) -> None:
-        """The forwards that follow belong to optimizer step `step` (the trainer calls this before each step).
+    def start_step(self, step: int, first_sample: Optional[int] = None) -> None:
+        """The forwards that follow belong to optimizer step `step` (the trainer calls this before each step, and
+        before each accumulated micro-batch, whose first sample's index in the global batch is `first_sample`;
+        None: this replica's first, data rank x batch).
 
         Training noise is a function of (seed, step, forward within the step, sample's index in the global
         batch) alone, never of a random stream: so every rank of a replica draws the same, each replica only
         its own samples, any layout drops what one process would, and a run resumed at any layout draws what
         the uninterrupted run drew. Without calls, every forward counts as the next one of step 0."""
-        self._noise_step, self._noise_forward = step, 0
+        self._noise_step, self._noise_forward, self._first_sample = step, 0, first_sample
 
     def noise_seeds(self, batch: int) -> Optional[np.ndarray]:
         """[batch, 2] seeds (stochastic depth, dropout) of this replica's samples for this forward, or None
@@ -206,7 +208,8 @@ class WeatherMixer(nn.Module):
             return None
         step, forward = self._noise_step, self._noise_forward
         self._noise_forward += 1
-        samples = range(self.groups.data_rank * batch, (self.groups.data_rank + 1) * batch)
+        first = self.groups.data_rank * batch if self._first_sample is None else self._first_sample
+        samples = range(first, first + batch)
         seeds = [np.random.SeedSequence([self.noise_seed, step, forward, g]).generate_state(2, np.uint64)
                  for g in samples]
         return np.stack(seeds) >> np.uint64(1)  # 63 bits: what manual_seed takes

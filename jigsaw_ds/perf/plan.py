@@ -7,9 +7,10 @@ and channel_hidden, domain <= token rows, data divides the global batch) is pred
 and either ranked (fits in HBM) or listed with the reason it cannot run. For each ranked layout the table
 says what bounds it: compute, communication (naming the heaviest collective), or I/O.
 
-By default the micro-batch is global_batch / data, as jigsaw-train runs (no gradient accumulation) and
-activation checkpointing is off (the config's model.activation_checkpointing turns it on in training); --accumulate picks the largest micro-batch that
-fits, --checkpointing on|auto models torch.utils.checkpoint around each block.
+By default the micro-batch is global_batch / data, as jigsaw-train runs without train.micro_batch (no gradient
+accumulation), and activation checkpointing is off (the config's model.activation_checkpointing turns it on in
+training); --accumulate picks the largest micro-batch that fits (run it with `--set train.micro_batch=B`),
+--checkpointing on|auto models torch.utils.checkpoint around each block.
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 
 import torch
@@ -16,7 +17,7 @@ import torch.distributed as dist
 from ..checkpoint import sharded
 from ..checkpoint.layout_free import import_state, load_file
 from ..checkpoint.manager import CheckpointManager, find_checkpoint
-from ..data.dataset import DeviceBatches, PairDataset, ReplicaBatches, make_loader
+from ..data.dataset import Loader, PairDataset, ReplicaBatches
 from ..grid import lat_cell_weights
 from ..model import WeatherMixer, train_flops_per_sample
 from ..parallel import comm_stats
@@ -45,7 +46,15 @@ class Trainer:
         self.engine, *_ = deepspeed.initialize(model=self.model, model_parameters=self.model.parameters(),
                                                config=run.ds_config, mpu=JigsawMPU(self.groups))
         self.device = self.engine.device
+        # samples per forward/backward of this replica, and how many of them make its share of a step
+        self.micro = run.ds_config["train_micro_batch_size_per_gpu"]
+        self.accumulate = run.ds_config["gradient_accumulation_steps"]
         self.start_step = self._restore(resume, init_from)
+        if self.start_step == 0 and self.engine.lr_scheduler is not None:
+            # DeepSpeed's schedulers start at position -1 (lr 0) and the engine advances them after each step:
+            # without this, step 1 trains at lr 0 and the last step short of the floor (a resume's position
+            # comes from its checkpoint)
+            self.engine.lr_scheduler.step()
         self._open_logs()
 
     # ---- construction ----------------------------------------------------------------------------------
@@ -113,33 +122,48 @@ class Trainer:
         return value
 
     # ---- one optimizer step ----------------------------------------------------------------------------
-    def train_step(self, step: int, batch) -> torch.Tensor:
-        """One optimizer step; with train.rollout_steps = K the loss is the mean over a K-step rollout,
-        each prediction fed back with the static channels and the next step's forcings, gradient through all
-        K steps."""
-        x, y, forcings = batch  # fp32 on the device: the model casts to its weights' precision (WeatherMixer.forward)
-        k_steps = y.shape[1]
-        self.model.start_step(step)  # its training noise is this step's, resumed or not
-        loss = 0.0
-        for k, pred in enumerate(self.model.rollout(x, k_steps, forcings, step=self.engine)):
-            loss = loss + self.loss_fn(pred.float(), y[:, k]) / k_steps
-        self.engine.backward(loss)
-        self.engine.step()
-        return self.global_mean(loss)
+    def train_step(self, step: int, loader: Loader) -> tuple[torch.Tensor, float]:
+        """One optimizer step over this replica's share of the global batch, taken from `loader` in
+        `self.accumulate` micro-batches (gradient accumulation: DeepSpeed scales each micro-batch's loss by
+        1 / their number and steps the optimizer after the last); with train.rollout_steps = K each loss is the
+        mean over a K-step rollout, each prediction fed back with the static channels and the next step's
+        forcings, gradient through all K steps. Returns the step's loss (global mean, on the device) and the
+        seconds spent waiting for data."""
+        loss, waited = 0.0, 0.0
+        for a in range(self.accumulate):
+            t0 = time.perf_counter()
+            x, y, forcings = next(loader)  # fp32 on the device: the model casts to its weights' precision
+            waited += time.perf_counter() - t0
+            # its training noise is this step's and these samples', resumed or not, accumulated or not
+            self.model.start_step(step, first_sample=self.groups.data_rank * self.micro * self.accumulate
+                                  + a * self.micro)
+            k_steps, part = y.shape[1], 0.0
+            for k, pred in enumerate(self.model.rollout(x, k_steps, forcings, step=self.engine)):
+                part = part + self.loss_fn(pred.float(), y[:, k]) / k_steps
+            self.engine.backward(part)
+            self.engine.step()
+            loss = loss + part.detach() / self.accumulate
+        return self.global_mean(loss), waited
+
+    def _replica_batches(self, n_items: int, seed: int, **kw) -> ReplicaBatches:
+        """This replica's draws of the global batch stream, in micro-batches."""
+        return ReplicaBatches(n_items, self.cfg.train.global_batch, self.groups.data_rank, self.groups.size("data"),
+                              seed, accumulate=self.accumulate, **kw)
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
-        """Model and persistence loss on the first val_batches global batches of the held-out pairs."""
+        """Model and persistence loss on the first val_batches global batches of the held-out pairs (read in
+        micro-batches of equal size, so their mean is the batches' mean)."""
         n_state = len(self.store.channels)
-        sampler = ReplicaBatches(len(self.val_set), self.cfg.train.global_batch, self.groups.data_rank,
-                                 self.groups.size("data"), seed=0, steps=self.cfg.train.val_batches, shuffle=False)
+        sampler = self._replica_batches(len(self.val_set), 0, steps=self.cfg.train.val_batches, shuffle=False)
         model_loss = persistence = 0.0
-        for x, y, forcings in DeviceBatches(make_loader(self.val_set, sampler, 0, 2), self.device):
-            # one-step validation loss (first target of each item)
-            pred = next(self.model.rollout(x, 1, forcings, step=self.engine))
-            model_loss += self.global_mean(self.loss_fn(pred.float(), y[:, 0])).item()
-            persistence += self.global_mean(self.loss_fn(x[:, :n_state].float(), y[:, 0])).item()
-        n = self.cfg.train.val_batches
+        with Loader(self.val_set, sampler, self.device) as batches:
+            for x, y, forcings in batches:
+                # one-step validation loss (first target of each item)
+                pred = next(self.model.rollout(x, 1, forcings, step=self.engine))
+                model_loss += self.global_mean(self.loss_fn(pred.float(), y[:, 0])).item()
+                persistence += self.global_mean(self.loss_fn(x[:, :n_state].float(), y[:, 0])).item()
+        n = len(sampler)
         return model_loss / n, persistence / n
 
     def _check_finite(self, window: "_Window", sampler: ReplicaBatches) -> None:
@@ -166,53 +190,64 @@ class Trainer:
         """The loop. Loss and gradient norm stay on the device between sync steps (log, validation, checkpoint,
         last): the host waits for the device only there, and times are taken over the steps between them."""
         cfg = self.cfg.train
-        sampler = ReplicaBatches(len(self.train_set), cfg.global_batch, self.groups.data_rank,
-                                 self.groups.size("data"), cfg.seed, start_step=self.start_step,
-                                 steps=cfg.steps - self.start_step,
-                                 lon_roll=self.store.n_lon if self.cfg.data.lon_roll else 0)
-        loader = DeviceBatches(make_loader(self.train_set, sampler, self.cfg.data.num_workers,
-                                           self.cfg.data.prefetch_factor), self.device)
+        sampler = self._replica_batches(len(self.train_set), cfg.seed, start_step=self.start_step,
+                                        steps=cfg.steps - self.start_step,
+                                        lon_roll=self.store.n_lon if self.cfg.data.lon_roll else 0)
+        loader = Loader(self.train_set, sampler, self.device, self.cfg.data.prefetch_factor, self.cfg.data.num_workers)
         progress = None
         if self.rank0 and cfg.progress:
             from tqdm import tqdm
             progress = tqdm(total=cfg.steps, initial=self.start_step, desc="train", dynamic_ncols=True)
         world = dist.get_world_size()
-        window = _Window()
-        for step in range(self.start_step + 1, cfg.steps + 1):
-            comm_stats.reset()
-            t0 = time.perf_counter()
-            batch = next(loader)
-            t_data = time.perf_counter() - t0
-            lr = self.engine.get_lr()[0]  # the optimizer's rate, which this step uses (engine.step advances it)
-            window.add(step, self.train_step(step, batch), self.engine.get_global_grad_norm(), t_data)
-            if progress:
-                progress.update(1)
-            validate = step % cfg.val_every == 0 or step == cfg.steps
-            save = (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps
-            if not (validate or save or step % cfg.log_every == 0):
-                continue
-            dt, t_data = window.sync()  # the one host synchronisation of the window
-            self._check_finite(window, sampler)
-            loss = window.losses[-1]
-            record = {"step": step, "loss": loss, "lr": lr, "grad_norm": window.norms[-1],
-                      "step_time_s": dt, "samples_per_s": cfg.global_batch / dt,
-                      "tflops_per_gpu": self.flops_per_step / dt / world / 1e12,
-                      "data_wait_frac": t_data / dt, "peak_mem_gb": _peak_memory_gb(),
-                      "comm_bytes": comm_stats.snapshot()}
-            if cfg.peak_tflops:
-                record["mfu"] = record["tflops_per_gpu"] / cfg.peak_tflops
-            if validate:
-                record["val_loss"], record["val_loss_persistence"] = self.validate()
-            self.logger.log(record)
-            if progress:
-                progress.set_postfix(loss=f"{loss:.4f}", **({"val": f"{record['val_loss']:.4f}",
-                                                            "persist": f"{record['val_loss_persistence']:.4f}"}
-                                                           if validate else {}))
-            if save:
-                self.ckpt.save(self.engine, self.model, self.groups, step, self.run_config())
-            window = _Window()
+        window, whole = _Window(), _Window()  # since the last log step; the whole of this invocation
+        with loader:
+            for step in range(self.start_step + 1, cfg.steps + 1):
+                comm_stats.reset()
+                lr = self.engine.get_lr()[0]  # the optimizer's rate, which this step uses (engine.step advances it)
+                loss, t_data = self.train_step(step, loader)
+                window.add(step, loss, self.engine.get_global_grad_norm(), t_data)
+                whole.data_waits.append(t_data)
+                if progress:
+                    progress.update(1)
+                validate = step % cfg.val_every == 0 or step == cfg.steps
+                save = (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps
+                if not (validate or save or step % cfg.log_every == 0):
+                    continue
+                dt = window.sync()  # the one host synchronisation of the window
+                self._check_finite(window, sampler)
+                loss = window.losses[-1]
+                record = {"step": step, "loss": loss, "lr": lr, "grad_norm": window.norms[-1],
+                          "step_time_s": dt, "samples_per_s": cfg.global_batch / dt,
+                          "tflops_per_gpu": self.flops_per_step / dt / world / 1e12,
+                          **window.data_wait(dt), "peak_mem_gb": _peak_memory_gb(),
+                          "comm_bytes": comm_stats.snapshot()}
+                if cfg.peak_tflops:
+                    record["mfu"] = record["tflops_per_gpu"] / cfg.peak_tflops
+                if validate:
+                    record["val_loss"], record["val_loss_persistence"] = self.validate()
+                self.logger.log(record)
+                if self.rank0 and not (progress and sys.stderr.isatty()):  # a log file: a plain line per log step
+                    print(f"step {step}/{cfg.steps} loss {loss:.4g} lr {lr:.3g} {dt * 1e3:.0f} ms/step data wait "
+                          f"{record['data_wait_frac']:.1%}" + (f" MFU {record['mfu']:.1%}" if "mfu" in record else "")
+                          + (f" val {record['val_loss']:.4g} (persistence {record['val_loss_persistence']:.4g})"
+                             if validate else ""), flush=True)
+                if progress:
+                    progress.set_postfix(loss=f"{loss:.4f}", **({"val": f"{record['val_loss']:.4f}",
+                                                                "persist": f"{record['val_loss_persistence']:.4f}"}
+                                                               if validate else {}))
+                if save:
+                    self.ckpt.save(self.engine, self.model, self.groups, step, self.run_config())
+                window = _Window()
         if progress:
             progress.close()
+        if whole.data_waits and self.rank0:
+            # the run's rate: work over the total time of this invocation's steps (validation and saves included)
+            seconds = time.perf_counter() - whole.t0
+            wait = whole.data_wait(seconds / len(whole.data_waits))
+            print(f"jigsaw-train: {len(whole.data_waits)} steps in {seconds:.1f} s: "
+                  f"{cfg.global_batch * len(whole.data_waits) / seconds:.3g} samples/s; data wait "
+                  f"{wait['data_wait_frac']:.1%} of the time (per step mean {wait['data_wait_mean_s'] * 1e3:.1f} ms, "
+                  f"p95 {wait['data_wait_p95_s'] * 1e3:.1f}, max {wait['data_wait_max_s'] * 1e3:.1f})", flush=True)
         self.logger.close()
 
 
@@ -221,20 +256,26 @@ class _Window:
 
     def __init__(self):
         self.t0 = time.perf_counter()
-        self.steps, self.losses, self.norms, self.data_wait = [], [], [], 0.0
+        self.steps, self.losses, self.norms, self.data_waits = [], [], [], []
 
     def add(self, step: int, loss: torch.Tensor, norm, t_data: float) -> None:
         self.steps.append(step)
         self.losses.append(loss)
         self.norms.append(norm)
-        self.data_wait += t_data
+        self.data_waits.append(t_data)
 
-    def sync(self) -> tuple[float, float]:
-        """Read the values to the host (waits for the device); returns (seconds per step, data wait per step)."""
+    def sync(self) -> float:
+        """Read the values to the host (waits for the device); returns the seconds per step (total / steps)."""
         self.losses = torch.stack(self.losses).tolist()
         self.norms = [_float(n) for n in self.norms]
-        n = len(self.steps)
-        return (time.perf_counter() - self.t0) / n, self.data_wait / n
+        return (time.perf_counter() - self.t0) / len(self.steps)
+
+    def data_wait(self, step_time: float) -> dict:
+        """The data waits of these steps: their share of the total time, and their mean, p95 and max."""
+        waits = sorted(self.data_waits)
+        p95 = waits[min(len(waits) - 1, math.ceil(0.95 * len(waits)) - 1)]
+        return {"data_wait_frac": sum(waits) / (step_time * len(waits)), "data_wait_mean_s": sum(waits) / len(waits),
+                "data_wait_p95_s": p95, "data_wait_max_s": waits[-1]}
 
 
 def _float(x):

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from jigsaw_ds.data.counting import ReadCounter
-from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches, make_loader
+from jigsaw_ds.data.dataset import Loader, PairDataset, ReplicaBatches
 from jigsaw_ds.data.store import WeatherStore
 from jigsaw_ds.parallel.partition import TokenPartition
 from jigsaw_ds.parallel.topology import JigsawGroups, Layout, init_distributed
@@ -50,7 +50,7 @@ def rank_view(path: str, layout: Layout, rank: int) -> dict:
     counter = ReadCounter()
     dataset[0]
     sampler = ReplicaBatches(len(dataset), GLOBAL_BATCH, groups.data_rank, layout.data, SEED, steps=STEPS)
-    batches = [(x.numpy(), y.numpy()) for x, y, _ in make_loader(dataset, sampler, num_workers=1, prefetch_factor=2)]
+    batches = [(x.numpy(), y.numpy()) for x, y, _ in Loader(dataset, sampler, "cpu", workers=1)]
     return {"coords": (groups.data_rank, groups.domain_rank, groups.tensor_rank), "lat": (lat.start, lat.stop),
             "lon": (lon.start, lon.stop), "batches": batches, "steps": [draw.indices for draw in sampler], "bytes": counter.bytes,
             "weights": lat_cell_weights(store.lat)[lat], "rows": part.rows_of(groups.domain_rank)}

@@ -143,7 +143,7 @@ def bench_reads(path: str, io, m: int, threads: int, repeats: int) -> dict:
 
 def consume(dataset, steps: int, workers: int, work=None) -> dict:
     """The trainer's Loader over `steps` steps of one item each; work(): the consumer's step. Returns the
-    steps' rate and the data wait's share of the total time, mean, p95, max (the first batch excluded: it
+    steps' rate and the data wait's share of the total time, mean, p95, max (the first step excluded: it
     holds the loader's start, workers' included)."""
     import torch
 
@@ -151,7 +151,9 @@ def consume(dataset, steps: int, workers: int, work=None) -> dict:
 
     sampler = ReplicaBatches(len(dataset), 1, 0, 1, seed=0, steps=steps + 1)
     with Loader(dataset, sampler, torch.device("cpu"), prefetch=2, workers=workers) as loader:
-        next(loader)
+        next(loader)  # the start: the consumer's first step, untimed, while the loader reads ahead
+        if work:
+            work()
         waits, t_start = [], time.perf_counter()
         for _ in range(steps):
             t0 = time.perf_counter()

@@ -261,7 +261,7 @@ SCHEDULE_RANGES = {"warmup_min_ratio": {"ge": 0, "le": 1}, "cos_min_ratio": {"ge
                    "warmup_min_lr": {"ge": 0}, "warmup_max_lr": {"ge": 0}}
 WARMUP_TYPES = ("log", "linear")  # DeepSpeed would take any other as log, with a warning
 # The optimizer params that are numbers (Adam and AdamW): betas are checked apart.
-OPTIMIZER_RANGES = {"lr": {"gt": 0}, "eps": {"ge": 0}, "weight_decay": {"ge": 0}}
+OPTIMIZER_RANGES = {"lr": {"ge": 0}, "eps": {"ge": 0}, "weight_decay": {"ge": 0}}
 
 
 def deepspeed_schedule(train: TrainConfig, scheduler_type: str) -> dict:

@@ -54,12 +54,12 @@ def test_shallow_water_model_beats_persistence(tmp_path):
          "--steps", "24", "--seed", "0"])
     ds_conf = {"zero_optimization": {"stage": 1}, "gradient_clipping": 1.0,
                "optimizer": {"type": "AdamW", "params": {"lr": 2e-3, "weight_decay": 0.01, "torch_adam": True}},
-               "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": 400, "warmup_num_steps": 20,
-                                                                  "warmup_min_ratio": 0.1, "cos_min_ratio": 0.05}}}
+               "scheduler": {"type": "WarmupCosineLR", "params": {"warmup_min_ratio": 0.1, "cos_min_ratio": 0.05}}}
     (tmp_path / "ds.json").write_text(json.dumps(ds_conf))
     run([os.path.join(BIN, "jigsaw-train"), "--config", os.path.join(ROOT, "configs", "swe_small.json"),
          "--deepspeed_config", str(tmp_path / "ds.json"), "--set", f"data.store={store}", "--set", "parallel.domain=1",
-         "--set", f"train.out_dir={tmp_path / 'run'}", "--set", "train.steps=400", "--set", "train.progress=false"])
+         "--set", f"train.out_dir={tmp_path / 'run'}", "--set", "train.steps=400", "--set", "train.warmup_fraction=0.05",
+         "--set", "train.progress=false"])
     out = tmp_path / "eval"  # the run directory itself: its newest sharded checkpoint, read in one process
     run([os.path.join(BIN, "jigsaw-eval"), "--checkpoint", str(tmp_path / "run"), "--data", str(store),
          "--out", str(out), "--lead-steps", "12", "--inits", "16"])
@@ -287,8 +287,9 @@ def test_parallel_eval_equals_the_serial_one(serial_eval, synth_store, tmp_path,
         np.testing.assert_allclose(par[var].values, ser[var].values, rtol=1e-5, atol=1e-5)
         assert np.isfinite(par[var].values).all()  # every rank's tile was written
     par, ser = xr.open_dataset(tmp_path / "out" / "spectra.nc"), xr.open_dataset(tmp / "serial" / "spectra.nc")
-    for var in ser.data_vars:  # the tensor group's partial DFTs add up to the whole row's
-        np.testing.assert_allclose(par[var].values, ser[var].values, rtol=1e-5)
+    for var in ser.data_vars:  # the tensor group's partial DFTs add up to the whole row's (float32 partial sums:
+        # a wavenumber 1e9 times weaker than the mean's carries the sums' rounding, 1.2e-5 seen)
+        np.testing.assert_allclose(par[var].values, ser[var].values, rtol=1e-4)
 
 
 def test_forecast_from_given_times_past_the_store_end(serial_eval, synth_store, tmp_path):

@@ -168,3 +168,14 @@ def test_gradient_accumulation_equals_the_whole_batch_at_two_layouts(serial_run,
             assert p["loss"] == pytest.approx(s["loss"], rel=1e-5), (out, p["step"], p["loss"], s["loss"])
             assert p["grad_norm"] == pytest.approx(s["grad_norm"], rel=1e-4), (out, p["step"])
         assert p["val_loss"] == pytest.approx(s["val_loss"], rel=1e-5)
+
+
+def test_a_finished_run_says_so_and_exits_before_any_start_up(serial_run, tmp_path, synth_store):
+    """--resume of a run whose newest checkpoint is at train.steps: one line, exit 0, no engine, nothing
+    written (the outputs are untouched)."""
+    before = read_metrics(serial_run)
+    proc = subprocess.run(write_configs(tmp_path, synth_store, serial_run) + ["--resume"], cwd=ROOT, env=spawn_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"already finished at step {STEPS}" in proc.stdout and "train.steps" in proc.stdout
+    assert "DeepSpeed" not in proc.stdout + proc.stderr and read_metrics(serial_run) == before

@@ -30,6 +30,8 @@ def export(path: str, out: str, weights_only: bool = False) -> None:
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
         raise ValueError(f"--out {out}: folder {folder} does not exist")
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out} is a directory: name the file to write (e.g. {os.path.join(out, 'model.pt')})")
     if not os.path.isdir(path):
         raise ValueError(f"{path} is not a run directory or checkpoint folder")
     state = load_full(path, moments=not weights_only)
@@ -37,6 +39,15 @@ def export(path: str, out: str, weights_only: bool = False) -> None:
     torch.save(state, tmp)
     os.replace(tmp, out)  # never a half-written file at `out`
     print(f"jigsaw-ckpt: wrote {out} (step {state['step']}, trained at layout {state['config']['layout']})")
+
+
+def shape_line(run_config: dict) -> str:
+    """The model shape of a run config, its grid's coordinates as their ranges (not every value)."""
+    shape = dict(run_config.get("model_shape") or {})
+    for key in ("latitude", "longitude"):
+        if shape.get(key):
+            shape[key] = f"{shape[key][0]:g}..{shape[key][-1]:g}"
+    return str(shape)
 
 
 def info(path: str) -> None:
@@ -51,7 +62,7 @@ def info(path: str) -> None:
         n = sum(math.prod(shape) for shape in meta["tensors"].values())
         print(f"{folder}: step {meta['step']}, saved at layout {meta['config']['layout']} by {meta['world']} ranks "
               f"({meta['optimizer_wrapper']}, module {meta['module_dtype']})")
-        print(f"model {meta['config']['jigsaw']['model']}, shape {meta['config'].get('model_shape')}")
+        print(f"model {meta['config']['jigsaw']['model']}, shape {shape_line(meta['config'])}")
         print(f"{len(meta['tensors'])} tensors, {n} parameters; Adam state: {'yes' if meta['moments'] else 'no'}, "
               f"optimizer step {meta['adam_step']}; {len(files)} files, "
               f"{sum(f['bytes'] for f in files.values()) / 2**20:.1f} MiB")
@@ -59,7 +70,7 @@ def info(path: str) -> None:
     state = load_file(path)
     n = sum(t.numel() for t in state["model"].values())
     print(f"{path}: {FORMAT}, step {state['step']}, trained at layout {state['config']['layout']}")
-    print(f"model {state['config']['jigsaw']['model']}, shape {state['config'].get('model_shape')}")
+    print(f"model {state['config']['jigsaw']['model']}, shape {shape_line(state['config'])}")
     print(f"{len(state['model'])} tensors, {n} parameters ({4 * n / 2**20:.1f} MiB fp32), Adam state: "
           f"{'yes' if any(v is not None for v in state['optimizer']['exp_avg'].values()) else 'no'}, "
           f"optimizer step {state['optimizer']['step']}")

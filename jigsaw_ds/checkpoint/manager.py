@@ -40,6 +40,8 @@ def read_manifest(folder: str) -> tuple[dict, str]:
         return {}, (f"not a sharded checkpoint ({sharded.META} missing: written by a jigsaw_ds before the "
                     f"DCP format; export it with that version's `jigsaw-ckpt export` and use --init-from FILE)")
     for name, meta in manifest["files"].items():
+        if not (isinstance(meta, dict) and isinstance(meta.get("bytes"), int) and isinstance(meta.get("sha256"), str)):
+            return {}, f"manifest entry of {name} lacks its size or sha256"
         fp = os.path.join(folder, name)
         if not os.path.exists(fp):
             return {}, f"file {name} is missing"

@@ -69,6 +69,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.rollout, self.history = rollout, history
         self.forcings, self.forcings_at_target = list(forcings), forcings_at_target
         self.static = torch.from_numpy(store.read_static(lat, lon))  # constant over time: read once
+        self._scales: dict = {}  # device -> (mean, std) [C, 1, 1] for normalise_
         self.coords = torch.from_numpy(coord_features(store.lat[lat], store.lon[lon]) if coord_feats
                                        else np.zeros((0, *self.static.shape[1:]), np.float32))
 
@@ -133,8 +134,10 @@ class PairDataset(torch.utils.data.Dataset):
         """Normalise in place the state channels of a batch read with normalise=False, on whatever device it
         is: the same float32 operations as WeatherStore.read_into's, so the result is bit for bit its own."""
         n_state = len(self.store.channels)
-        mean = torch.from_numpy(self.store.mean).to(x.device)[:, None, None]
-        std = torch.from_numpy(self.store.std).to(x.device)[:, None, None]
+        if x.device not in self._scales:  # copied to the device once, not with every batch
+            self._scales[x.device] = tuple(torch.from_numpy(v).to(x.device)[:, None, None]
+                                           for v in (self.store.mean, self.store.std))
+        mean, std = self._scales[x.device]
         for states in (x[:, :n_state * (1 + self.history)].unflatten(1, (1 + self.history, n_state)), y):
             states.sub_(mean).div_(std)
 

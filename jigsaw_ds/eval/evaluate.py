@@ -2,7 +2,7 @@
 in one process or under the launcher at any layout.
 
     jigsaw-eval --checkpoint RUN_DIR|CKPT_DIR|FILE[,...] --data STORE --out DIR [--lead-steps K] [--inits N]
-                [--device auto|cpu|cuda] [--precision fp32|bf16] [--climatology WB2_CLIM.zarr]
+                [--device auto|cpu|cuda] [--precision fp32|bf16] [--climatology WB2_CLIM.zarr] [--overwrite]
     torchrun --nproc_per_node 8 -m jigsaw_ds.eval.evaluate ... --domain 2 --tensor 2     # data axis: 8 / 4
 
 The ranks split the initial times over the data axis and each field over domain x tensor as in training:
@@ -16,7 +16,8 @@ The checkpoint is a run directory (its newest complete checkpoint), one checkpoi
 FILE (`jigsaw-ckpt export`); several, comma-separated, make a seed ensemble: the forecast is their mean (each
 rank holds every member's share of the weights), and they must agree on the data and inputs. Initial times are the held-out part of the store (the validation split the
 trainer used: last trajectories, or last times) whose whole rollout stays in one trajectory.
-Writes to DIR:
+Writes to DIR (refused where DIR holds an earlier evaluation's or forecast's outputs; --overwrite removes them
+first, so that no old scores stay beside a new forecast):
   forecast.zarr  WeatherBench2 forecast layout: dims time (initialisation), prediction_timedelta,
                  [level,] latitude, longitude; WB2 names, the source store's units and long names. Chunks:
                  one time, one lead, a rank's columns and a latitude band that divides every rank's rows, so
@@ -65,7 +66,8 @@ from ..data.dataset import PairDataset, split_train_val
 from ..data.store import WeatherStore, default_read_threads
 from ..data.writer import chunk_compressors
 from ..grid import lat_cell_weights
-from ..model import ensemble_mean
+from ..model import ensemble_mean, inputs
+from ..parallel.allocation import allocation_from_env, env_rank
 from ..parallel.topology import Layout, init_distributed, initialize
 from ..quiet import quiet_libraries
 from .streaming import ScoreSums, ZonalSpectrumSums, reduce_sum
@@ -102,36 +104,30 @@ def load_model(path: str, groups):
     return model.eval(), from_dict(run_config["jigsaw"]), run_config
 
 
-# What the members of an ensemble must share: the same inputs, in the same order, and the same step.
-MEMBER_KEYS = ("model.patch", "data.variables", "data.surface_variables", "data.levels", "data.lead_steps",
-               "data.val_fraction", "model.static_variables", "model.coord_features", "model.forcings", "model.forcings_at_target",
-               "model.history_steps")
+def check_members(paths: list[str]) -> None:
+    """The members of an ensemble read the same inputs and are scored on the same held-out times
+    (model/inputs.py's MEMBER_KEYS), from their configs alone; EvalError naming the member and every key that
+    differs from the first's, with both values."""
+    first = inputs.of_run(source_config(paths[0]))
+    for path in paths[1:]:
+        try:
+            inputs.check_same(first, inputs.of_run(source_config(path)), inputs.MEMBER_KEYS,
+                              f"ensemble member '{path}'", f"the first ('{paths[0]}')")
+        except inputs.InputsDiffer as e:
+            raise EvalError(str(e)) from None
 
 
 def load_members(paths: list[str], groups):
-    """The models of `paths` (load_model each) and the first one's configs; EvalError naming the member and
-    the config key where one differs from the first in what it reads or predicts."""
+    """The models of `paths` (load_model each, after check_members) and the first one's configs."""
     members = [load_model(path, groups) for path in paths]
     _, cfg, run_config = members[0]
-    for path, (_, other, other_run) in zip(paths[1:], members[1:]):
-        for key in MEMBER_KEYS:
-            sec, name = key.split(".")
-            if getattr(getattr(other, sec), name) != getattr(getattr(cfg, sec), name):
-                raise EvalError(f"ensemble member '{path}' has '{key}' = {getattr(getattr(other, sec), name)!r}, "
-                                f"the first ('{paths[0]}') {getattr(getattr(cfg, sec), name)!r}")
-        grid, other_grid = ((r["model_shape"]["n_lat"], r["model_shape"]["n_lon"]) for r in (run_config, other_run))
-        if other_grid != grid:
-            raise EvalError(f"ensemble member '{path}' was trained on a {other_grid[0]}x{other_grid[1]} grid, the "
-                            f"first ('{paths[0]}') on {grid[0]}x{grid[1]}")
-        if other_run.get("channels") != run_config.get("channels"):
-            raise EvalError(f"ensemble member '{path}' was trained on channels {other_run.get('channels')}, the "
-                            f"first ('{paths[0]}') on {run_config.get('channels')}")
     return [model for model, _, _ in members], cfg, run_config
 
 
 def open_matching_store(data: str, cfg, run_config: dict) -> WeatherStore:
     """The store's channels selected by the names the model was trained on, in its order (a store may hold
-    the same levels in another order), on the model's grid; EvalError naming what differs otherwise."""
+    the same levels in another order), on the model's grid: its coordinates (where the run recorded them) and
+    time step, in the trained order; EvalError naming what differs otherwise."""
     trained = run_config.get("channels") or []
     levels = cfg.data.levels
     if cfg.data.variables and not levels and trained:  # "all levels" at training time: the trained order
@@ -145,7 +141,44 @@ def open_matching_store(data: str, cfg, run_config: dict) -> WeatherStore:
     if (store.n_lat, store.n_lon) != (shape["n_lat"], shape["n_lon"]):
         raise EvalError(f"store '{data}' is on a {store.n_lat}x{store.n_lon} grid; the model was trained on "
                         f"{shape['n_lat']}x{shape['n_lon']}")
+    try:
+        inputs.check_same(inputs.of_run(run_config), inputs.of_store(store), inputs.STORE_KEYS, f"store '{data}'",
+                          "the model was trained on")
+    except inputs.InputsDiffer as e:
+        raise EvalError(str(e)) from None
     return store
+
+
+# What jigsaw-eval and jigsaw-forecast write into --out (maps_<channel>.png too): another command's are never
+# overwritten without --overwrite, nor left beside new ones with it
+OUTPUTS = ("forecast.zarr", "forecast.json", "scores.json", "scores.csv", "headline.csv", "spectra.nc",
+           "spectra.png", "rmse.png", "acc.png") + tuple(f"scores_{kind}.nc" for kind in KINDS)
+
+
+def earlier_outputs(out: str) -> list[str]:
+    if not os.path.isdir(out):
+        return []
+    return sorted(n for n in os.listdir(out) if n in OUTPUTS or (n.startswith("maps_") and n.endswith(".png")))
+
+
+def check_out(out: str, overwrite: bool) -> None:
+    """--out is a folder this command may write: EvalError where it is a file, or holds an earlier
+    evaluation's or forecast's outputs and --overwrite is not given."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise EvalError(f"--out {out} is a file, not a directory")
+    earlier = earlier_outputs(out)
+    if earlier and not overwrite:
+        raise EvalError(f"--out {out} holds the outputs of an earlier evaluation or forecast ({', '.join(earlier)}): "
+                        f"pass --overwrite to replace them, or choose another --out")
+
+
+def remove_outputs(out: str) -> None:
+    """--overwrite: the earlier outputs go before any new one is written (no old scores beside a new forecast)."""
+    import shutil
+
+    for name in earlier_outputs(out):
+        path = os.path.join(out, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 class TileError(EvalError):
@@ -478,20 +511,30 @@ def compute_device(device: str, precision: str) -> torch.device:
 
 def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int = 32, plots: bool = True,
              domain: int = 1, tensor: int = 1, batch: int = 4, init_times: Optional[list] = None,
-             device: str = "auto", precision: str = "fp32", climatology: Optional[str] = None) -> list[dict]:
+             device: str = "auto", precision: str = "fp32", climatology: Optional[str] = None,
+             overwrite: bool = False) -> list[dict]:
     """Collective over the launched ranks (one process: a world of one); returns the score rows on every rank.
-    init_times (jigsaw-forecast): forecasts from those times only, no scoring (leads may run past the store)."""
+    init_times (jigsaw-forecast): forecasts from those times only, no scoring (leads may run past the store).
+    overwrite: replace an earlier evaluation's or forecast's outputs in `out` (else refused)."""
     for name, value in (("--lead-steps", lead_steps), ("--inits", n_inits), ("--batch", batch)):
         if value < 1:
             raise EvalError(f"{name} must be >= 1, got {value}")
-    compute_device(device, precision)  # bad options refused before any process group starts
-    scoring = not init_times
+    if init_times is not None and not init_times:
+        raise EvalError("--init-times lists no initial time")
+    # bad options, outputs and ensembles refused before any process group starts
+    compute_device(device, precision)
+    check_out(out, overwrite)
+    paths = [p for p in checkpoint.split(",") if p]
+    if not paths:
+        raise EvalError("--checkpoint names no checkpoint")
+    check_members(paths)
+    scoring = init_times is None
     rank, world, _ = init_distributed(backend="gloo" if device == "cpu" else None)
     on = compute_device(device, precision)  # after init_distributed: the rank's GPU is the current device
     layout = Layout.for_world(world, domain, tensor)
     groups = initialize(layout)
     t_start = time.perf_counter()
-    models, cfg, run_config = load_members([p for p in checkpoint.split(",") if p], groups)
+    models, cfg, run_config = load_members(paths, groups)
     for model in models:
         model.to(on)
     autocast = torch.autocast(on.type, dtype=PRECISIONS[precision], enabled=PRECISIONS[precision] is not None)
@@ -531,6 +574,8 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
     path = os.path.join(out, "forecast.zarr")
     if rank == 0:
         os.makedirs(out, exist_ok=True)
+        if overwrite:
+            remove_outputs(out)
         create_forecast_store(path, store, store.times[inits], leads, forecast_chunks(part, groups))
     dist.barrier()
     writer = ForecastWriter(path, store.variable_blocks(), lat, lon)
@@ -593,7 +638,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
 
 
 def main(argv=None, forecast: bool = False) -> int:
-    rank = int(os.environ.get("RANK", "0"))
+    rank = env_rank()  # under srun RANK is unset: the SLURM rank decides who prints
     quiet_libraries(rank)
     prog = "jigsaw-forecast" if forecast else "jigsaw-eval"
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -617,8 +662,10 @@ def main(argv=None, forecast: bool = False) -> int:
     if not forecast:
         ap.add_argument("--climatology", help="WB2-format climatology store (hour, dayofyear, [level,] latitude, "
                                               "longitude) for ACC and the climatology forecast")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the outputs of an earlier evaluation or forecast in --out (else refused)")
     args = ap.parse_args(argv)
-    if "RANK" not in os.environ:
+    if allocation_from_env().world == 1:  # one process has the machine's cores
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     # a process without a launcher gets a group of one on a free port (init_distributed): its variables are
     # taken back at the end, so that a caller's later process groups and child processes do not inherit them
@@ -627,7 +674,7 @@ def main(argv=None, forecast: bool = False) -> int:
         rows = evaluate(args.checkpoint, args.data, args.out, args.lead_steps, getattr(args, "inits", 1),
                         not getattr(args, "no_plots", True), args.domain, args.tensor, args.batch,
                         [t.strip() for t in args.init_times.split(",") if t.strip()] if forecast else None,
-                        args.device, args.precision, getattr(args, "climatology", None))
+                        args.device, args.precision, getattr(args, "climatology", None), args.overwrite)
     except ValueError as e:  # EvalError, ConfigError, StoreError: bad input, said in one line
         if rank == 0 or getattr(e, "say", False):
             print(f"{prog}: error: {e}", file=sys.stderr)

@@ -130,12 +130,32 @@ def print_plan(res: dict, shape: ModelShape, machine: Machine, top: int = 0) -> 
         print(f"{i:4d}  {lay:17} {r['micro_batch']:>5d} x {r['accumulation']:<3d} {r['t_step_s'] * 1e3:8.4g} "
               f"{r['times_s']['serial'] * 1e3:8.4g} {r['times_s']['overlapped'] * 1e3:8.4g} {r['samples_per_s']:9.4g} "
               f"{r['tflops_per_gpu']:11.4g} {r['mfu']:5.1%} {r['memory_gb']:7.1f}  {r['explanation']}")
+    if rows:
+        print("\ncolumns: layout = data x domain x tensor ranks; micro x acc = samples per forward on a replica x "
+              "micro-batches accumulated per step; step ms = the predicted step under the ranking's overlap, beside "
+              "it with nothing overlapped (serial) and with communication and I/O fully overlapped; MFU = model "
+              "FLOPs over the GPU's peak; mem GB = peak memory per GPU; bottleneck = what bounds the step")
     if not res["feasible"]:
         print("  (no layout fits: try --accumulate, --checkpointing auto, more GPUs or a smaller global batch)")
+    else:
+        print("\nrun the best: " + " ".join(f"--set {k}={v}" for k, v in run_settings(res["feasible"][0]).items()))
     if res["infeasible"]:
         print("\ncannot run:")
+        groups: dict[str, list] = {}  # one line per reason, its layouts listed
         for r in res["infeasible"]:
-            print(f"      {'(%d, %d, %d)' % tuple(r['layout']):17} {r['reason']}")
+            groups.setdefault(r["reason"], []).append("(%d, %d, %d)" % tuple(r["layout"]))
+        for reason, layouts in groups.items():
+            print(f"  {', '.join(layouts)}: {reason}")
+
+
+def run_settings(r: dict) -> dict:
+    """The jigsaw-train overrides of a ranked layout (the data size is whatever the world size leaves)."""
+    out = {"parallel.domain": r["layout"][1], "parallel.tensor": r["layout"][2]}
+    if r["accumulation"] > 1:
+        out["train.micro_batch"] = r["micro_batch"]
+    if r["checkpointing"]:
+        out["model.activation_checkpointing"] = "true"
+    return out
 
 
 def parse_grid(text: str):

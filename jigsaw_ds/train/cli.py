@@ -25,7 +25,7 @@ import torch.distributed as dist
 from .. import config as jconfig
 from ..data.dataset import split_train_val
 from ..data.store import StoreError, WeatherStore, default_read_threads
-from ..model import input_channels
+from ..model import input_channels, inputs
 from ..parallel.allocation import allocation_from_env, check_allocation_from_env, env_rank
 from ..parallel.partition import TokenPartition
 from ..parallel.topology import Layout, init_distributed
@@ -51,22 +51,41 @@ def parse_args(argv):
 NAN_SCAN_LIMIT_BYTES = 2 * 2**30  # stores up to this size are scanned for NaN/inf before training starts
 
 
-def load_deepspeed_config(path: str, cfg: jconfig.JigsawConfig, layout: Layout) -> dict:
-    """The user's DeepSpeed JSON with the batch sizes the jigsaw config implies (one source of truth)."""
-    ds = jconfig.read_json_object(path, "DeepSpeed config")
-    jconfig.check_deepspeed_config(ds, path)
-    g = cfg.train.global_batch
+def micro_batches(cfg: jconfig.JigsawConfig, layout: Layout) -> tuple[int, int]:
+    """(samples per forward/backward of a replica, micro-batches accumulated per optimizer step)."""
     try:
-        micro = layout.micro_batch(g)
+        share = layout.micro_batch(cfg.train.global_batch)  # one replica's share of the global batch
     except ValueError as e:
         raise jconfig.ConfigError(str(e)) from None
-    want = {"train_batch_size": g, "train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": 1}
-    for key, value in want.items():
-        if key in ds and ds[key] != value:
-            raise jconfig.ConfigError(f"DeepSpeed config key '{key}' = {ds[key]} disagrees with the jigsaw config "
-                                      f"(train.global_batch = {g}, data parallel = {layout.data} -> {value}); "
-                                      f"remove it from '{path}'")
-    ds.update(want)
+    micro = cfg.train.micro_batch or share
+    if share % micro:
+        raise jconfig.ConfigError(f"config key 'train.micro_batch' = {micro} does not divide a replica's share of the "
+                                  f"global batch ({cfg.train.global_batch} over {layout.data} data-parallel replicas "
+                                  f"= {share}): the share is accumulated in whole micro-batches")
+    return micro, share // micro
+
+
+def load_deepspeed_config(path: str, cfg: jconfig.JigsawConfig, layout: Layout) -> dict:
+    """The user's DeepSpeed JSON with the batch sizes and the LR schedule's length and warm-up that the jigsaw
+    config implies (one source of truth: the same JSON serves any train.global_batch and train.steps)."""
+    ds = jconfig.read_json_object(path, "DeepSpeed config")
+    jconfig.check_deepspeed_config(ds, path)
+    g, t = cfg.train.global_batch, cfg.train
+    micro, accumulate = micro_batches(cfg, layout)
+    # (section of the JSON, its key prefix, the values derived, from what)
+    derived = [(ds, "", {"train_batch_size": g, "train_micro_batch_size_per_gpu": micro,
+                         "gradient_accumulation_steps": accumulate},
+                f"train.global_batch = {g}, train.micro_batch = {t.micro_batch}, data parallel = {layout.data}")]
+    if "scheduler" in ds:
+        derived.append((ds["scheduler"].setdefault("params", {}), "scheduler.params.",
+                        jconfig.deepspeed_schedule(t, ds["scheduler"]["type"]),
+                        f"train.steps = {t.steps}, train.warmup_fraction = {t.warmup_fraction}"))
+    for section, prefix, want, source in derived:
+        for key, value in want.items():
+            if key in section and section[key] != value:
+                raise jconfig.ConfigError(f"DeepSpeed config key '{prefix}{key}' = {section[key]} disagrees with the "
+                                          f"jigsaw config ({source} -> {value}); remove it from '{path}'")
+        section.update(want)
     ds.setdefault("steps_per_print", 10**9)
     return ds
 
@@ -95,10 +114,17 @@ class Run:
 
     @property
     def model_shape(self) -> dict:
-        """What the model needs of the store: grid and channel counts (also written to config.json)."""
+        """What the model needs of the store: grid and channel counts, and the grid's coordinates and time
+        step that its inputs are checked by (model/inputs.py; written to config.json and every checkpoint)."""
         s = self.store
         return {"n_lat": s.n_lat, "n_lon": s.n_lon, "out_channels": len(s.channels),
-                "in_channels": input_channels(self.cfg.model, len(s.channels), len(s.static_variables))}
+                "in_channels": input_channels(self.cfg.model, len(s.channels), len(s.static_variables)),
+                **inputs.grid_of(s)}
+
+    def inputs(self) -> dict:
+        """What this run's model reads, and its width (model/inputs.py's record), once the store is open."""
+        return inputs.of_run({"jigsaw": self.cfg.to_dict(), "model_shape": self.model_shape,
+                              "channels": [c.name for c in self.store.channels]})
 
     def open_store(self, rank: int) -> None:
         """Open the store, check the config against its grid, split it, and scan this rank's share of it for
@@ -126,6 +152,41 @@ class Run:
         self.store = store
 
 
+def check_memory(run: Run, ranks_here: int) -> None:
+    """Refuse a model that cannot fit before building it (a huge model.embed_dim would otherwise end in an
+    allocation error on every rank, after the process group): perf/step_model's per-rank prediction (weights,
+    gradients, optimizer shares, activations) against the GPU's memory, or on the CPU against the memory this
+    machine has available now shared by its `ranks_here` ranks."""
+    import torch
+
+    from ..perf import step_model as pm
+
+    cfg = run.cfg
+    try:
+        grid = (run.store.n_lat, run.store.n_lon) if run.store is not None else None
+        shape = pm.ModelShape.from_config(cfg, grid, len(run.store.channels) if run.store is not None else None)
+    except ValueError:  # a grid it cannot tell before the store exists: the allocation will say
+        return
+    micro, _ = micro_batches(cfg, run.layout)
+    setup = pm.TrainSetup.from_deepspeed(run.ds_config, global_batch=cfg.train.global_batch, micro_batch=micro,
+                                         checkpointing=cfg.model.activation_checkpointing)
+    need = max(pm.memory_bytes(shape, run.layout, setup, domain_rank=d)["total"] for d in range(run.layout.domain))
+    if torch.cuda.is_available():
+        have, where = torch.cuda.mem_get_info()[1], "of the GPU's memory"
+    else:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+        have, where = available // ranks_here, f"of this machine's available memory, shared by {ranks_here} ranks"
+    if need > have:
+        m = cfg.model
+        raise jconfig.ConfigError(
+            f"the model needs about {need / 2**30:.1f} GiB per rank (perf/step_model: weights, gradients, optimizer "
+            f"and activations at model.embed_dim = {m.embed_dim}, token_hidden = {m.token_hidden}, channel_hidden = "
+            f"{m.channel_hidden}, depth = {m.depth}, micro-batch {micro}) but has {have / 2**30:.1f} GiB {where}: "
+            f"make the model smaller, split it over more ranks (parallel.domain, parallel.tensor), lower "
+            f"train.micro_batch or turn on model.activation_checkpointing")
+
+
 def plan_run(args) -> Run:
     """Everything that can be checked before torch.distributed starts, in one place (each rank checks its own
     tile of the store, so a rank can fail where others pass: nothing is written here)."""
@@ -141,15 +202,10 @@ def plan_run(args) -> Run:
         generate.check_config(cfg)  # the store is made after the process group starts: check what it will hold
     else:
         run.open_store(allocation.rank)
-    if args.init_from:
-        from ..checkpoint.manager import source_config
-
-        try:
-            check_same_inputs(cfg, source_config(args.init_from), f"--init-from {args.init_from}")
-        except ValueError as e:
-            raise jconfig.ConfigError(f"--init-from: {e}") from None
-    if not args.start_over:
-        check_out_dir(cfg, args.resume)
+    check_memory(run, allocation.local_world_size or 1)
+    resume_from = "" if args.start_over else check_out_dir(cfg, args.resume)
+    if run.store is not None:  # else once the store is made (main)
+        check_continues(run, resume_from, args.init_from)
     return run
 
 
@@ -160,6 +216,9 @@ def take_run_dir(cfg: jconfig.JigsawConfig, start_over: bool) -> str:
         note = run_lock.acquire(cfg.train.out_dir)
     except run_lock.RunDirBusy as e:
         return str(e)
+    except OSError as e:  # read-only or not ours, where plan_run could not tell (root passes os.access)
+        return (f"config key 'train.out_dir' = '{cfg.train.out_dir}' cannot be written "
+                f"({e.strerror or e}: {e.filename or cfg.train.out_dir})")
     if note:
         print(f"jigsaw-train: {note}", file=sys.stderr)
     moved = move_aside(cfg.train.out_dir) if start_over else ""
@@ -168,38 +227,59 @@ def take_run_dir(cfg: jconfig.JigsawConfig, start_over: bool) -> str:
     return ""
 
 
-def check_out_dir(cfg: jconfig.JigsawConfig, resume: bool) -> None:
-    """A new run must not share train.out_dir with an earlier one: its checkpoints would be mixed with the
-    earlier run's (retention and --resume go by step number, not by run). A resume needs a checkpoint it can
-    load, if the run has any: starting over silently would overwrite the run."""
+def check_out_dir(cfg: jconfig.JigsawConfig, resume: bool) -> str:
+    """A directory this run can write, and not shared with an earlier run: its checkpoints would be mixed with
+    the earlier run's (retention and --resume go by step number, not by run), its metrics, config and
+    TensorBoard events replaced. A resume needs a checkpoint it can load, if the run has any: starting over
+    silently would overwrite the run. Returns the checkpoint folder --resume continues from, or ''."""
     from ..checkpoint.manager import CheckpointManager
 
-    manager = CheckpointManager(os.path.join(cfg.train.out_dir, "checkpoints"), 1)
+    out = cfg.train.out_dir
+    existing = os.path.abspath(out)  # the folder, or the nearest folder above it that exists
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise jconfig.ConfigError(f"config key 'train.out_dir' = '{out}': '{existing}' is a file, not a directory: "
+                                  f"set another train.out_dir (--set train.out_dir=...)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise jconfig.ConfigError(f"config key 'train.out_dir' = '{out}' cannot be written ('{existing}' is "
+                                  f"read-only for this user)")
+    manager = CheckpointManager(os.path.join(out, "checkpoints"), 1)
     earlier = manager.tags()
     if earlier and not resume:
-        raise jconfig.ConfigError(f"config key 'train.out_dir' = '{cfg.train.out_dir}' holds checkpoints of an "
+        raise jconfig.ConfigError(f"config key 'train.out_dir' = '{out}' holds checkpoints of an "
                                   f"earlier run (newest {earlier[-1]}): pass --resume to continue that run, "
                                   f"--start-over to move it aside, or set a new train.out_dir (--set train.out_dir=...)")
-    if earlier and resume:
-        run_config = os.path.join(cfg.train.out_dir, "config.json")
-        if os.path.exists(run_config):
-            check_same_inputs(cfg, jconfig.read_json_object(run_config, "run config"), f"the run in {cfg.train.out_dir}")
-        tag, refused = manager.latest_complete()
-        if not tag:
-            raise jconfig.ConfigError(f"--resume: no checkpoint in {manager.root} can be loaded "
-                                      f"({'; '.join(refused)}); nothing was changed. Pass --start-over to move the "
-                                      f"run aside and start at step 0")
+    outputs = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(out, name))]
+    if outputs and not resume:
+        raise jconfig.ConfigError(f"config key 'train.out_dir' = '{out}' holds outputs of an earlier run "
+                                  f"({', '.join(outputs)}; no checkpoint): pass --start-over to move them aside, "
+                                  f"or set a new train.out_dir (--set train.out_dir=...)")
+    if not earlier:
+        return ""
+    tag, refused = manager.latest_complete()
+    if not tag:
+        raise jconfig.ConfigError(f"--resume: no checkpoint in {manager.root} can be loaded "
+                                  f"({'; '.join(refused)}); nothing was changed. Pass --start-over to move the "
+                                  f"run aside and start at step 0")
+    return os.path.join(manager.root, tag)
 
 
-def check_same_inputs(cfg: jconfig.JigsawConfig, earlier: dict, where: str) -> None:
-    """A model continues only with the inputs it was trained on: the forcings (and the other computed or
-    static inputs) of the config must be those of the checkpoint's run."""
-    defaults = jconfig.ModelConfig()
-    for key in ("forcings", "forcings_at_target", "coord_features", "static_variables"):
-        old = earlier["jigsaw"]["model"].get(key, getattr(defaults, key))
-        if old != getattr(cfg.model, key):
-            raise jconfig.ConfigError(f"config key 'model.{key}' = {getattr(cfg.model, key)!r}, but {where} was "
-                                      f"trained with {old!r}")
+def check_continues(run: Run, resume_from: str, init_from: str) -> None:
+    """A model continues only with the inputs and the width it was trained with (model/inputs.py): those of
+    the run's checkpoint that --resume loads, and of an --init-from source."""
+    from ..checkpoint.manager import source_config
+
+    now = run.inputs()
+    if resume_from:
+        inputs.check_same(inputs.of_run(source_config(resume_from)), now, inputs.CONTINUE_KEYS,
+                          "--resume: this config", tail=f" (the run in {run.cfg.train.out_dir})")
+    if init_from:
+        try:
+            trained = inputs.of_run(source_config(init_from))
+        except ValueError as e:  # not a checkpoint, or none complete: names the file or folder
+            raise jconfig.ConfigError(f"--init-from: {e}") from None
+        inputs.check_same(trained, now, inputs.CONTINUE_KEYS, f"--init-from {init_from}: this config")
 
 
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "config.json", "csv")
@@ -223,6 +303,15 @@ def generate_store(cfg: jconfig.JigsawConfig) -> None:
     generate.from_spec(cfg.data.generate, cfg.data.store)
 
 
+def finished_step(cfg: jconfig.JigsawConfig) -> int:
+    """The step of the run's newest complete checkpoint if it has reached train.steps, else 0."""
+    from ..checkpoint.manager import CheckpointManager
+
+    tag, _ = CheckpointManager(os.path.join(cfg.train.out_dir, "checkpoints"), 1).latest_complete()
+    step = int(tag.removeprefix("step_")) if tag else 0
+    return step if step >= cfg.train.steps else 0
+
+
 def main(argv=None) -> int:
     quiet_libraries(env_rank())
     args = parse_args(argv)
@@ -230,6 +319,13 @@ def main(argv=None) -> int:
         run = plan_run(args)
     except (jconfig.ConfigError, StoreError, ValueError) as e:
         _fail(str(e), every_rank=isinstance(e, OwnTileError))
+    finished = finished_step(run.cfg) if args.resume and not args.start_over else 0
+    if finished:  # nothing to train: say so before any process group or engine starts
+        if env_rank() == 0:
+            print(f"jigsaw-train: the run in {os.path.abspath(run.cfg.train.out_dir)} already finished at step "
+                  f"{finished} (train.steps = {run.cfg.train.steps}): nothing to train. Raise train.steps to "
+                  f"continue it, or pass --start-over to train it again")
+        return 0
     from ..checkpoint.manager import CheckpointError
     from .trainer import NonFiniteError, Trainer
 
@@ -244,7 +340,8 @@ def main(argv=None) -> int:
         dist.barrier()
         try:
             run.open_store(rank)
-        except (jconfig.ConfigError, StoreError) as e:
+            check_continues(run, "" if args.start_over else check_out_dir(run.cfg, args.resume), args.init_from)
+        except (jconfig.ConfigError, StoreError, ValueError) as e:
             _fail(str(e), every_rank=isinstance(e, OwnTileError))
     try:
         Trainer(run, resume=args.resume and not args.start_over, init_from=args.init_from).fit()

@@ -1,0 +1,119 @@
+"""What a trained model reads, defined once: checked wherever a model continues (jigsaw-train --resume,
+--init-from), is combined with others (jigsaw-eval's ensemble members) or meets a store (jigsaw-eval).
+
+A model's weights fit one set of inputs: the config keys of INPUT_KEYS, the channel names in their order
+(`channels` of a run config), and the grid: its size, its latitude and longitude values and the store's time
+step (`model_shape` of a run config: train/cli.Run writes them to config.json and every checkpoint's
+jigsaw.json). Weights continue only at the same width (WIDTH_KEYS). A record without coordinates (written
+before they were recorded) is compared by grid size only.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ..config import DataConfig, ModelConfig
+
+# what and how the model reads (the variables and levels are in `channels`, as the store resolved them)
+INPUT_KEYS = ("model.patch", "model.history_steps", "model.static_variables", "model.coord_features",
+              "model.forcings", "model.forcings_at_target", "data.lead_steps")
+# the store: the channels, the grid and the time step the model steps by (data.lead_steps of them)
+STORE_KEYS = ("channels", "grid", "latitude", "longitude", "time_step_hours")
+# the shape and function of the weights
+WIDTH_KEYS = ("model.embed_dim", "model.token_hidden", "model.channel_hidden", "model.depth", "model.activation")
+CONTINUE_KEYS = INPUT_KEYS + STORE_KEYS + WIDTH_KEYS  # --resume, --init-from
+# the held-out times: an ensemble is scored on its first member's, which the others must not have trained on
+MEMBER_KEYS = INPUT_KEYS + STORE_KEYS + ("data.val_fraction",)
+
+COORD_TOLERANCE = 1e-4  # degrees: float32 against float64 coordinates, far below any grid spacing
+
+
+class InputsDiffer(ValueError):
+    """A model would read other inputs than it was trained on; the message names each difference."""
+
+
+def grid_of(store) -> dict:
+    """A store's grid as a run config records it (in `model_shape`); a store of one time has no time step."""
+    return {"latitude": [float(v) for v in store.lat], "longitude": [float(v) for v in store.lon],
+            "time_step_hours": float(store.time_step / np.timedelta64(1, "h")) or None}
+
+
+def of_store(store) -> dict:
+    """The record of what a store gives (STORE_KEYS)."""
+    return {"channels": [c.name for c in store.channels], "grid": f"{store.n_lat}x{store.n_lon}", **grid_of(store)}
+
+
+def of_run(run_config: dict) -> dict:
+    """The record of a resolved run config (config.json, a checkpoint's jigsaw.json, a layout-free file's
+    config): every key of CONTINUE_KEYS it holds; a config key it lacks has its default."""
+    defaults = {"model": ModelConfig(), "data": DataConfig()}
+    record = {}
+    for key in INPUT_KEYS + WIDTH_KEYS + ("data.val_fraction",):
+        section, name = key.split(".")
+        record[key] = run_config["jigsaw"].get(section, {}).get(name, getattr(defaults[section], name))
+    shape = run_config.get("model_shape", {})
+    record.update(channels=run_config.get("channels"),
+                  grid=f"{shape['n_lat']}x{shape['n_lon']}" if "n_lat" in shape else None,
+                  **{key: shape.get(key) for key in ("latitude", "longitude", "time_step_hours")})
+    return record
+
+
+def check_same(trained: dict, given: dict, keys: tuple, subject: str, trained_as: str = "trained with",
+               tail: str = "") -> None:
+    """Raise InputsDiffer "{subject} has 'key' = B, {trained_as} A; ...{tail}" naming every key of `keys`
+    where the records differ (a key that either record lacks, or holds as None, is not compared)."""
+    found, differ = [], set()
+    for key in keys:
+        a, b = trained.get(key), given.get(key)
+        if a is None or b is None or _same(key, a, b) or (key in ("latitude", "longitude") and "grid" in differ):
+            continue  # on a grid of another size, the coordinates differ too: the size says it
+        differ.add(key)
+        found.append(f"'{key}' = {_show(key, b)}, {trained_as} {_show(key, a)}{_reorder(key, a, b)}")
+    if found:
+        raise InputsDiffer(f"{subject} has " + "; ".join(found) + tail)
+
+
+def _same(key: str, a, b) -> bool:
+    if key == "longitude":
+        return len(a) == len(b) and bool(np.all(np.abs(_circular(np.subtract(a, b))) <= COORD_TOLERANCE))
+    if key == "latitude":
+        return len(a) == len(b) and bool(np.allclose(a, b, rtol=0, atol=COORD_TOLERANCE))
+    return a == b
+
+
+def _circular(delta: np.ndarray) -> np.ndarray:
+    """Longitude differences in -180..180 (0 and 360 are one meridian)."""
+    return (np.asarray(delta) + 180.0) % 360.0 - 180.0
+
+
+def _show(key: str, value) -> str:
+    if key in ("latitude", "longitude"):
+        return f"{value[0]:g}..{value[-1]:g} ({len(value)} points)"
+    return value if key == "grid" else repr(value)
+
+
+def _reorder(key: str, trained, given) -> str:
+    """Where the store holds the trained grid's points in another order, what reorders it (evaluation and
+    training read tiles in the trained order: the store must be in it)."""
+    if key == "latitude" and _same(key, trained, given[::-1]):
+        return (" (the trained latitudes reversed: write the store in the trained order, e.g. "
+                "ds.isel(latitude=slice(None, None, -1)))")
+    if key == "longitude":
+        shift = rolled_by(trained, given)
+        if shift is not None:
+            return (f" (the trained longitudes rolled by {shift} columns: write the store in the trained order, "
+                    f"e.g. ds.roll(longitude={-shift}, roll_coords=True) with longitudes taken modulo 360)")
+    return ""
+
+
+def rolled_by(trained, given) -> Optional[int]:
+    """r where `given` is `trained` rolled by r columns (modulo 360 degrees), else None."""
+    trained, given = np.asarray(trained), np.asarray(given)
+    if len(trained) != len(given) or not len(given):
+        return None
+    for r in np.flatnonzero(np.abs(_circular(trained - given[0])) <= COORD_TOLERANCE):
+        shift = -int(r) % len(trained)
+        if np.all(np.abs(_circular(np.roll(trained, shift) - given)) <= COORD_TOLERANCE):
+            return shift
+    return None

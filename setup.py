@@ -32,8 +32,8 @@ setup(
         "jigsaw-train=jigsaw_ds.train.cli:main",
         "jigsaw-data=jigsaw_ds.data.cli:main",
         "jigsaw-ckpt=jigsaw_ds.checkpoint.cli:main",
-        "jigsaw-eval=jigsaw_ds.eval.evaluate:main",
-        "jigsaw-forecast=jigsaw_ds.eval.evaluate:forecast_main",
+        "jigsaw-eval=jigsaw_ds.eval.cli:main",
+        "jigsaw-forecast=jigsaw_ds.eval.cli:forecast_main",
         "jigsaw-plan=jigsaw_ds.perf.plan:main",
     ]},
 )

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step import ROOT, bench_store, build_config  # noqa: E402  (bench/step.py: one store and config recipe)
 
 from jigsaw_ds.checkpoint.layout_free import FORMAT, build_model  # noqa: E402
-from jigsaw_ds.checkpoint.manager import write_atomic  # noqa: E402
+from jigsaw_ds.files import write_atomic  # noqa: E402
 from jigsaw_ds.data.store import WeatherStore  # noqa: E402
 from jigsaw_ds.eval import evaluate as ev  # noqa: E402
 from jigsaw_ds.perf import step_model as pm  # noqa: E402

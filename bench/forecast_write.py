@@ -25,7 +25,7 @@ import xarray as xr
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step import ROOT, bench_store, build_config  # noqa: E402
 
-from jigsaw_ds.checkpoint.manager import write_atomic  # noqa: E402
+from jigsaw_ds.files import write_atomic  # noqa: E402
 from jigsaw_ds.data.store import WeatherStore, default_read_threads  # noqa: E402
 from jigsaw_ds.eval import evaluate as ev  # noqa: E402
 from jigsaw_ds.perf import step_model as pm  # noqa: E402

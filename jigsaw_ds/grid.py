@@ -23,14 +23,24 @@ def lat_cell_weights(lat_deg) -> np.ndarray:
         return np.ones(1)
     order = np.argsort(lat)
     rad = np.deg2rad(lat[order])
-    step_south, step_north = rad[1] - rad[0], rad[-1] - rad[-2]
-    south = -np.pi / 2 if rad[0] - step_south <= -np.pi / 2 + 1e-9 else rad[0] - step_south / 2
-    north = np.pi / 2 if rad[-1] + step_north >= np.pi / 2 - 1e-9 else rad[-1] + step_north / 2
+    south, north = lat_extent(lat)
     bounds = np.concatenate([[south], (rad[:-1] + rad[1:]) / 2, [north]])
     area = np.sin(bounds[1:]) - np.sin(bounds[:-1])
     weights = np.empty_like(area)
     weights[order] = area / area.mean()
     return weights
+
+
+def lat_extent(lat_deg) -> tuple[float, float]:
+    """(south, north) outer edges of the grid's cells in radians, lat_cell_weights' rule: a pole where the pole
+    is less than one grid step beyond the outermost row (every global grid), else half a step beyond it."""
+    rad = np.deg2rad(np.sort(np.asarray(lat_deg, dtype=np.float64)))
+    if rad.size == 1:
+        return float(rad[0]), float(rad[0])
+    step_south, step_north = rad[1] - rad[0], rad[-1] - rad[-2]
+    south = -np.pi / 2 if rad[0] - step_south <= -np.pi / 2 + 1e-9 else rad[0] - step_south / 2
+    north = np.pi / 2 if rad[-1] + step_north >= np.pi / 2 - 1e-9 else rad[-1] + step_north / 2
+    return float(south), float(north)
 
 
 def coord_features(lat_deg: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:

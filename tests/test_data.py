@@ -339,3 +339,7 @@ def test_generated_stores_carry_wb2_units(synth_store):
     assert ds["latitude"].attrs["units"] == "degrees_north" and ds["level"].attrs["units"] == "hPa"
     for name in [*ds.data_vars, "latitude", "longitude", "level"]:
         assert ds[name].attrs.get("units") and ds[name].attrs.get("long_name"), name
+    from jigsaw_ds.data import held_suarez, names, swe
+
+    for name in swe.VARIABLES + held_suarez.UPPER + held_suarez.SURFACE:  # the other generators' variables
+        assert name in names.ATTRS, name

@@ -116,6 +116,42 @@ def serial_eval(tmp_path_factory, synth_store):
     return tmp, json.load(open(tmp / "serial" / "scores.json"))
 
 
+def check_provenance(fc: xr.Dataset, run_dir, data: str, command: str) -> None:
+    """A forecast of the serial_eval run says what made it, from what, how and when."""
+    import jigsaw_ds
+
+    assert fc.attrs["model_checkpoints"] == [str(run_dir / "checkpoints" / "step_00000002")]
+    assert fc.attrs["model_steps"] == [2] and fc.attrs["model_runs"] == [str(run_dir)]
+    assert fc.attrs["channels"] == [f"{v}_{lev}" for v in ("temperature", "u_component_of_wind", "v_component_of_wind")
+                                    for lev in (500, 850)] + ["2m_temperature"]
+    assert fc.attrs["data"] == data
+    assert fc.attrs["init_times"] == [str(t)[:19] for t in fc["time"].values]
+    assert command in fc.attrs["command"] and fc.attrs["jigsaw_ds_version"] == jigsaw_ds.__version__
+    assert abs(np.datetime64(fc.attrs["created"].rstrip("Z")) - np.datetime64("now")) < np.timedelta64(1, "h")
+    assert not any("GRIB" in k for var in fc.variables for k in fc[var].attrs)
+
+
+def test_forecast_attrs_describe_the_values_not_the_source(tmp_path):
+    """forecast.zarr keeps each variable's and coordinate's units and long name from the source store, not the
+    attributes that describe the source (a GRIB analysis: GRIB_dataType 'an', GRIB_paramId, ...)."""
+    from jigsaw_ds.data.store import WeatherStore
+    from jigsaw_ds.data.synth import synth_dataset
+    from jigsaw_ds.data.writer import write_store
+    from jigsaw_ds.eval import evaluate as ev
+
+    src = synth_dataset(9, 16, 4, seed=0)
+    for name in ("temperature", "2m_temperature", "level"):
+        src[name].attrs.update(GRIB_dataType="an", GRIB_paramId=130, history="cfgrib from an.grib")
+    write_store(src, str(tmp_path / "grib.zarr"))
+    store = WeatherStore(str(tmp_path / "grib.zarr"), ["temperature"], ["2m_temperature"], [500, 850])
+    leads = np.array([6, 12], "timedelta64[h]").astype("timedelta64[ns]")
+    ev.create_forecast_store(str(tmp_path / "f.zarr"), store, store.times[:2], leads, (9, 16), {"title": "t"})
+    fc = xr.open_zarr(tmp_path / "f.zarr")
+    assert fc["temperature"].attrs == {"units": "K", "long_name": "Temperature"}
+    assert fc["2m_temperature"].attrs == {"units": "K", "long_name": "2 metre temperature"}
+    assert fc["level"].attrs == {"units": "hPa", "long_name": "pressure level"} and fc.attrs["title"] == "t"
+
+
 def test_streaming_scores_are_metrics_py_on_the_whole_arrays(serial_eval, synth_store):
     """The running sums give WB2's formulas (metrics.py) applied to the full forecast and truth arrays."""
     tmp, scores = serial_eval
@@ -123,7 +159,9 @@ def test_streaming_scores_are_metrics_py_on_the_whole_arrays(serial_eval, synth_
     store = xr.open_zarr(synth_store)
     assert fc["temperature"].dims[2] == "level"
     for var in fc.data_vars:  # the source's units and names travel with the forecast
-        assert fc[var].attrs == store[var].attrs, var
+        assert fc[var].attrs == {k: store[var].attrs[k] for k in ("units", "long_name")}, var
+    assert fc["level"].attrs["units"] == "hPa" and fc["latitude"].attrs["units"] == "degrees_north"
+    check_provenance(fc, tmp / "run", synth_store, "jigsaw-eval")
     valid = fc["time"] + fc["prediction_timedelta"]
     truth = store["2m_temperature"].sel(time=valid)
     got = {(r["lead_hours"], r["metric"]): r["model"] for r in scores["rows"]
@@ -134,19 +172,23 @@ def test_streaming_scores_are_metrics_py_on_the_whole_arrays(serial_eval, synth_
             hours = int(lead / np.timedelta64(1, "h"))
             assert got[(hours, name)] == pytest.approx(float(expected[k]), rel=1e-5, abs=1e-7), (name, hours)
     assert scores["throughput"]["forecast_steps_per_s"] > 0
-    # WB2's regions (full-grid weights restricted to the region's rows) and the wind-vector RMSE, by hand
+    # WB2's regions (full-grid weights restricted to the region's rows and columns: europe crosses 0 E, the
+    # store's first and last columns) and the wind-vector RMSE, by hand
     row = {(r["region"], r["channel"], r["lead_hours"], r["metric"]): r["model"] for r in scores["rows"]}
     w = xr.DataArray(lat_cell_weights(fc["latitude"].values), dims=["latitude"], coords={"latitude": fc["latitude"]})
     u, v = ("u_component_of_wind", "v_component_of_wind")
     err2 = sum((fc[x].sel(level=500) - store[x].sel(level=500, time=valid)).astype("float64") ** 2 for x in (u, v))
-    tropics = (fc["latitude"] >= -20) & (fc["latitude"] <= 20)
-    for region, mask in (("global", True), ("tropics", tropics)):
-        wr = w.where(mask, 0.0)
-        expected = np.sqrt(((err2 * wr).sum(["latitude", "longitude"]) / (wr.sum() * fc.sizes["longitude"])).mean("time"))
+    lat, lon = fc["latitude"], fc["longitude"]
+    europe = (lat >= 35) & (lat <= 75) & ((lon >= 347.5) | (lon <= 42.5))
+    for region, mask in (("global", True), ("tropics", (lat >= -20) & (lat <= 20)), ("europe", europe)):
+        wr = (w * (lon * 0 + 1)).where(mask, 0.0)  # [latitude, longitude]
+        expected = np.sqrt(((err2 * wr).sum(["latitude", "longitude"]) / wr.sum()).mean("time"))
         for k, lead in enumerate(fc["prediction_timedelta"].values):
             hours = int(lead / np.timedelta64(1, "h"))
             assert row[(region, "wind_vector_500", hours, "rmse")] == pytest.approx(float(expected[k]), rel=1e-5)
-    assert {r["region"] for r in scores["rows"]} == {"global", "tropics", "extra_tropics_north", "extra_tropics_south"}
+    from jigsaw_ds.eval.streaming import REGIONS
+
+    assert list(dict.fromkeys(r["region"] for r in scores["rows"])) == ["global", *REGIONS]  # every one lies inside
     import csv
 
     headline = list(csv.DictReader(open(tmp / "serial" / "headline.csv")))
@@ -268,12 +310,21 @@ def test_acc_against_a_given_wb2_climatology(serial_eval, synth_store, tmp_path,
 
 @pytest.mark.parametrize("layout", [(2, 1, 1), (1, 2, 1), (1, 2, 2)], ids=["2x1x1", "1x2x1", "1x2x2"])
 def test_parallel_eval_equals_the_serial_one(serial_eval, synth_store, tmp_path, layout):
+    """(1,2,2) reads the store written south to north and from 225 deg E (-135..219.375): each rank reads its
+    tile in the trained order, the second tensor rank's across the store's seam."""
+    from test_reliability_data import reordered
+    from jigsaw_ds.data.writer import write_store
+
     tmp, serial = serial_eval
     data, domain, tensor = layout
-    run([os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", str(data * domain * tensor),
-         os.path.join(BIN, "jigsaw-eval"), "--checkpoint", str(tmp / "run"), "--data", synth_store, "--out",
-         str(tmp_path / "out"), "--lead-steps", "3", "--inits", "6", "--no-plots", "--domain", str(domain),
-         "--tensor", str(tensor), "--batch", "2"])
+    store = synth_store
+    if layout == (1, 2, 2):
+        store = write_store(reordered(xr.open_zarr(synth_store), True, 40), str(tmp_path / "reordered.zarr"))
+    proc = run([os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", str(data * domain * tensor),
+                os.path.join(BIN, "jigsaw-eval"), "--checkpoint", str(tmp / "run"), "--data", store, "--out",
+                str(tmp_path / "out"), "--lead-steps", "3", "--inits", "6", "--no-plots", "--domain", str(domain),
+                "--tensor", str(tensor), "--batch", "2"])
+    assert ("rolled by 24 columns: read in the trained order" in proc.stdout) == (store != synth_store)
     got = json.load(open(tmp_path / "out" / "scores.json"))
     assert got["throughput"]["layout"] == {"data": data, "domain": domain, "tensor": tensor}
     assert len(got["rows"]) == len(serial["rows"])
@@ -283,6 +334,8 @@ def test_parallel_eval_equals_the_serial_one(serial_eval, synth_store, tmp_path,
         for kind in ("model", "persistence", "climatology"):  # climatology's ACC is 0/0 (no anomaly): NaN in both
             assert a[kind] == pytest.approx(b[kind], rel=1e-5, abs=1e-6, nan_ok=True), (a, b)
     par, ser = xr.open_zarr(tmp_path / "out" / "forecast.zarr"), xr.open_zarr(tmp / "serial" / "forecast.zarr")
+    for coord in ("latitude", "longitude"):  # the trained order
+        np.testing.assert_allclose(par[coord].values, ser[coord].values)
     for var in ser.data_vars:
         np.testing.assert_allclose(par[var].values, ser[var].values, rtol=1e-5, atol=1e-5)
         assert np.isfinite(par[var].values).all()  # every rank's tile was written
@@ -321,6 +374,43 @@ def test_forecast_from_given_times_past_the_store_end(serial_eval, synth_store, 
     assert json.load(open(tmp_path / "bf16" / "forecast.json"))["throughput"]["precision"] == "bf16"
     assert ev.forecast_main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(tmp_path / "x"),
                              "--init-times", "1999-01-01T00"]) == 2
+
+
+def test_python_api_forecasts_as_jigsaw_forecast_does(serial_eval, synth_store, tmp_path):
+    """Forecaster.load(run).forecast(an xarray Dataset opened from the store) gives jigsaw-forecast's
+    forecast.zarr for the same initial times (one from the store's last time, past its end), with its
+    coordinates, units and provenance; a Dataset of the initial time alone gives the same; a Dataset that
+    lacks a trained variable is one error naming it."""
+    import shlex
+    import sys
+
+    from jigsaw_ds import Forecaster
+    from jigsaw_ds.eval import evaluate as ev
+
+    tmp, _ = serial_eval
+    ds = xr.open_zarr(synth_store)
+    times = [str(ds["time"].values[100])[:19], str(ds["time"].values[-1])[:19]]
+    assert ev.forecast_main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(tmp_path / "fc"),
+                             "--lead-steps", "3", "--init-times", ",".join(times)]) == 0
+    expected = xr.open_zarr(tmp_path / "fc" / "forecast.zarr")
+    check_provenance(expected, tmp / "run", synth_store, shlex.join(sys.argv))  # this process's command line
+
+    fc = Forecaster.load(str(tmp / "run"))
+    out = fc.forecast(ds, steps=3, init_times=times)
+    assert set(out.data_vars) == set(expected.data_vars) == {"temperature", "u_component_of_wind",
+                                                             "v_component_of_wind", "2m_temperature"}
+    assert out["temperature"].dims == ("time", "prediction_timedelta", "level", "latitude", "longitude")
+    for name in ("time", "prediction_timedelta", "level", "latitude", "longitude"):
+        np.testing.assert_array_equal(out[name].values, expected[name].values)
+    for var in expected.data_vars:
+        np.testing.assert_allclose(out[var].values, expected[var].values, rtol=1e-5, atol=1e-5, err_msg=var)
+        assert out[var].attrs == expected[var].attrs and out[var].attrs["units"], var
+    assert out.attrs["model_steps"] == [2] and out.attrs["init_times"] == times
+    one = fc.forecast(ds.isel(time=[100]), steps=3)  # the initial state alone: the model's time step
+    np.testing.assert_allclose(one["temperature"].values, out["temperature"].isel(time=[0]).values, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="has no variable 'u_component_of_wind'") as e:
+        fc.forecast(ds.drop_vars("u_component_of_wind"), steps=1)
+    assert "\n" not in str(e.value)
 
 
 def test_without_matplotlib_or_a_netcdf_writer_the_scores_are_written_and_each_skip_is_one_note(
@@ -362,3 +452,132 @@ def test_seed_ensemble_forecast_is_the_members_mean_at_every_lead(serial_eval, s
     for var in ens.data_vars:
         assert not np.allclose(a[var].values, b[var].values)  # the members differ
         np.testing.assert_allclose(ens[var].values, (a[var].values + b[var].values) / 2, rtol=1e-5, atol=1e-5)
+
+
+# ---- maps the right way up, regions that follow the grid ---------------------------------------------------------
+def warm_north_store(path, ascending: bool):
+    """A synthetic store whose 2 m temperature is 300 K north of the equator and 250 K south of it (changing by
+    1e-3 K a step: a constant channel is refused), with latitudes descending (ours) or ascending (WB2's)."""
+    from jigsaw_ds.data.synth import synth_dataset
+    from jigsaw_ds.data.writer import write_store
+
+    ds = synth_dataset(17, 32, 4, seed=0)
+    t2m = xr.where(ds["latitude"] > 0, 300.0, 250.0) + 1e-3 * xr.DataArray(np.arange(4.0), dims="time")
+    ds["2m_temperature"] = t2m.broadcast_like(ds["2m_temperature"]).transpose(*ds["2m_temperature"].dims)
+    ds["2m_temperature"] = ds["2m_temperature"].astype(np.float32)
+    write_store(ds.isel(latitude=slice(None, None, -1)) if ascending else ds, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("ascending", [False, True], ids=["descending", "ascending"])
+def test_maps_are_drawn_north_up_whatever_the_store_order(tmp_path, ascending, capsys):
+    """maps_<channel>.png from a forecast.zarr written by the engine's writers (a perfect forecast): in every
+    pixel column through a map, the warm colour (the scale's top: truth and forecast share it) comes before the
+    cold one from the top of the image, for either latitude order; the colour bars lie below the maps."""
+    import matplotlib
+    from matplotlib import image
+
+    from jigsaw_ds.data.store import WeatherStore
+    from jigsaw_ds.eval import evaluate as ev
+    from jigsaw_ds.eval import plots
+
+    store = WeatherStore(warm_north_store(tmp_path / "s.zarr", ascending), [], ["2m_temperature"], [])
+    inits, leads = np.array([0]), np.array([6], "timedelta64[h]").astype("timedelta64[ns]")
+    path, tile = str(tmp_path / "forecast.zarr"), (slice(0, store.n_lat), slice(0, store.n_lon))
+    ev.create_forecast_store(path, store, store.times[inits], leads, (store.n_lat, store.n_lon), {})
+    writer = ev.ForecastWriter(path, store.variable_blocks(), *tile)
+    writer.write(0, 0, store.read_raw([1], *tile))
+    writer.wait()
+    assert plots.map_plots(store, path, inits, 1, leads, str(tmp_path)) == [str(tmp_path / "maps_2m_temperature.png")]
+    img = image.imread(tmp_path / "maps_2m_temperature.png")[..., :3]
+    cmap = matplotlib.colormaps[plots.FIELD_CMAP]
+    warm, cold = (np.abs(img - np.array(cmap(x)[:3])).max(-1) < 0.02 for x in (1.0, 0.0))
+    columns = [x for x in range(img.shape[1]) if warm[:, x].any() and cold[:, x].any()]
+    assert len(columns) > img.shape[1] / 3  # the truth and forecast maps
+    assert all(warm[:, x].argmax() < cold[:, x].argmax() for x in columns)
+    assert "coastlines" in capsys.readouterr().out or plots.coastlines() is not None  # drawn, or a note says why not
+
+
+def test_region_weights_follow_the_grid():
+    """A global grid: "global", then WB2's bands and boxes, a box's weights the grid's latitude weights on its rows
+    times its columns (europe across 0 E, in 0..360 and -180..180 longitudes alike); a regional box: "domain",
+    never "global", with WB2's regions only where they lie wholly inside it (a UK box holds none)."""
+    from jigsaw_ds.eval.streaming import REGIONS, region_weights
+
+    lat, lon = np.linspace(90, -90, 33), np.arange(64) * 5.625
+    w = lat_cell_weights(lat)
+    regions = region_weights(lat, lon, w)
+    assert list(regions) == ["global", *REGIONS]
+    rows, cols = regions["europe"]
+    np.testing.assert_array_equal(rows, np.where((lat >= 35) & (lat <= 75), w, 0.0))
+    np.testing.assert_array_equal(cols, ((lon >= 347.5) | (lon <= 42.5)).astype(float))
+    assert cols[0] == cols[-1] == 1 and cols.sum() == 10  # 0..39.375 and 348.75..354.375
+    np.testing.assert_array_equal(regions["north_pacific"][1], ((lon >= 145) & (lon <= 230)).astype(float))
+    shifted = (lon + 180) % 360 - 180
+    order = np.argsort(shifted)
+    np.testing.assert_array_equal(region_weights(lat, shifted[order], w)["europe"][1], cols[order])
+
+    uk_lat, uk_lon = np.linspace(58, 50, 33), np.linspace(-10, 2, 49)  # the ERA5 sample's box (0.25 deg)
+    assert list(region_weights(uk_lat, uk_lon, lat_cell_weights(uk_lat))) == ["domain"]
+    box_lat, box_lon = np.arange(73.125, 30, -5.625), np.arange(16) * 5.625 - 22.5  # Europe and around it
+    bw = lat_cell_weights(box_lat)
+    boxed = region_weights(box_lat, box_lon, bw)
+    assert list(boxed) == ["domain", "europe"]  # no band: they need every longitude
+    np.testing.assert_array_equal(boxed["domain"][0], bw)
+    np.testing.assert_array_equal(boxed["europe"][0], np.where((box_lat >= 35) & (box_lat <= 75), bw, 0.0))
+    np.testing.assert_array_equal(boxed["europe"][1], ((box_lon >= -12.5) & (box_lon <= 42.5)).astype(float))
+    band = region_weights(np.linspace(-30, 30, 11), lon, lat_cell_weights(np.linspace(-30, 30, 11)))
+    assert list(band) == ["domain", "tropics"]  # every longitude, no pole
+
+
+def test_box_region_sums_over_column_tiles_equal_the_hand_computation():
+    """ScoreSums on the two column halves of a global grid (europe has columns in both): their squared-error sums
+    add up to the hand computation sum_box w_i (f - o)^2 / (sum_box w_i x its columns)."""
+    from jigsaw_ds.eval.streaming import ScoreSums
+    from jigsaw_ds.parallel.topology import JigsawGroups
+
+    rng = np.random.default_rng(0)
+    lat, lon = np.linspace(90, -90, 17), np.arange(32) * 11.25
+    w = lat_cell_weights(lat)
+    f, o = rng.normal(size=(2, 1, 1, 17, 32))
+    se = 0.0
+    for cols in (slice(0, 16), slice(16, 32)):
+        sums = ScoreSums(["model"], 1, 1, lat, w, slice(0, 17), lon, cols, JigsawGroups.serial())
+        sums.add(0, {"model": f[..., cols]}, o[..., cols], o[..., cols] * 0)
+        se = se + sums.se[sums.regions.index("europe"), 0, 0, 0]
+    mask = ((lat >= 35) & (lat <= 75))[:, None] & ((lon >= 347.5) | (lon <= 42.5))[None, :]
+    expected = (w[:, None] * (f - o)[0, 0] ** 2 * mask).sum() / (w[:, None] * mask).sum()
+    assert np.sqrt(se / sums.total_weight[sums.regions.index("europe"), 0, 0, 0]) == pytest.approx(np.sqrt(expected))
+
+
+def test_a_regional_store_is_scored_as_its_domain(tmp_path, capsys):
+    """A model trained 2 steps on a lat/lon box (Europe and around it, -180..180 longitudes) and evaluated: its
+    scores are the "domain" region's and europe's, never "global"; no zonal spectra (the rows are no latitude
+    circles), one note saying so; headline and plots from the domain's scores."""
+    import csv
+
+    from test_checkpoint import configs, train
+
+    from jigsaw_ds.data.synth import synth_dataset
+    from jigsaw_ds.data.writer import write_store
+    from jigsaw_ds.eval import evaluate as ev
+
+    ds = synth_dataset(33, 64, 40, seed=1)
+    ds = ds.assign_coords(longitude=(ds["longitude"] + 180) % 360 - 180).sortby("longitude")
+    box = ds.sel(latitude=slice(75, 30), longitude=slice(-23, 62))  # 8 x 16 points
+    write_store(box, str(tmp_path / "box.zarr"))
+    proc = train(configs(tmp_path, str(tmp_path / "box.zarr"), tmp_path / "run"),
+                 1, ["--set", "parallel.domain=1", "--set", "parallel.tensor=1", "--set", "train.steps=2",
+                     "--set", "train.ckpt_every=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    capsys.readouterr()
+    assert ev.main(["--checkpoint", str(tmp_path / "run"), "--data", str(tmp_path / "box.zarr"), "--out",
+                    str(tmp_path / "eval"), "--lead-steps", "2", "--inits", "2"]) == 0
+    said = capsys.readouterr().out
+    rows = json.load(open(tmp_path / "eval" / "scores.json"))["rows"]
+    assert list(dict.fromkeys(r["region"] for r in rows)) == ["domain", "europe"]
+    assert said.count("do not close a latitude circle") == 1
+    assert not (tmp_path / "eval" / "spectra.nc").exists() and not (tmp_path / "eval" / "spectra.png").exists()
+    assert {h["region"] for h in csv.DictReader(open(tmp_path / "eval" / "headline.csv"))} == {"domain"}
+    for name in ("rmse.png", "acc.png", "maps_temperature_500.png"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0

@@ -254,6 +254,29 @@ def test_a_flipped_byte_is_refused_naming_the_file(good_run, tmp_path, capsys):
     assert steps_logged(run) == [1, 2, 3]
 
 
+def test_help_and_checkpoint_info_start_without_torch(good_run):
+    """--help of the commands and `jigsaw-ckpt info` of a sharded checkpoint (its JSON metadata) import neither
+    torch nor DeepSpeed nor the store's libraries: they answer at once, not after seconds of imports."""
+    tmp, _, _ = good_run
+    script = f"""
+import contextlib, io, sys
+from jigsaw_ds.checkpoint import cli as ckpt
+from jigsaw_ds.data import cli as data
+from jigsaw_ds.eval import cli as ev
+from jigsaw_ds.train import cli as train
+for main in (ckpt.main, data.main, ev.main, ev.forecast_main, train.main):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main(["--help"])
+with contextlib.redirect_stdout(io.StringIO()):
+    assert ckpt.main(["info", {str(tmp / "run")!r}]) == 0
+print(sorted(m for m in ("torch", "deepspeed", "megatron", "tensorstore", "xarray", "zarr") if m in sys.modules))
+"""
+    proc = subprocess.run([os.path.join(BIN, "python"), "-c", script], cwd=ROOT, env=spawn_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == "[]"
+
+
 # ---- evaluation -------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def eval_setup(tmp_path_factory):

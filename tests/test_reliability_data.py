@@ -62,6 +62,28 @@ def test_a_cf_packed_store_is_refused_naming_variable_and_prepare(tmp_path):
                                   ds["temperature"].isel(time=2, level=0).values)
 
 
+def test_a_float_fill_value_marks_missing_points_the_scan_refuses(tmp_path):
+    """A float variable whose missing points are a number (_FillValue -9999, as many netCDF and zarr writers
+    use): xarray shows NaN there, and so must the reader (tensorstore's raw read gives -9999), so that the scan
+    before training refuses it, naming variable, time and the fill value; a variable that never holds it passes."""
+    ds = synth_dataset(9, 16, 6, seed=1)
+    ds["2m_temperature"][3, 4, 5] = np.nan  # written as -9999 by the encoding below
+    ds["land_sea_mask"][2, 2] = np.nan
+    fill = {"dtype": "float32", "_FillValue": -9999.0}
+    path = xarray_store(ds, tmp_path / "filled.zarr", {"2m_temperature": fill, "land_sea_mask": fill,
+                                                       "temperature": fill})
+    assert zarr.open_array(os.path.join(path, "2m_temperature"), mode="r")[3, 4, 5] == -9999.0  # on disk
+    store = WeatherStore(path, [], ["2m_temperature"], [])
+    read = store.read_raw([3], slice(0, 9), slice(0, 16))[0, 0]
+    np.testing.assert_array_equal(read, xr.open_zarr(path)["2m_temperature"].isel(time=3).values)  # NaN at (4, 5)
+    with pytest.raises(StoreError, match=r"variable '2m_temperature' has NaN/inf or missing points \(its "
+                                         r"_FillValue -9999\) at time " + str(ds.time.values[3])[:19]):
+        store.check_finite()
+    WeatherStore(path, ["temperature"], [], [500]).check_finite()  # has the fill value, never holds it
+    with pytest.raises(StoreError, match=r"static field 'land_sea_mask' has NaN/inf or missing points"):
+        WeatherStore(path, ["temperature"], [], [500], static_variables=["land_sea_mask"]).check_finite()
+
+
 def test_packing_that_reads_identically_is_accepted(tmp_path):
     ds = synth_dataset(9, 16, 6, seed=1)
     ds["2m_temperature"] = ds["2m_temperature"].round()
@@ -215,3 +237,53 @@ def test_generators_never_write_over_a_directory_they_did_not_write(tmp_path, ca
     store = tmp_path / "s.zarr"
     for _ in range(2):  # new, then over its own store
         assert data_cli.main(["synth", "--out", str(store), "--grid", "9x16", "--times", "4"]) == 0
+
+
+# ---- a store of the trained grid in another order: read in the trained order ------------------------------------
+def reordered(ds: xr.Dataset, flip_lat: bool, first_column: int) -> xr.Dataset:
+    """`ds` with its latitudes reversed (flip_lat) and its longitudes starting at column `first_column`, those
+    past 180 deg written as negative (a monotonic -180..180-style axis, as WB2 or CDS stores differ)."""
+    n = ds.sizes["longitude"]
+    out = ds.isel(latitude=slice(None, None, -1) if flip_lat else slice(None),
+                  longitude=(np.arange(n) + first_column) % n)
+    lon = out["longitude"].values
+    west = np.arange(n) < (n - first_column) % n  # the columns that now come before 0 deg
+    return out.assign_coords(longitude=("longitude", np.where(west & (lon > 0), lon - 360, lon),
+                                        ds["longitude"].attrs))
+
+
+def test_a_reordered_store_reads_tiles_in_the_trained_order(tmp_path):
+    """WeatherStore.reorder: latitudes reversed and longitudes -135..202.5 (the trained 0..337.5 from column 10):
+    a tile across the store's longitude seam, an index-array tile, the static fields, the xarray view and a
+    damaged chunk, against numpy on the whole field in the trained order."""
+    from jigsaw_ds.model import inputs
+
+    ds = synth_dataset(9, 16, 6, seed=1)
+    trained = WeatherStore(write_store(ds, str(tmp_path / "a.zarr")), ["temperature"], ["2m_temperature"],
+                           [500, 850], ["land_sea_mask"])
+    path = write_store(reordered(ds, True, 10), str(tmp_path / "b.zarr"))
+    store = WeatherStore(path, ["temperature"], ["2m_temperature"], [500, 850], ["land_sea_mask"])
+    assert store.lon[0] == -135 and store.lat[0] == -90
+    order = inputs.reorder_of(inputs.of_store(trained), inputs.of_store(store))
+    assert order == (True, 6)
+    store.reorder(*order)
+    np.testing.assert_array_equal(store.lat, trained.lat)
+    np.testing.assert_allclose(store.lon, trained.lon)
+    whole = np.concatenate([ds["temperature"].transpose("time", "level", ...).values,
+                            ds["2m_temperature"].values[:, None]], axis=1)  # [T, C, H, W] trained order
+    times = [1, 4]
+    for lon in (slice(4, 12), slice(8, 16), np.r_[14:16, 0:3]):  # 4..12: store columns 10..15 and 0..1
+        np.testing.assert_array_equal(store.read_raw(times, slice(2, 7), lon), whole[times][:, :, 2:7, lon])
+        np.testing.assert_array_equal(store.read_static(slice(2, 7), lon), trained.read_static(slice(2, 7), lon))
+    store.check_finite(slice(None), slice(2, 7), slice(4, 12))
+    view = store.ds["temperature"]
+    np.testing.assert_array_equal(view.isel(time=3, level=1).values, ds["temperature"].isel(time=3, level=1).values)
+    np.testing.assert_allclose(view["longitude"].values, ds["longitude"].values)
+    assert view["latitude"].attrs == ds["latitude"].attrs
+    assert inputs.reorder_of(inputs.of_store(trained), inputs.of_store(store)) == (False, 0)
+    other = reordered(ds, True, 10).assign_coords(latitude=np.linspace(-80, 80, 9))
+    assert inputs.reorder_of(inputs.of_store(trained), inputs.of_store(WeatherStore(
+        write_store(other, str(tmp_path / "c.zarr")), [], ["2m_temperature"], []))) is None
+    os.truncate(os.path.join(path, "2m_temperature/c/4/0/0"), 100)
+    with pytest.raises(StoreError, match=r"variable '2m_temperature' at time .*chunk file '2m_temperature/c/4/0/0'"):
+        store.read_raw([4], slice(2, 7), slice(4, 12))

@@ -20,6 +20,7 @@ from jigsaw_ds.checkpoint.manager import CheckpointManager
 from jigsaw_ds.data.synth import synth_dataset
 from jigsaw_ds.data.writer import write_store
 from jigsaw_ds.eval import evaluate as ev
+from jigsaw_ds.parallel import topology
 from jigsaw_ds.train import cli as train_cli
 from jigsaw_ds.train import run_lock
 
@@ -39,7 +40,7 @@ def trained(tmp_path_factory):
 def no_process_group(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("jigsaw-train got past its checks to the process group")
-    monkeypatch.setattr(train_cli, "init_distributed", started)
+    monkeypatch.setattr(topology, "init_distributed", started)  # jigsaw-train imports it when it starts the group
 
 
 def eval_args(checkpoint, data, out, *extra):
@@ -191,26 +192,99 @@ def test_export_to_an_existing_directory_is_one_line(trained, tmp_path, capsys):
 
 # ---- 4. evaluation on the trained grid's coordinates, not only its size ----------------------------------------
 @pytest.mark.parametrize("case, expected", [
-    ("lat_reversed", ["'latitude' = -90..90 (17 points), the model was trained on 90..-90 (17 points)",
-                      "latitudes reversed"]),
-    ("lon_-180", ["'longitude' = -180..168.75 (32 points), the model was trained on 0..348.75 (32 points)",
-                  "rolled by 16 columns"]),
     ("other_lat", ["'latitude' = 80..-80 (17 points), the model was trained on 90..-90 (17 points)"]),
+    ("lat_reversed_other_lon", ["'longitude' = 5..353.75 (32 points), the model was trained on 0..348.75 (32 points)"]),
 ])
 def test_eval_on_other_coordinates_of_the_same_size_is_one_line(trained, tmp_path, capsys, case, expected):
     tmp, ds, run = trained
-    if case == "lat_reversed":
-        other = ds.isel(latitude=slice(None, None, -1))
-    elif case == "lon_-180":
-        other = ds.roll(longitude=16, roll_coords=True)
-        other = other.assign_coords(longitude=(other.longitude + 180) % 360 - 180)
-    else:
+    if case == "other_lat":
         other = ds.assign_coords(latitude=np.linspace(80, -80, 17))
+    else:  # an exact reorder of the latitudes, but longitudes that are no reorder of the trained ones
+        other = ds.isel(latitude=slice(None, None, -1)).assign_coords(longitude=ds.longitude + 5)
     write_store(other, str(tmp_path / "other.zarr"))
     assert ev.main(eval_args(run, tmp_path / "other.zarr", tmp_path / "out", "--no-plots")) == 2
     line = one_error(capsys.readouterr().err)
     assert all(e in line for e in expected), line
     assert not (tmp_path / "out").exists()
+
+
+REORDERS = {  # name -> (the store's latitudes reversed, its first column), what jigsaw-eval says
+    "lat_reversed": ((True, 0), "holds latitudes in reverse order (south to north): read in the trained order"),
+    "lon_-180": ((False, 16), "holds longitudes -180..168.75, the trained 0..348.75 rolled by 16 columns: read in"),
+    "both": ((True, 20), "holds latitudes in reverse order (south to north) and longitudes -135..213.75, the "
+                         "trained 0..348.75 rolled by 12 columns: read in the trained order"),
+}
+
+
+@pytest.fixture(scope="module")
+def eval_in_trained_order(trained):
+    tmp, _, run = trained
+    assert ev.main(eval_args(run, tmp / "store.zarr", tmp / "eval_trained_order", "--inits", "4", "--no-plots")) == 0
+    return tmp / "eval_trained_order"
+
+
+@pytest.mark.parametrize("case", list(REORDERS))
+def test_eval_on_the_trained_grid_in_another_order_reorders_it(trained, eval_in_trained_order, tmp_path, capsys,
+                                                                no_process_group, case):
+    """WB2's ERA5 is south to north, CDS's north to south; longitudes -180..180 or 0..360: jigsaw-eval reads such a
+    store in the trained order (one line says so) and scores and writes what it would on the trained order (plots
+    too: their truth is read through the store's view); jigsaw-train --resume still refuses it, naming the reorder."""
+    from test_reliability_data import reordered
+
+    tmp, ds, run = trained
+    (flip, first), said = REORDERS[case]
+    store = tmp_path / "reordered.zarr"
+    write_store(reordered(ds, flip, first), str(store))
+    capsys.readouterr()
+    plots = [] if case == "both" else ["--no-plots"]
+    assert ev.main(eval_args(run, store, tmp_path / "out", "--inits", "4", *plots)) == 0
+    assert f"jigsaw-eval: store '{store}' {said}" in capsys.readouterr().out
+    want, got = (json.loads((p / "scores.json").read_text())["rows"] for p in (eval_in_trained_order, tmp_path / "out"))
+    assert [{k: r[k] for k in ("region", "channel", "lead_hours", "metric")} for r in got] == \
+        [{k: r[k] for k in ("region", "channel", "lead_hours", "metric")} for r in want]
+    for a, b in zip(got, want):
+        for kind in ("model", "persistence", "climatology"):
+            assert a[kind] == pytest.approx(b[kind], rel=1e-6, abs=1e-9, nan_ok=True), (a, b)
+    fc, ref = (xr.open_zarr(p / "forecast.zarr") for p in (tmp_path / "out", eval_in_trained_order))
+    np.testing.assert_array_equal(fc["latitude"].values, ds["latitude"].values)
+    np.testing.assert_allclose(fc["longitude"].values, ds["longitude"].values)
+    for var in ref.data_vars:
+        np.testing.assert_allclose(fc[var].values, ref[var].values, rtol=1e-6, atol=1e-6)
+    if case == "both":
+        assert (tmp_path / "out" / "maps_2m_temperature.png").exists()
+    line = cli_error(capsys, write_configs(tmp_path, store, run, steps=3) + ["--resume"])
+    assert ("the trained latitudes reversed" if flip else "the trained longitudes rolled by 16 columns") in line, line
+
+
+def test_eval_normalises_as_the_model_was_trained_not_by_the_stores_statistics(trained, eval_in_trained_order,
+                                                                              tmp_path, capsys, no_process_group):
+    """A store of other times (a test year prepared on its own) has other means and spreads: the model's inputs
+    are normalised with the statistics recorded in its run (config.json, every checkpoint), so the same data
+    under other attrs['jigsaw_stats'] scores as the training store does; a --resume on it keeps the run's."""
+    import zarr
+
+    from jigsaw_ds.data.store import STATS_ATTR
+
+    tmp, ds, run = trained
+    recorded = json.loads((run / "config.json").read_text())["statistics"]
+    other = tmp_path / "other_year.zarr"
+    shutil.copytree(tmp / "store.zarr", other)
+    group = zarr.open_group(str(other), mode="r+")
+    stats = dict(group.attrs[STATS_ATTR])
+    stats = {name: {**s, "mean": s["mean"] + 0.5 * s["std"], "std": 1.5 * s["std"]} for name, s in stats.items()}
+    group.attrs[STATS_ATTR] = stats
+    zarr.consolidate_metadata(str(other))
+    assert ev.main(eval_args(run, other, tmp_path / "out", "--inits", "4", "--no-plots")) == 0
+    want, got = (json.loads((p / "scores.json").read_text())["rows"] for p in (eval_in_trained_order, tmp_path / "out"))
+    for a, b in zip(got, want):
+        assert a["model"] == pytest.approx(b["model"], rel=1e-6, abs=1e-9, nan_ok=True), (a, b)
+    # the trainer's side: fine-tuning the model on that store (--init-from) keeps the model's normalisation
+    fresh = train_cli.plan_run(train_cli.parse_args(write_configs(tmp_path, other, tmp_path / "ft", steps=3)))
+    assert fresh.store.mean.tolist() != recorded["mean"]  # a new run: the store's own
+    tuned = train_cli.plan_run(train_cli.parse_args(write_configs(tmp_path, other, tmp_path / "ft", steps=3)
+                                                    + ["--init-from", str(run)]))
+    assert tuned.store.mean.tolist() == recorded["mean"] and tuned.store.std.tolist() == recorded["std"]
+    assert tuned.trained_statistics["lead_tendency_std"] == recorded["lead_tendency_std"]
 
 
 def test_run_records_its_grid(trained):

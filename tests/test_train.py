@@ -179,3 +179,30 @@ def test_a_finished_run_says_so_and_exits_before_any_start_up(serial_run, tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"already finished at step {STEPS}" in proc.stdout and "train.steps" in proc.stdout
     assert "DeepSpeed" not in proc.stdout + proc.stderr and read_metrics(serial_run) == before
+
+
+def test_persistence_scores_alike_at_a_two_step_lead(serial_run, tmp_path, synth_store):
+    """data.lead_steps = 2: the loss (and the model's output scaling) is in units of each channel's change over
+    the model's step, two store steps, estimated from training pairs at start-up (here all of them: the std of
+    every 2-step change); so persistence's validation loss is what it is at one step (about 1: 1.4 on these
+    waves, whose changes are largest where the area weights are), not about 4 (one-step units)."""
+    import numpy as np
+
+    from jigsaw_ds.data.store import WeatherStore
+    from jigsaw_ds.parallel.topology import JigsawGroups
+    from jigsaw_ds.train.trainer import lead_tendency_std
+
+    store = WeatherStore(synth_store, ["geopotential", "temperature"], ["2m_temperature"], [500, 850])
+    n, tile = len(store.times), (slice(0, store.n_lat), slice(0, store.n_lon))
+    starts = np.arange(n - 2)  # the fixture store is one trajectory
+    x = store.read_raw(list(range(n)), *tile).astype(np.float64)
+    change = (x[2:] - x[:-2]).transpose(1, 0, 2, 3).reshape(len(store.channels), -1)
+    np.testing.assert_allclose(lead_tendency_std(store, starts, 2, *tile, JigsawGroups.serial()), change.std(1),
+                               rtol=1e-5)
+    assert lead_tendency_std(store, starts, 1, *tile, JigsawGroups.serial()) is store.tendency_std  # prepare's
+
+    run(write_configs(tmp_path, synth_store, tmp_path / "run") + ["--set", "data.lead_steps=2", "--set",
+                                                                   "train.steps=2", "--set", "train.val_every=2"])
+    two = read_metrics(tmp_path / "run")[-1]["val_loss_persistence"]
+    one = read_metrics(serial_run)[-1]["val_loss_persistence"]
+    assert two == pytest.approx(one, rel=0.1), (two, one)

@@ -18,12 +18,11 @@ import math
 import os
 import sys
 
-import torch
-
+# torch loads only where tensors are read (export, info of a FILE): --help and the info of a sharded checkpoint
+# (its JSON metadata) answer without it, in a fraction of a second
+from ..files import write_atomic
 from ..quiet import quiet_libraries
-from .layout_free import FORMAT, load_file
-from .manager import CheckpointManager, find_checkpoint, load_full
-from .sharded import read_meta
+from .folder import Checkpoints, find_checkpoint, read_meta
 
 
 def export(path: str, out: str, weights_only: bool = False) -> None:
@@ -34,10 +33,12 @@ def export(path: str, out: str, weights_only: bool = False) -> None:
         raise ValueError(f"--out {out} is a directory: name the file to write (e.g. {os.path.join(out, 'model.pt')})")
     if not os.path.isdir(path):
         raise ValueError(f"{path} is not a run directory or checkpoint folder")
+    import torch
+
+    from .manager import load_full
+
     state = load_full(path, moments=not weights_only)
-    tmp = out + ".partial"
-    torch.save(state, tmp)
-    os.replace(tmp, out)  # never a half-written file at `out`
+    write_atomic(out, lambda f: torch.save(state, f))  # never a half-written file at `out`
     print(f"jigsaw-ckpt: wrote {out} (step {state['step']}, trained at layout {state['config']['layout']})")
 
 
@@ -53,7 +54,7 @@ def shape_line(run_config: dict) -> str:
 def info(path: str) -> None:
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "config.json")):  # a run directory: what its checkpoints are
-            tag, refused = CheckpointManager(os.path.join(path, "checkpoints"), 1).latest_complete()
+            tag, refused = Checkpoints(os.path.join(path, "checkpoints")).latest_complete()
             print(f"run {path}: newest complete checkpoint: {tag or 'none'}")
             for line in refused:
                 print(f"  refused {line}")
@@ -67,6 +68,8 @@ def info(path: str) -> None:
               f"optimizer step {meta['adam_step']}; {len(files)} files, "
               f"{sum(f['bytes'] for f in files.values()) / 2**20:.1f} MiB")
         return
+    from .layout_free import FORMAT, load_file
+
     state = load_file(path)
     n = sum(t.numel() for t in state["model"].values())
     print(f"{path}: {FORMAT}, step {state['step']}, trained at layout {state['config']['layout']}")

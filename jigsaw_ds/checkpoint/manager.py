@@ -17,42 +17,10 @@ import shutil
 import torch
 import torch.distributed as dist
 
+from ..files import write_atomic
 from . import sharded
-from .sharded import MANIFEST, CorruptCheckpoint, sha256
-
-
-def read_manifest(folder: str) -> tuple[dict, str]:
-    """(the manifest's file list, '') if the checkpoint folder is complete: manifest and jigsaw.json present,
-    every listed file there with its listed size (hashes are checked by whoever reads a file); else ({}, why)."""
-    if not os.path.isdir(folder):
-        return {}, "it does not exist"
-    path = os.path.join(folder, MANIFEST)
-    if not os.path.exists(path):
-        return {}, "no manifest (the save did not finish)"
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except json.JSONDecodeError:
-        return {}, "manifest is not valid JSON"
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        return {}, "manifest has no file list"
-    if sharded.META not in manifest["files"]:
-        return {}, (f"not a sharded checkpoint ({sharded.META} missing: written by a jigsaw_ds before the "
-                    f"DCP format; export it with that version's `jigsaw-ckpt export` and use --init-from FILE)")
-    for name, meta in manifest["files"].items():
-        if not (isinstance(meta, dict) and isinstance(meta.get("bytes"), int) and isinstance(meta.get("sha256"), str)):
-            return {}, f"manifest entry of {name} lacks its size or sha256"
-        fp = os.path.join(folder, name)
-        if not os.path.exists(fp):
-            return {}, f"file {name} is missing"
-        if os.path.getsize(fp) != meta["bytes"]:
-            return {}, f"file {name} does not match its manifest (size)"
-    return manifest["files"], ""
-
-
-def verify(folder: str) -> str:
-    """'' if the checkpoint folder is complete (read_manifest), else why not."""
-    return read_manifest(folder)[1]
+from .folder import MANIFEST, META, Checkpoints, CorruptCheckpoint, find_checkpoint, sha256
+from .folder import verify  # noqa: F401 (re-exported: whether a checkpoint is complete, asked of the manager)
 
 
 class CheckpointError(RuntimeError):
@@ -73,14 +41,10 @@ def _failure_on_any_rank(device, write, *args) -> str:
     return (error or "a write failed on another rank") if failed.item() else ""
 
 
-class CheckpointManager:
+class CheckpointManager(Checkpoints):
     def __init__(self, root: str, keep: int):
-        self.root, self.keep = root, keep
-
-    def tags(self) -> list[str]:
-        if not os.path.isdir(self.root):
-            return []
-        return sorted(t for t in os.listdir(self.root) if t.startswith("step_") and not t.endswith(".old"))
+        super().__init__(root)
+        self.keep = keep
 
     def save(self, engine, model, groups, step: int, run_config: dict) -> str:
         tag = f"step_{step:08d}"
@@ -112,8 +76,8 @@ class CheckpointManager:
         if dist.get_rank() != 0:
             return
         tag = os.path.basename(folder)
-        write_atomic(os.path.join(folder, sharded.META), json.dumps(meta, indent=1))
-        for name in (".metadata", sharded.META):  # written by rank 0 (DCP's coordinator) itself
+        write_atomic(os.path.join(folder, META), json.dumps(meta, indent=1))
+        for name in (".metadata", META):  # written by rank 0 (DCP's coordinator) itself
             path = os.path.join(folder, name)
             files[name] = {"bytes": os.path.getsize(path), "sha256": sha256(path)}
         write_atomic(os.path.join(folder, MANIFEST), json.dumps({"step": meta["step"], "files": files}, indent=1))
@@ -123,19 +87,6 @@ class CheckpointManager:
         complete = [t for t in self.tags() if t <= tag and os.path.exists(os.path.join(self.root, t, MANIFEST))]
         for old in complete[:-self.keep]:
             shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
-
-    def candidates(self) -> list[tuple[str, dict, str]]:
-        """(tag, manifest files, why it is refused or '') of every checkpoint folder, newest first."""
-        return [(tag, *read_manifest(os.path.join(self.root, tag))) for tag in reversed(self.tags())]
-
-    def latest_complete(self) -> tuple[str, list[str]]:
-        """(newest complete tag or '', reasons for each newer tag refused)."""
-        refused = []
-        for tag, _, why in self.candidates():
-            if not why:
-                return tag, refused
-            refused.append(f"{tag}: {why}")
-        return "", refused
 
     def load(self, engine, model, groups) -> int:
         """Load the newest complete checkpoint that reads back intact, at this run's layout (whatever layout
@@ -163,24 +114,6 @@ class CheckpointManager:
         return 0
 
 
-def find_checkpoint(path: str) -> tuple[str, dict]:
-    """(checkpoint folder, its manifest's files) for PATH = a checkpoint folder or a run directory (its newest
-    complete checkpoint); ValueError saying why not."""
-    if os.path.exists(os.path.join(path, MANIFEST)) or os.path.exists(os.path.join(path, sharded.META)):
-        folder = path
-    else:
-        root = os.path.join(path, "checkpoints")
-        tag, refused = CheckpointManager(root, 1).latest_complete()
-        if not tag:
-            raise ValueError(f"{path}: neither a checkpoint folder nor a run directory with a complete checkpoint "
-                             f"({'; '.join(refused) or 'no ' + root})")
-        folder = os.path.join(root, tag)
-    files, why = read_manifest(folder)
-    if why:
-        raise ValueError(f"checkpoint {folder} is refused: {why}")
-    return folder, files
-
-
 def load_full(path: str, moments: bool = True) -> dict:
     """The layout-free state (layout_free.py's structure) of a layout-free FILE, or of a sharded checkpoint
     (a checkpoint folder or a run directory), read in this one process."""
@@ -198,13 +131,3 @@ def source_config(path: str) -> dict:
     if os.path.isdir(path):
         return sharded.read_meta(find_checkpoint(path)[0])["config"]
     return load_file(path, mmap=True)["config"]
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write text to path so that a crash leaves either the old file or the whole new one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

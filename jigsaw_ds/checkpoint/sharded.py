@@ -26,10 +26,7 @@ documented extension points for exactly that, and the resharding itself stays DC
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -43,35 +40,10 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 
 from .layout_free import ADAM_STATES, FORMAT as LAYOUT_FREE_FORMAT, _adam_step, _init_zero_adam_state, \
     _link_adam_state, _zero_optimizer, restore_scheduler
+# a folder's files and metadata, read without torch (jigsaw-ckpt info), are folder.py's (read_meta re-exported)
+from .folder import FORMAT, CorruptCheckpoint, check_file, read_meta, sha256
 
-FORMAT = "jigsaw_ds.dcp.v1"
-META = "jigsaw.json"
-MANIFEST = "MANIFEST.json"
 STATES = ("weights",) + ADAM_STATES
-
-
-class CorruptCheckpoint(ValueError):
-    """A checkpoint file differs from its manifest, or is missing."""
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def check_file(folder: str, name: str, files: dict) -> None:
-    """The file as the manifest lists it (size, then sha256); CorruptCheckpoint naming it otherwise."""
-    path = os.path.join(folder, name)
-    if name not in files:
-        raise CorruptCheckpoint(f"{path} is not in the checkpoint's manifest")
-    if not os.path.exists(path):
-        raise CorruptCheckpoint(f"{path} is missing")
-    if os.path.getsize(path) != files[name]["bytes"] or sha256(path) != files[name]["sha256"]:
-        raise CorruptCheckpoint(f"{path} does not match its manifest (size or sha256): the file was changed "
-                                f"or damaged after the save")
 
 
 # ---- what a rank holds: its boxes of every saved tensor ----------------------------------------------------
@@ -220,20 +192,6 @@ def meta_of(engine, model, step: int, run_config: dict) -> dict:
             "scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
             "optimizer_wrapper": type(zero).__name__, "module_dtype": str(next(model.parameters()).dtype),
             "tensors": {name: list(p.full_shape) for name, p in model.named_parameters()}}
-
-
-def read_meta(folder: str, files: Optional[dict] = None) -> dict:
-    """jigsaw.json of a checkpoint folder (checked against the manifest's `files` when given)."""
-    path = os.path.join(folder, META)
-    if files is not None:
-        check_file(folder, META, files)
-    if not os.path.exists(path):
-        raise ValueError(f"{folder} is not a jigsaw_ds sharded checkpoint ({META} missing)")
-    with open(path) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT}")
-    return meta
 
 
 def check_model(meta: dict, model) -> None:

@@ -15,7 +15,7 @@ import torch
 from ..forcings import forcing_channels
 from ..grid import coord_features
 from ..parallel.topology import Layout
-from .store import WeatherStore
+from .store import WeatherStore, shifted_columns
 
 
 def split_train_val(store: WeatherStore, span: int, val_fraction: float,
@@ -87,12 +87,7 @@ class PairDataset(torch.utils.data.Dataset):
         """The store columns of this tile rolled by `shift`: tile column j reads store column
         (lon.start + j + shift) mod n_lon; a slice, or an index array where the range wraps past the last
         longitude (one read all the same: WeatherStore._tile)."""
-        n_lon = self.store.n_lon
-        start, stop = self.lon.indices(n_lon)[:2]
-        first, width = (start + shift) % n_lon, stop - start
-        if first + width <= n_lon:
-            return slice(first, first + width)
-        return (first + np.arange(width)) % n_lon
+        return shifted_columns(slice(*self.lon.indices(self.store.n_lon)[:2]), shift, self.store.n_lon)
 
     def forcings_for(self, indices, steps: int, lon_shifts=None) -> torch.Tensor:
         """[B, steps, F, h, w]: the forcing channels of `steps` model steps from each item's start, computed

@@ -60,15 +60,25 @@ def from_spec(spec: dict, out: str) -> str:
     check_generate_spec(spec)
     kind = spec["kind"]
     spec = {k: v for k, v in {**GENERATE_DEFAULTS[kind], **spec}.items() if k != "kind"}
+
+    def say(what: str) -> None:  # one line before the slow part: what it is doing
+        print(f"{kind}: {what}, for {out}", flush=True)
+
     if kind == "synth":
+        say(f"making {spec['times']} times of travelling waves on a {spec['grid'][0]}x{spec['grid'][1]} grid")
         from .synth import synth_dataset
 
         ds = synth_dataset(*spec["grid"], spec["times"], seed=spec["seed"])
     elif kind == "swe":
+        say(f"running torch-harmonics' shallow-water solver: {spec['trajectories']} trajectories of "
+            f"{spec['steps']} 6-hourly steps on a {spec['grid'][0]}x{spec['grid'][1]} grid")
         from .swe import swe_dataset
 
         ds = swe_dataset(*spec["grid"], spec["trajectories"], spec["steps"], seed=spec["seed"])
     else:
+        say(f"running dinosaur's primitive equations with Held-Suarez forcing at T{spec['truncation']}: "
+            f"{spec['spinup']} days of spin-up, then {spec['trajectories']} runs of {spec['steps']} 6-hourly "
+            f"records {spec['gap']} days apart")
         from .held_suarez import held_suarez_dataset
 
         ds = held_suarez_dataset(**spec)

@@ -32,6 +32,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from ..files import write_atomic
 from .climatology import grouping, store_groups
 from .store import STATS_ATTR, all_channels, channel_stats, static_stats
 from .writer import BLOCK_BYTES, DEFAULT_CODEC, chunk_encoding, time_blocks
@@ -354,6 +355,9 @@ def dask_client(workers: int = 1, scheduler: Optional[str] = None):
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
+        from ..quiet import quiet_libraries
+
+        client.run(quiet_libraries, 0)  # the workers print to this terminal: the same filters as this process
         yield client
 
 
@@ -516,12 +520,9 @@ def _note(text: str) -> None:
 
 
 def _write_json(path: str, obj) -> None:
-    """Atomically (write, then rename): a record that exists is whole."""
+    """A record that exists is whole (files.write_atomic)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    part = f"{path}.{os.getpid()}.tmp"
-    with open(part, "w") as f:
-        json.dump(obj, f)
-    os.replace(part, path)
+    write_atomic(path, json.dumps(obj))
 
 
 def _read_json(path: str):

@@ -71,11 +71,24 @@ def _extent(index: Union[slice, np.ndarray]) -> int:
 
 
 def _runs(index: Union[slice, np.ndarray]) -> list[slice]:
-    """The contiguous runs of a normalised slice or of an increasing-by-one index array that may wrap."""
+    """The contiguous runs, in their order, of a normalised slice or of an index array stepping by one up (columns
+    that may wrap) or down (rows reversed)."""
     if isinstance(index, slice):
         return [index]
-    cut = np.flatnonzero(np.diff(index) != 1) + 1
-    return [slice(int(run[0]), int(run[-1]) + 1) for run in np.split(index, cut)]
+    cut = np.flatnonzero(np.abs(np.diff(index)) != 1) + 1
+    return [slice(int(run.min()), int(run.max()) + 1) for run in np.split(index, cut)]
+
+
+def shifted_columns(cols: Union[slice, np.ndarray], shift: int, n_lon: int) -> Union[slice, np.ndarray]:
+    """The columns of a field that columns `cols` (a normalised slice or an index array) of that field rolled
+    by `shift` hold: column j of the rolled field is column (j + shift) mod n_lon. A slice where the run does
+    not wrap past the last column, else an index array (one read all the same: WeatherStore._tile)."""
+    if not isinstance(cols, slice):
+        return (np.asarray(cols) + shift) % n_lon
+    first, width = (cols.start + shift) % n_lon, cols.stop - cols.start
+    if first + width <= n_lon:
+        return slice(first, first + width)
+    return (first + np.arange(width)) % n_lon
 
 
 def conversion_hint(path: str) -> str:
@@ -126,7 +139,7 @@ def cf_coding(da: xr.DataArray) -> tuple[np.dtype, dict]:
     """The dtype a variable is stored as, and its CF packing and masking attributes that a raw read of its
     chunks (tensorstore's) would not apply, where they change values ({} if none): xarray decodes them on open
     (and keeps them in .encoding), so the statistics would describe the decoded values while the model got the
-    raw numbers. A float fill value is left: the raw read shows the points it marks as they are stored."""
+    raw numbers. A float fill value is left (fill_value_of: check_finite finds the points it marks)."""
     enc = da.encoding
     stored = np.dtype(enc.get("dtype", da.dtype))
     coding = {k: enc[k] for k in CF_CODING if enc.get(k) is not None}
@@ -140,6 +153,38 @@ def cf_coding(da: xr.DataArray) -> tuple[np.dtype, dict]:
     if stored.kind not in "iu":
         coding.pop("_Unsigned", None)
     return stored, coding
+
+
+def fill_value_of(da: xr.DataArray) -> Optional[float]:
+    """The number that marks a float variable's missing points, where it is not NaN (e.g. -9999 or netCDF's
+    9.97e36): xarray shows those points as NaN, and so does WeatherStore.read_into (a raw read would give the
+    number: a silent wrong value). None for NaN or no fill value (what prepare and the generators write)."""
+    enc = da.encoding
+    if np.dtype(enc.get("dtype", da.dtype)).kind != "f":
+        return None
+    for key in ("_FillValue", "missing_value"):
+        value = np.asarray(enc.get(key, np.nan), np.float64).ravel()
+        if value.size and np.isfinite(value[0]):
+            return float(value[0])
+    return None
+
+
+GIVEN = "the given xarray Dataset"  # what messages call a WeatherStore made from a Dataset
+
+
+def _dataset_array(da: xr.DataArray):
+    """A variable of a given Dataset as a tensorstore array of float32 in CANONICAL_DIMS order, read through
+    xarray chunk by chunk (a time step's field) only when a read asks for it: a lazy Dataset stays lazy."""
+    import tensorstore as ts
+
+    da = da.transpose(*[d for d in CANONICAL_DIMS if d in da.dims])
+
+    def read(domain, array, _params):
+        array[...] = da[tuple(slice(d.inclusive_min, d.exclusive_max) for d in domain)].values
+
+    chunk = (1,) + da.shape[1:] if da.dims[0] == "time" else da.shape
+    return ts.virtual_chunked(read, dtype=ts.float32, domain=ts.IndexDomain(shape=da.shape),
+                              chunk_layout=ts.ChunkLayout(read_chunk_shape=chunk))
 
 
 def open_store(path: str) -> xr.Dataset:
@@ -215,14 +260,19 @@ def channel_stats(mean: float, std: float, tendency_std: Optional[float]) -> dic
 class WeatherStore:
     """The channels a config selects from one store, with grid, time axis, trajectories and statistics."""
 
-    def __init__(self, path: str, variables: list, surface_variables: list, levels: list,
-                 static_variables: list = (), read_threads: int = 0):
-        self.path = path
+    def __init__(self, path: Union[str, xr.Dataset], variables: list, surface_variables: list, levels: list,
+                 static_variables: list = (), read_threads: int = 0, statistics: Optional[dict] = None):
+        # path: a zarr store, or an xarray Dataset in its layout (jigsaw_ds.inference), read where it is;
+        # statistics: a trained model's normalisation (use_statistics), else the store's own (its attrs)
+        self.given = path if isinstance(path, xr.Dataset) else None
+        self.path = GIVEN if self.given is not None else path
         self.read_threads = read_threads or default_read_threads()
-        ds = open_store(path)
+        ds = self.given if self.given is not None else open_store(path)
         self._check_dims(ds)
         self.lat = ds["latitude"].values.astype(np.float64)
         self.lon = ds["longitude"].values.astype(np.float64)
+        self._written = (self.lat, self.lon)  # the grid in the store's own order
+        self._order = (False, 0)  # reorder(): latitudes reversed, longitude shift (columns)
         self.times = ds["time"].values
         self.trajectory = trajectories(ds)
         steps = np.diff(self.times)
@@ -233,26 +283,56 @@ class WeatherStore:
         self.static_variables = list(static_variables)
         for var in self.static_variables:
             self._require(ds, var, ("latitude", "longitude"))
-        stats = ds.attrs.get(STATS_ATTR)
-        if not stats:
-            raise StoreError(f"data store '{path}' has no statistics (attrs['{STATS_ATTR}']); "
-                             f"run `jigsaw-data prepare` on it")
-        missing = [name for name in [c.name for c in self.channels] + self.static_variables if name not in stats]
-        if missing:
-            raise StoreError(f"data store '{path}': statistics lack channels {missing}; the store was written with "
-                             f"other statistics, run `jigsaw-data prepare` again")
-        self.mean = np.array([stats[c.name]["mean"] for c in self.channels], np.float32)
-        self.std = np.array([stats[c.name]["std"] for c in self.channels], np.float32)
-        self.tendency_std = np.array([stats[c.name]["tendency_std"] for c in self.channels], np.float32)
-        self._static_stats = {var: stats[var] for var in self.static_variables}
+        if statistics:
+            self.use_statistics(statistics)
+        else:
+            self._own_statistics(ds)
         constant = [c.name for c, t in zip(self.channels, self.tendency_std) if t == 0]  # NaN: check_finite says why
         if constant:  # the loss is in units of each channel's one-step change: a constant one has none
             raise StoreError(f"data store '{path}': channels {constant} never change from one time step to the "
                              f"next (tendency std 0); a field constant in time belongs in model.static_variables")
         self._dims = {var: ds[var].dims for var in {c.var for c in self.channels} | set(self.static_variables)}
         self._dtypes = {var: ds[var].dtype for var in self._dims}
+        # a given Dataset is read through xarray, which has masked them already
+        self._fills = {} if self.given is not None else {
+            var: fill for var in self._dims if (fill := fill_value_of(ds[var])) is not None}
         self._ds = None  # opened lazily in each process (DataLoader workers included)
         self._arrays: Optional[dict] = None  # tensorstore handles, likewise
+
+    # ---- normalisation ---------------------------------------------------------------------------------
+    def _own_statistics(self, ds: xr.Dataset) -> None:
+        stats = ds.attrs.get(STATS_ATTR)
+        if not stats:
+            raise StoreError(f"data store '{self.path}' has no statistics (attrs['{STATS_ATTR}']); "
+                             f"run `jigsaw-data prepare` on it")
+        missing = [name for name in [c.name for c in self.channels] + self.static_variables if name not in stats]
+        if missing:
+            raise StoreError(f"data store '{self.path}': statistics lack channels {missing}; the store was written "
+                             f"with other statistics, run `jigsaw-data prepare` again")
+        self.mean = np.array([stats[c.name]["mean"] for c in self.channels], np.float32)
+        self.std = np.array([stats[c.name]["std"] for c in self.channels], np.float32)
+        self.tendency_std = np.array([stats[c.name]["tendency_std"] for c in self.channels], np.float32)
+        self._static_stats = {var: stats[var] for var in self.static_variables}
+
+    def statistics(self) -> dict:
+        """The normalisation of the selected channels and static fields (a run config records it: the one its
+        weights were learned against)."""
+        return {"channels": [c.name for c in self.channels], "mean": self.mean.tolist(), "std": self.std.tolist(),
+                "tendency_std": self.tendency_std.tolist(),
+                "static": {var: {"mean": float(self._static_stats[var]["mean"]),
+                                 "std": float(self._static_stats[var]["std"])} for var in self.static_variables}}
+
+    def use_statistics(self, record: dict) -> None:
+        """Normalise with a trained model's statistics (`statistics()` of its training store), not this store's
+        own: a store of other times (a test year prepared on its own) has other means and spreads, and the
+        weights expect the inputs they were trained on. The channels are the model's (model/inputs.py checks)."""
+        names = [c.name for c in self.channels]
+        if record["channels"] != names:
+            raise StoreError(f"store '{self.path}' gives channels {names}; the model was trained on "
+                             f"{record['channels']}")
+        self.mean, self.std, self.tendency_std = (np.array(record[k], np.float32) for k in ("mean", "std",
+                                                                                          "tendency_std"))
+        self._static_stats = {var: record["static"][var] for var in self.static_variables}
 
     # ---- checks ----------------------------------------------------------------------------------------
     def _check_dims(self, ds):
@@ -275,7 +355,7 @@ class WeatherStore:
         if set(ds[var].dims) != set(dims):
             raise StoreError(f"data store '{self.path}': variable '{var}' has dims {ds[var].dims}, expected {dims}")
         stored, coding = cf_coding(ds[var])
-        if coding:
+        if coding and self.given is None:  # a given Dataset is read through xarray, which decodes them
             raise StoreError(f"data store '{self.path}': variable '{var}' is stored as {stored} with CF attributes "
                              f"{', '.join(f'{k}={v}' for k, v in coding.items())} that the reader does not apply "
                              f"(the model would get the raw numbers, not the values xarray decodes); "
@@ -298,8 +378,9 @@ class WeatherStore:
         return channels
 
     def check_finite(self, times: slice = slice(None), lat: slice = slice(None), lon: slice = slice(None)) -> None:
-        """Refuse NaN/inf in the selected channels (naming variable and time) and static fields. Reads the
-        given piece only (by default the whole selection), so that ranks can split the scan between them."""
+        """Refuse missing values in the selected channels (naming variable and time) and static fields: NaN,
+        inf, and the points a float _FillValue marks (read as NaN: fill_value_of). Reads the given piece only (by default the whole
+        selection), so that ranks can split the scan between them."""
         index = np.arange(len(self.times))[times]
         h, w = len(range(*lat.indices(self.n_lat))), len(range(*lon.indices(self.n_lon)))
         block = max(1, (256 * 2**20) // max(1, 4 * len(self.channels) * h * w))  # bounded memory
@@ -308,18 +389,58 @@ class WeatherStore:
             bad = ~np.isfinite(values).reshape(values.shape[0], len(self.channels), -1).all(axis=2)
             if bad.any():
                 t, c = np.argwhere(bad)[0]
-                raise StoreError(f"data store '{self.path}': variable '{self.channels[c].name}' has NaN/inf at "
-                                 f"time {self.times[index[lo + t]]}")
+                raise StoreError(f"data store '{self.path}': variable '{self.channels[c].name}' has "
+                                 f"{self._missing(self.channels[c].var)} at time {self.times[index[lo + t]]}")
         for var in self.static_variables:  # 2-D and small: every rank checks its own tile
             if not np.isfinite(self._read_static_raw(var, lat, lon)).all():
-                raise StoreError(f"data store '{self.path}': static field '{var}' has NaN/inf")
+                raise StoreError(f"data store '{self.path}': static field '{var}' has {self._missing(var)}")
+
+    def _missing(self, var: str) -> str:
+        fill = self._fills.get(var)
+        return "NaN/inf" if fill is None else f"NaN/inf or missing points (its _FillValue {fill:g})"
+
+    # ---- order ---------------------------------------------------------------------------------------
+    def reorder(self, flip_lat: bool, lon_shift: int) -> "WeatherStore":
+        """Present the store's grid in another exact order (jigsaw-eval on a store that holds the trained grid
+        so: model/inputs.reorder_of): latitudes reversed where flip_lat, and column j being the store's column
+        (j + lon_shift) mod n_lon; relative to the order the store is written in. `lat`, `lon`, `ds` and every
+        read (read_into, the static fields, check_finite) are then in that order: a tile is read from the
+        store's rows and columns that hold it (an index array where it wraps past the store's last column or
+        runs against its rows), never more. Longitudes stay increasing past the store's seam, within -180..360
+        (-180..180 rolled to 0..360 and the other way round). Returns the store."""
+        lat, lon = self._written
+        self._order = (bool(flip_lat), int(lon_shift) % len(lon))
+        shift = self._order[1]
+        self.lat = lat[::-1].copy() if flip_lat else lat
+        self.lon = np.roll(lon, -shift)
+        self.lon[len(lon) - shift:] += 360.0  # the store's first columns, now east of its last
+        if self.lon[-1] > 360.0:
+            self.lon -= 360.0
+        self._ds = None
+        return self
+
+    def _in_store(self, lat: slice, lon) -> tuple:
+        """The store's rows and columns of a tile in the presented order (_tile's normalised lat, lon): a slice
+        each in the store's own order; reversed rows as an index array; columns by shifted_columns."""
+        flip, shift = self._order
+        if flip:
+            lat = np.arange(self.n_lat - 1 - lat.start, self.n_lat - 1 - lat.stop, -1)
+        return lat, shifted_columns(lon, shift, self.n_lon) if shift else lon
 
     # ---- reading ---------------------------------------------------------------------------------------
     @property
     def ds(self) -> xr.Dataset:
-        """The store as an xarray Dataset, for metadata and coordinates (data is read by read_into)."""
+        """The store as an xarray Dataset, for metadata and coordinates (data is read by read_into), in the
+        presented order (reorder): a lazy view, indexed, not loaded."""
         if self._ds is None:
-            self._ds = open_store(self.path)
+            ds = self.given if self.given is not None else open_store(self.path)
+            flip, shift = self._order
+            if flip or shift:
+                ds = ds.isel(latitude=slice(None, None, -1) if flip else slice(None),
+                             longitude=shifted_columns(slice(0, self.n_lon), shift, self.n_lon))
+                ds = ds.assign_coords(latitude=("latitude", self.lat, ds["latitude"].attrs),
+                                      longitude=("longitude", self.lon, ds["longitude"].attrs))
+            self._ds = ds
         return self._ds
 
     def __getstate__(self):
@@ -355,6 +476,9 @@ class WeatherStore:
                               "file_io_concurrency": {"limit": self.read_threads}})
         arrays = {}
         for var, dims in self._dims.items():
+            if self.given is not None:
+                arrays[var] = _dataset_array(self.given[var])
+                continue
             folder = os.path.join(self.path, var)
             driver = "zarr3" if os.path.exists(os.path.join(folder, "zarr.json")) else "zarr"
             spec = {"driver": driver, "kvstore": {"driver": "file", "path": folder},
@@ -413,6 +537,7 @@ class WeatherStore:
         times = np.asarray(times, dtype=np.int64)
         lat, lon = self._tile(lat, lon)
         tile = (len(self.channels), lat.stop - lat.start, _extent(lon))
+        lat, lon = self._in_store(lat, lon)
         # (time indices, destination [T', C, h, w]) pairs: one for an array, one per time for a sequence
         whole = isinstance(out, np.ndarray) and out.ndim == 4
         groups = [(times, out)] if whole else [(times[i:i + 1], o[None]) for i, o in enumerate(out)]
@@ -440,6 +565,11 @@ class WeatherStore:
                     future.result()
             except Exception as e:
                 self._raise_read_error(var, times, lat, lon, e)
+            fill = self._fills.get(var)
+            if fill is not None:  # missing points as xarray shows them (a pass over the variable: foreign stores only)
+                for _, dest in groups:
+                    block = dest[:, c0:c0 + n]
+                    block[block == np.float32(fill)] = np.nan
             if normalise:
                 for _, dest in groups:
                     block = dest[:, c0:c0 + n]
@@ -447,18 +577,23 @@ class WeatherStore:
                     np.divide(block, self.std[c0:c0 + n, None, None], out=block)
         return out
 
-    def _raise_read_error(self, var: str, times: np.ndarray, lat: slice, lon, error: Exception):
-        """Find the chunk that failed (re-reading the tile chunk by chunk, each run of its columns) and name it."""
+    def _raise_read_error(self, var: str, times: np.ndarray, lat, lon, error: Exception):
+        """Find the chunk that failed (re-reading the tile chunk by chunk, each run of its store rows and
+        columns) and name it."""
         import zarr
 
+        if self.given is not None:  # no chunk files to name: what xarray raised
+            raise StoreError(f"{self.path}: variable '{var}': reading times {list(times)} failed: "
+                             f"{str(error).splitlines()[0]}") from None
         meta = zarr.open_array(os.path.join(self.path, var), mode="r")
         dims, canonical = self._dims[var], [d for d in CANONICAL_DIMS if d in self._dims[var]]
         inner = dict(zip(dims, meta.chunks))
         outer = dict(zip(dims, meta.shards or meta.chunks))
         levels = sorted({c.level_index for c in self.channels if c.var == var})
         array = self._arrays[var]
-        for t, run in itertools.product(times, _runs(lon)):
-            ranges = {"level": levels, "latitude": range(lat.start, lat.stop), "longitude": range(run.start, run.stop)}
+        for t, rows, cols in itertools.product(times, _runs(lat), _runs(lon)):
+            ranges = {"level": levels, "latitude": range(rows.start, rows.stop),
+                      "longitude": range(cols.start, cols.stop)}
             # first index of every inner chunk that the tile touches, per dim
             starts = {"time": [int(t)]}
             for d in canonical[1:]:
@@ -498,12 +633,15 @@ class WeatherStore:
     def _read_static_raw(self, var: str, lat: slice, lon) -> np.ndarray:
         if self._arrays is None:
             self._arrays = self._open_arrays()
-        lat, lon = self._tile(lat, lon)
+        lat, lon = self._in_store(*self._tile(lat, lon))
         try:
-            return self._arrays[var].oindex[lat, lon].read().result()
+            values = self._arrays[var].oindex[lat, lon].read().result()
         except Exception as e:
             raise StoreError(f"data store '{self.path}': static field '{var}' cannot be read: "
                              f"{str(e).splitlines()[0]}; the store is damaged: write it again") from None
+        if var in self._fills:  # as read_into: the missing points as xarray shows them
+            values = np.where(values == np.float32(self._fills[var]), np.float32(np.nan), values)
+        return values
 
     def read_static(self, lat: slice, lon) -> np.ndarray:
         """[S, h, w] static fields of the tile, normalised with their stored mean and std."""

@@ -19,20 +19,25 @@ trainer used: last trajectories, or last times) whose whole rollout stays in one
 Writes to DIR (refused where DIR holds an earlier evaluation's or forecast's outputs; --overwrite removes them
 first, so that no old scores stay beside a new forecast):
   forecast.zarr  WeatherBench2 forecast layout: dims time (initialisation), prediction_timedelta,
-                 [level,] latitude, longitude; WB2 names, the source store's units and long names. Chunks:
-                 one time, one lead, a rank's columns and a latitude band that divides every rank's rows, so
-                 that no two ranks write one chunk
+                 [level,] latitude, longitude; WB2 names, the source store's units and long names (not its
+                 other attributes, e.g. GRIB_dataType 'an'); provenance attributes (checkpoints, steps, runs,
+                 channels, data, initial times, command, version, date). Chunks: one time, one lead, a rank's
+                 columns and a latitude band that divides every rank's rows, so that no two ranks write one chunk
   scores.json, scores.csv   RMSE, ACC and bias per region, channel and lead for model, persistence,
-                 climatology (and the wind-vector RMSE); throughput (initial times and forecast steps per second)
+                 climatology (and the wind-vector RMSE); throughput (initial times and forecast steps per second).
+                 Regions: "global" (a regional grid: "domain" instead), then WB2's bands and boxes (tropics,
+                 europe, ...) that lie inside the grid (eval/streaming.py)
   headline.csv   WB2's headline variables present (z500, t850, q700, wind vector 850, t2m, 10 m wind, msl):
-                 global RMSE of each forecast and the model's ACC per lead
+                 global (or domain) RMSE of each forecast and the model's ACC per lead
   scores_model.nc, scores_persistence.nc, scores_climatology.nc   WB2's results layout: one variable per
                  WB2 variable (and wind_vector, 10m_wind_vector), dims metric (rmse, mse, bias, acc), region,
                  lead_time[, level] (skipped with a note when no netCDF writer is installed)
   spectra.nc, spectra.png   WB2's zonal energy spectrum of the model and the truth at the first, middle and
-                 last lead, mean over 30-60 deg N and S (headline channels present; eval/streaming.py)
-  rmse.png, acc.png, maps_<channel>.png   scores vs lead; truth / forecast / error maps at a few leads
-                 (read back decimated); skipped with a note when matplotlib is missing
+                 last lead, mean over 30-60 deg N and S (headline channels present; eval/streaming.py);
+                 only where the longitudes close the circle (a regional grid: a note instead)
+  rmse.png, acc.png, maps_<channel>.png   scores vs lead; truth / forecast / error maps at a few leads, north
+                 up by their coordinates (read back decimated; eval/plots.py); skipped with a note when
+                 matplotlib is missing
 Climatology (the climatology forecast and the anomalies of ACC): --climatology names a WB2-format store
 (dims hour, dayofyear, [level,] latitude, longitude; e.g. WB2's 1990-2019 ERA5 climatology), read tile by
 tile at each valid time. Without it: per grid point mean of training times (never the held-out ones) by day
@@ -42,7 +47,6 @@ read once (each rank its tile).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -67,9 +71,9 @@ from ..data.store import WeatherStore, default_read_threads
 from ..data.writer import chunk_compressors
 from ..grid import lat_cell_weights
 from ..model import ensemble_mean, inputs
-from ..parallel.allocation import allocation_from_env, env_rank
 from ..parallel.topology import Layout, init_distributed, initialize
-from ..quiet import quiet_libraries
+from .cli import forecast_main, main  # noqa: F401 (the commands live in eval/cli.py; here for `-m` and callers)
+from .plots import plot
 from .streaming import ScoreSums, ZonalSpectrumSums, reduce_sum
 
 KINDS = ("model", "persistence", "climatology")
@@ -127,13 +131,19 @@ def load_members(paths: list[str], groups):
 def open_matching_store(data: str, cfg, run_config: dict) -> WeatherStore:
     """The store's channels selected by the names the model was trained on, in its order (a store may hold
     the same levels in another order), on the model's grid: its coordinates (where the run recorded them) and
-    time step, in the trained order; EvalError naming what differs otherwise."""
+    time step; a store that holds that grid in another exact order (latitudes reversed, longitudes rolled:
+    model/inputs.reorder_of) is read in the trained order, said in one line; EvalError naming what differs
+    otherwise."""
     trained = run_config.get("channels") or []
     levels = cfg.data.levels
     if cfg.data.variables and not levels and trained:  # "all levels" at training time: the trained order
         prefix = f"{cfg.data.variables[0]}_"
         levels = [int(name[len(prefix):]) for name in trained if name.startswith(prefix)]
-    store = WeatherStore(data, cfg.data.variables, cfg.data.surface_variables, levels, cfg.model.static_variables)
+    # normalised as in training (the run's record), not by the store's own statistics: a store of other times
+    # (a test year prepared on its own) has other means and spreads; a run recorded before 2026-12-07 has none
+    store = WeatherStore(data, cfg.data.variables, cfg.data.surface_variables, levels, cfg.model.static_variables,
+                         statistics=run_config.get("statistics"))
+    data = store.path  # data may be an xarray Dataset (jigsaw_ds.inference): the messages name it so
     names = [c.name for c in store.channels]
     if trained and names != trained:
         raise EvalError(f"store '{data}' gives channels {names}; the model was trained on {trained}")
@@ -141,11 +151,22 @@ def open_matching_store(data: str, cfg, run_config: dict) -> WeatherStore:
     if (store.n_lat, store.n_lon) != (shape["n_lat"], shape["n_lon"]):
         raise EvalError(f"store '{data}' is on a {store.n_lat}x{store.n_lon} grid; the model was trained on "
                         f"{shape['n_lat']}x{shape['n_lon']}")
+    record, given = inputs.of_run(run_config), inputs.of_store(store)
+    flip, shift = inputs.reorder_of(record, given) or (False, 0)  # None: check_same names what differs
+    if flip or shift:
+        store.reorder(flip, shift)
     try:
-        inputs.check_same(inputs.of_run(run_config), inputs.of_store(store), inputs.STORE_KEYS, f"store '{data}'",
+        inputs.check_same(record, inputs.of_store(store), inputs.STORE_KEYS, f"store '{data}'",
                           "the model was trained on")
     except inputs.InputsDiffer as e:
         raise EvalError(str(e)) from None
+    if (flip or shift) and (not dist.is_initialized() or dist.get_rank() == 0):
+        lat, lon, trained_lon = given["latitude"], given["longitude"], record["longitude"]
+        orders = ([f"latitudes in reverse order ({'south to north' if lat[0] < lat[-1] else 'north to south'})"]
+                  if flip else [])
+        orders += [f"longitudes {lon[0]:g}..{lon[-1]:g}, the trained {trained_lon[0]:g}..{trained_lon[-1]:g} "
+                   f"rolled by {shift} columns"] if shift else []
+        print(f"jigsaw-eval: store '{data}' holds {' and '.join(orders)}: read in the trained order")
     return store
 
 
@@ -218,26 +239,84 @@ def forecast_chunks(part, groups) -> tuple[int, int]:
     return band, lon.stop - lon.start
 
 
-def create_forecast_store(path: str, store: WeatherStore, init_times, leads, chunks: tuple[int, int]) -> None:
-    """The empty forecast.zarr (metadata only, values NaN until written): WB2 layout, the source's attributes."""
+# What a forecast keeps of the source store's attributes: what the numbers are. The rest describes the source,
+# and is wrong for a forecast (GRIB_dataType 'an': an analysis; GRIB_* of the file it came from; its history)
+DESCRIBING = ("units", "long_name", "standard_name")
+
+
+def describing(attrs: dict) -> dict:
+    return {k: v for k, v in attrs.items() if k in DESCRIBING}
+
+
+def checkpoint_record(path: str) -> dict:
+    """Which weights a checkpoint path (run directory, checkpoint folder or layout-free FILE) names: the
+    checkpoint itself (a run directory's newest complete one), its step and the run that trained it."""
+    if os.path.isdir(path):
+        folder = find_checkpoint(path)[0]
+        meta = sharded.read_meta(folder)
+        where, step, run_config = folder, meta["step"], meta["config"]
+    else:
+        state = load_file(path, mmap=True)
+        where, step, run_config = path, state["step"], state["config"]
+    return {"checkpoint": os.path.abspath(where), "step": int(step),
+            "run": str(run_config["jigsaw"].get("train", {}).get("out_dir", ""))}
+
+
+def provenance(paths: list[str], run_config: dict, data: str, init_times) -> dict:
+    """A forecast's attributes: what made it (the checkpoints, their steps and runs: several are a seed
+    ensemble), with which channels, from which data and initial times, by which command and package version,
+    when (CF's `source` and `history` say it too)."""
+    import datetime
+    import shlex
+
+    from .. import __version__
+
+    records = [checkpoint_record(p) for p in paths]
+    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    command = shlex.join(sys.argv)
+    return {"title": "WeatherMixer forecast", "source": f"jigsaw_ds {__version__} WeatherMixer",
+            "jigsaw_ds_version": __version__, "created": created, "command": command,
+            "history": f"{created} {command}",
+            **{f"model_{key}s": [r[key] for r in records] for key in ("checkpoint", "step", "run")},
+            "channels": list(run_config.get("channels") or []), "data": data,
+            "init_times": [str(np.datetime64(t, "s")) for t in init_times]}
+
+
+def forecast_dataset(store: WeatherStore, init_times, leads, attrs: Optional[dict] = None,
+                     chunks: Optional[tuple[int, int]] = None) -> xr.Dataset:
+    """A forecast in WB2's layout, values NaN until written: dims time (initialisation), prediction_timedelta,
+    [level,] latitude, longitude; each variable's and coordinate's units and long name from the store
+    (DESCRIBING), `attrs` (provenance) on the Dataset. chunks (latitude, longitude): dask arrays chunked by
+    one time, one lead and that tile (forecast.zarr's metadata); None: numpy arrays (jigsaw_ds.inference)."""
     import dask.array as da
 
     coords = {"time": init_times, "prediction_timedelta": leads, "latitude": store.lat, "longitude": store.lon}
-    data, encoding = {}, {}
+    data = {}
     n, k, (h, w) = len(init_times), len(leads), (len(store.lat), len(store.lon))
     for var, _, levels in store.variable_blocks():
         if levels is None:
-            dims, shape, chunk = ("time", "prediction_timedelta", "latitude", "longitude"), (n, k, h, w), (1, 1) + chunks
+            dims, shape = ("time", "prediction_timedelta", "latitude", "longitude"), (n, k, h, w)
         else:
             coords["level"] = [int(store.ds["level"].values[i]) for i in levels]
-            dims = ("time", "prediction_timedelta", "level", "latitude", "longitude")
-            shape, chunk = (n, k, len(levels), h, w), (1, 1, len(levels)) + chunks
-        data[var] = xr.Variable(dims, da.full(shape, np.nan, dtype=np.float32, chunks=chunk), store.ds[var].attrs)
-        encoding[var] = {"chunks": chunk, "compressors": chunk_compressors(np.float32)}  # the training stores' codec
-    ds = xr.Dataset(data, coords=coords)
+            dims, shape = ("time", "prediction_timedelta", "level", "latitude", "longitude"), (n, k, len(levels), h, w)
+        values = np.full(shape, np.nan, np.float32) if chunks is None else \
+            da.full(shape, np.nan, dtype=np.float32, chunks=(1, 1, *shape[2:-2], *chunks))
+        data[var] = xr.Variable(dims, values, describing(store.ds[var].attrs))
+    ds = xr.Dataset(data, coords=coords, attrs=attrs or {})
     for name in ("latitude", "longitude", "level"):
         if name in ds.coords and name in store.ds.coords:
-            ds[name].attrs.update(store.ds[name].attrs)
+            ds[name].attrs.update(describing(store.ds[name].attrs))
+    ds["time"].attrs["long_name"] = "initialisation time"
+    ds["prediction_timedelta"].attrs["long_name"] = "lead time"
+    return ds
+
+
+def create_forecast_store(path: str, store: WeatherStore, init_times, leads, chunks: tuple[int, int],
+                          attrs: Optional[dict] = None) -> None:
+    """The empty forecast.zarr (metadata only, values NaN until written): forecast_dataset's, chunked so."""
+    ds = forecast_dataset(store, init_times, leads, attrs, chunks)
+    encoding = {var: {"chunks": ds[var].data.chunksize, "compressors": chunk_compressors(np.float32)}
+                for var in ds.data_vars}  # the training stores' codec
     ds.to_zarr(path, mode="w", compute=False, encoding=encoding, consolidated=True)
 
 
@@ -391,91 +470,23 @@ def spectra_dataset(spectra: dict, store: WeatherStore, channels: list[int], lea
 
 
 def write_headline(rows: list[dict], path: str) -> None:
-    """headline.csv: WB2's headline variables present in the scores, one line per variable and lead: global
-    RMSE of the model, persistence and climatology, and the model's ACC."""
-    table = {}
+    """headline.csv: WB2's headline variables present in the scores, one line per variable and lead: the whole
+    grid's ("global", or "domain" for a regional grid: the rows' first region) RMSE of the model, persistence
+    and climatology, and the model's ACC."""
+    table, whole = {}, rows[0]["region"] if rows else "global"
     for r in rows:
-        if r["region"] == "global" and r["channel"] in HEADLINE and r["metric"] in ("rmse", "acc"):
+        if r["region"] == whole and r["channel"] in HEADLINE and r["metric"] in ("rmse", "acc"):
             line = table.setdefault((HEADLINE.index(r["channel"]), r["lead_hours"]),
-                                    {"channel": r["channel"], "lead_hours": r["lead_hours"]})
+                                    {"region": whole, "channel": r["channel"], "lead_hours": r["lead_hours"]})
             if r["metric"] == "rmse":
                 line.update(rmse_model=r["model"], rmse_persistence=r["persistence"], rmse_climatology=r["climatology"])
             else:
                 line["acc_model"] = r["model"]
-    fields = ["channel", "lead_hours", "rmse_model", "rmse_persistence", "rmse_climatology", "acc_model"]
+    fields = ["region", "channel", "lead_hours", "rmse_model", "rmse_persistence", "rmse_climatology", "acc_model"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(table[key] for key in sorted(table))
-
-
-def plot(rows: list[dict], store: WeatherStore, inits: np.ndarray, lead: int, leads, out: str,
-         spectra: Optional[xr.Dataset] = None) -> None:
-    """Scores against lead; maps of the first initial time read back from forecast.zarr and the store, every
-    few points (never a full field of every channel in memory); the spectra."""
-    try:
-        import matplotlib
-    except ImportError:
-        print("jigsaw-eval: matplotlib is not installed: plots skipped (pip install matplotlib)")
-        return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    channels = [c.name for c in store.channels]
-    for metric in ("rmse", "acc"):
-        fig, axes = plt.subplots(1, len(channels), figsize=(3.2 * len(channels), 3), squeeze=False)
-        for ax, ch in zip(axes[0], channels):
-            sel = [r for r in rows if r["channel"] == ch and r["metric"] == metric and r["region"] == "global"]
-            for name in KINDS:
-                ax.plot([r["lead_hours"] for r in sel], [r[name] for r in sel], marker="o", label=name)
-            ax.set_title(ch, fontsize=9)
-            ax.set_xlabel("lead (h)")
-        axes[0][0].set_ylabel(metric.upper())
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, f"{metric}.png"), dpi=80)
-        plt.close(fig)
-    every = max(1, len(store.lon) // 360)
-    fc = xr.open_zarr(os.path.join(out, "forecast.zarr"))
-    show = sorted({0, len(leads) // 2, len(leads) - 1})
-    for c, ch in enumerate(store.channels[:4]):
-        fig, axes = plt.subplots(len(show), 3, figsize=(10, 2.2 * len(show)), squeeze=False)
-        for row, k in enumerate(show):
-            sel = {"time": 0, "prediction_timedelta": k, "latitude": slice(None, None, every),
-                   "longitude": slice(None, None, every)}
-            store_sel = {"time": int(inits[0]) + lead * (k + 1), "latitude": sel["latitude"], "longitude": sel["longitude"]}
-            if ch.level_index is not None:
-                sel["level"] = [x for x in store.channels if x.var == ch.var].index(ch)
-                store_sel["level"] = ch.level_index
-            f = fc[ch.var].isel(sel).values
-            t = store.ds[ch.var].isel(store_sel).values
-            lim = np.abs(f - t).max()
-            for ax, img, title, kw in ((axes[row][0], t, "truth", {}), (axes[row][1], f, "forecast", {}),
-                                       (axes[row][2], f - t, "error", {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim})):
-                im = ax.imshow(img, **kw)
-                ax.set_title(f"{title} +{int(leads[k] / np.timedelta64(1, 'h'))} h", fontsize=8)
-                ax.axis("off")
-                fig.colorbar(im, ax=ax, shrink=0.7)
-        fig.suptitle(ch.name)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, f"maps_{ch.name}.png"), dpi=70)
-        plt.close(fig)
-    if spectra is not None:
-        names = list(spectra.data_vars)
-        fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
-        k = spectra["zonal_wavenumber"].values[1:]
-        for ax, name in zip(axes[0], names):
-            for j, lt in enumerate(spectra["lead_time"].values):
-                line, = ax.loglog(k, spectra[name].isel(source=0, lead_time=j).values[1:],
-                                  label=f"+{int(lt / np.timedelta64(1, 'h'))} h")
-                ax.loglog(k, spectra[name].isel(source=1, lead_time=j).values[1:], ls="--", color=line.get_color())
-            ax.set_title(name, fontsize=9)
-            ax.set_xlabel("zonal wavenumber")
-        axes[0][0].set_ylabel("energy (forecast solid, truth dashed)")
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "spectra.png"), dpi=80)
-        plt.close(fig)
 
 
 def given_inits(store: WeatherStore, init_times: list, before: int = 0) -> np.ndarray:
@@ -509,6 +520,40 @@ def compute_device(device: str, precision: str) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
 
 
+def precision_context(on: torch.device, precision: str):
+    """The autocast context of --precision (fp32: none) for a rollout on device `on`."""
+    return torch.autocast(on.type, dtype=PRECISIONS[precision], enabled=PRECISIONS[precision] is not None)
+
+
+def forecast_inputs(store: WeatherStore, inits: np.ndarray, cfg, lat: slice, lon: slice) -> PairDataset:
+    """The model's inputs from the store's time indices `inits` on the tile (lat, lon), as the model was
+    trained to read them (history, static fields, coordinates, forcings): item i starts at inits[i]."""
+    return PairDataset(store, inits, cfg.data.lead_steps, lat, lon, cfg.model.coord_features, rollout=0,  # inputs only
+                       forcings=cfg.model.forcings, forcings_at_target=cfg.model.forcings_at_target,
+                       history=cfg.model.history_steps)
+
+
+def forecast_batch(models: list, dataset: PairDataset, items: list, steps: int, on: torch.device, groups):
+    """The forecast from items `items` of `dataset` (forecast_inputs): (their initial states, a generator of
+    the forecast at each of the `steps` leads), [B, C, h, w] float32 numpy in physical units, this rank's tile.
+    The inputs are refused where NaN/inf (a collective over the replica); each model (several: a seed
+    ensemble, their mean) rolls out with model.rollout, so the caller holds one lead at a time. Iterate it
+    under torch.no_grad() (and precision_context)."""
+    store = dataset.store
+    mean, std = store.mean[None, :, None, None], store.std[None, :, None, None]
+    x = dataset.read_batch(items)[0]
+    n_out, times = len(store.channels), dataset.starts[items]
+    initial = x[:, :n_out].numpy() * std + mean
+    check_finite(initial, store, times, "an initial state", groups)
+    for j in range(1, dataset.history + 1):  # the history the model reads with it
+        check_finite(x[:, j * n_out:(j + 1) * n_out].numpy() * std + mean, store, times - j * dataset.lead,
+                     "an input-history state", groups)
+    forcings = dataset.forcings_for(items, steps)
+    forcings = forcings.to(on) if forcings is not None else None
+    rollouts = ensemble_mean(m.rollout(x.to(on), steps, forcings) for m in models)
+    return initial, (pred.float().cpu().numpy() * std + mean for pred in rollouts)
+
+
 def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int = 32, plots: bool = True,
              domain: int = 1, tensor: int = 1, batch: int = 4, init_times: Optional[list] = None,
              device: str = "auto", precision: str = "fp32", climatology: Optional[str] = None,
@@ -537,7 +582,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
     models, cfg, run_config = load_members(paths, groups)
     for model in models:
         model.to(on)
-    autocast = torch.autocast(on.type, dtype=PRECISIONS[precision], enabled=PRECISIONS[precision] is not None)
+    autocast = precision_context(on, precision)
     store = open_matching_store(data, cfg, run_config)
     lead = cfg.data.lead_steps
     before = lead * cfg.model.history_steps  # a forecast starts from its initial state and this much history
@@ -561,7 +606,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
     lat, lon = part.lat_slice(groups.domain_rank), part.lon_slice(groups.tensor_rank)
     if scoring:
         sums = ScoreSums(KINDS, lead_steps, len(store.channels), store.lat, lat_cell_weights(store.lat), lat,
-                         len(store.lon), groups)
+                         store.lon, lon, groups)
         spectrum_leads, channels = sorted({0, lead_steps // 2, lead_steps - 1}), spectrum_channels(store)
         spectra = ZonalSpectrumSums(("model", "truth"), spectrum_leads, channels, store.lat, lat, store.lon, lon,
                                     groups)
@@ -569,34 +614,32 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
             clim = GivenClimatology(climatology, store, lat, lon)
         else:
             clim = Climatology(store.times[train_starts], lambda i: store.read_raw([int(train_starts[i])], lat, lon)[0])
-    mean, std = store.mean[None, :, None, None], store.std[None, :, None, None]
 
     path = os.path.join(out, "forecast.zarr")
     if rank == 0:
         os.makedirs(out, exist_ok=True)
         if overwrite:
             remove_outputs(out)
-        create_forecast_store(path, store, store.times[inits], leads, forecast_chunks(part, groups))
+        create_forecast_store(path, store, store.times[inits], leads, forecast_chunks(part, groups),
+                              provenance(paths, run_config, data, store.times[inits]))
     dist.barrier()
     writer = ForecastWriter(path, store.variable_blocks(), lat, lon)
     t_rollout = time.perf_counter()
-    dataset = PairDataset(store, inits, lead, lat, lon, cfg.model.coord_features, rollout=0,  # inputs only
-                          forcings=cfg.model.forcings, forcings_at_target=cfg.model.forcings_at_target,
-                          history=cfg.model.history_steps)
+    dataset = forecast_inputs(store, inits, cfg, lat, lon)
+    # rank 0's share of initial times x leads, as the trainer shows its steps: a bar, and a plain line per batch
+    # where stderr is not a terminal (a log file)
+    command, progress = ("jigsaw-eval" if scoring else "jigsaw-forecast"), None
+    share = " (rank 0's share)" if layout.data > 1 else ""
+    if rank == 0:
+        from tqdm import tqdm
+
+        progress = tqdm(total=(last - first) * lead_steps, desc=f"{command}: initial times x leads{share}",
+                        unit="step", dynamic_ncols=True)
     with torch.no_grad(), autocast:
         for lo in range(first, last, batch):
             items = list(range(lo, min(lo + batch, last)))
-            x = dataset.read_batch(items)[0]
-            n_out = len(store.channels)
-            initial = x[:, :n_out].numpy() * std + mean
-            check_finite(initial, store, inits[items], "an initial state", groups)
-            for j in range(1, cfg.model.history_steps + 1):  # the history the model reads with it
-                check_finite(x[:, j * n_out:(j + 1) * n_out].numpy() * std + mean, store,
-                             inits[items] - j * lead, "an input-history state", groups)
-            forcings = dataset.forcings_for(items, lead_steps)
-            forcings = forcings.to(on) if forcings is not None else None
-            for k, pred in enumerate(ensemble_mean(m.rollout(x.to(on), lead_steps, forcings) for m in models)):
-                forecast = pred.float().cpu().numpy() * std + mean
+            initial, forecasts = forecast_batch(models, dataset, items, lead_steps, on, groups)
+            for k, forecast in enumerate(forecasts):
                 if scoring:
                     valid = inits[items] + lead * (k + 1)
                     truth = store.read_raw(list(valid), lat, lon)
@@ -605,7 +648,14 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
                     sums.add(k, {"model": forecast, "persistence": initial, "climatology": clim_k}, truth, clim_k)
                     spectra.add(k, {"model": forecast, "truth": truth})
                 writer.write(lo, k, forecast.astype(np.float32))
+                if progress:
+                    progress.update(len(items))
+            if progress and not sys.stderr.isatty():
+                print(f"{command}: {items[-1] + 1 - first}/{last - first} initial times x {lead_steps} leads{share} "
+                      f"in {time.perf_counter() - t_rollout:.1f} s", flush=True)
         writer.wait()
+    if progress:
+        progress.close()
     seconds = time.perf_counter() - t_rollout
     if scoring:
         scores = sums.finalize()
@@ -630,82 +680,16 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
             write_headline(rows, os.path.join(out, "headline.csv"))
             for kind in KINDS:
                 write_netcdf(wb2_results(scores, kind, store, leads), os.path.join(out, f"scores_{kind}.nc"))
-            spectra_ds = spectra_dataset(spectrum, store, channels, leads[spectrum_leads])
-            write_netcdf(spectra_ds, os.path.join(out, "spectra.nc"))
+            spectra_ds = None
+            if spectrum is None:  # a regional box: its rows are no latitude circles
+                print(f"jigsaw-eval: the store's longitudes ({store.lon[0]:g}..{store.lon[-1]:g}) do not close a "
+                      f"latitude circle: no zonal spectra (spectra.nc, spectra.png)")
+            else:
+                spectra_ds = spectra_dataset(spectrum, store, channels, leads[spectrum_leads])
+                write_netcdf(spectra_ds, os.path.join(out, "spectra.nc"))
             if plots:
                 plot(rows, store, inits, lead, leads, out, spectra_ds)
     return rows
-
-
-def main(argv=None, forecast: bool = False) -> int:
-    rank = env_rank()  # under srun RANK is unset: the SLURM rank decides who prints
-    quiet_libraries(rank)
-    prog = "jigsaw-forecast" if forecast else "jigsaw-eval"
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="run directory, checkpoint folder or layout-free file; "
-                                                        "several, comma-separated: their mean forecast (seed ensemble)")
-    ap.add_argument("--data", required=True, help="zarr store of the initial states" + ("" if forecast else
-                                                                                          " (held-out split)"))
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--lead-steps", type=int, default=4, help="rollout length in model steps")
-    if forecast:
-        ap.add_argument("--init-times", required=True, help="comma-separated initial times of the store "
-                                                            "(e.g. 2020-01-05T00,2020-01-05T12)")
-    else:
-        ap.add_argument("--inits", type=int, default=32, help="number of initial times")
-        ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument("--domain", type=int, default=1, help="ranks splitting each field's latitude bands")
-    ap.add_argument("--tensor", type=int, default=1, help="ranks splitting its longitudes and the channel mixing")
-    ap.add_argument("--batch", type=int, default=4, help="initial times rolled out together per rank")
-    ap.add_argument("--device", default="auto", help="auto (the rank's GPU where CUDA is present), cpu or cuda")
-    ap.add_argument("--precision", default="fp32", help="fp32, or bf16 (autocast; the state stays fp32)")
-    if not forecast:
-        ap.add_argument("--climatology", help="WB2-format climatology store (hour, dayofyear, [level,] latitude, "
-                                              "longitude) for ACC and the climatology forecast")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="replace the outputs of an earlier evaluation or forecast in --out (else refused)")
-    args = ap.parse_args(argv)
-    if allocation_from_env().world == 1:  # one process has the machine's cores
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-    # a process without a launcher gets a group of one on a free port (init_distributed): its variables are
-    # taken back at the end, so that a caller's later process groups and child processes do not inherit them
-    launcher = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    try:
-        rows = evaluate(args.checkpoint, args.data, args.out, args.lead_steps, getattr(args, "inits", 1),
-                        not getattr(args, "no_plots", True), args.domain, args.tensor, args.batch,
-                        [t.strip() for t in args.init_times.split(",") if t.strip()] if forecast else None,
-                        args.device, args.precision, getattr(args, "climatology", None), args.overwrite)
-    except ValueError as e:  # EvalError, ConfigError, StoreError: bad input, said in one line
-        if rank == 0 or getattr(e, "say", False):
-            print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        for key, value in launcher.items():
-            if value is None:
-                os.environ.pop(key, None)
-    if rank == 0:
-        with open(os.path.join(args.out, "forecast.json" if forecast else "scores.json")) as f:
-            speed = json.load(f)["throughput"]
-        print(f"{prog}: {speed['initial_times_per_s']:.3g} initial times/s, {speed['forecast_steps_per_s']:.3g} "
-              f"forecast steps/s ({speed['device']}, {speed['precision']}, layout {tuple(speed['layout'].values())})")
-    if rank == 0 and forecast:
-        print(f"jigsaw-forecast: wrote {os.path.join(args.out, 'forecast.zarr')} and forecast.json")
-    elif rank == 0:
-        print(f"{'channel':24s} {'lead h':>6s} {'model':>10s} {'persist':>10s} {'clim':>10s}   (RMSE)")
-        for r in rows:
-            if r["metric"] == "rmse" and r["region"] == "global":
-                print(f"{r['channel']:24s} {r['lead_hours']:6d} {r['model']:10.4g} {r['persistence']:10.4g} "
-                      f"{r['climatology']:10.4g}")
-        print(f"jigsaw-eval: wrote forecast.zarr, scores (json, csv, nc), headline.csv, spectra and plots to "
-              f"{args.out}")
-    return 0
-
-
-def forecast_main(argv=None) -> int:
-    """jigsaw-forecast: forecasts from given initial times, no scoring (the same engine as jigsaw-eval)."""
-    return main(argv, forecast=True)
 
 
 if __name__ == "__main__":

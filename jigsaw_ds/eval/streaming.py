@@ -12,8 +12,10 @@ the initial times; per forecast kind, lead k and channel c it keeps only
                                                   ACC = acc / n_t
 so memory is O(regions x kinds x leads x channels), whatever the number of initial times and leads.
 
-Regions are WeatherBench2's (regions.py there): the full grid's latitude weights restricted to the region's
-rows, so that <x>_region = sum_(region) w_i x_ij / sum_(region) w_i.
+Regions follow the grid (region_weights): the whole grid is "global" where it covers the sphere, else "domain";
+WeatherBench2's named regions (its latitude bands and lat/lon boxes) are scored where they lie inside the grid,
+with the full grid's latitude weights restricted to the region's rows and columns (as WB2's SliceRegion), so
+that <x>_region = sum_(region) w_i x_ij / sum_(region) w_i.
 
 ZonalSpectrumSums keeps WeatherBench2's zonal energy spectrum the same way (see its docstring).
 """
@@ -23,19 +25,54 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..grid import is_global_periodic_lon, lat_extent
 
-# WeatherBench2's latitude bands (degrees north, inclusive), global first
-REGIONS = {"global": (-90.0, 90.0), "tropics": (-20.0, 20.0), "extra_tropics_north": (20.0, 90.0),
-           "extra_tropics_south": (-90.0, -20.0)}
+# WeatherBench2's named regions (the predefined regions of its evaluation script), in degrees, edges included:
+# (south, north, west, east); west/east None: every longitude (a band); a box with west > east crosses 0 E
+REGIONS = {"tropics": (-20.0, 20.0, None, None), "extra_tropics_north": (20.0, 90.0, None, None),
+           "extra_tropics_south": (-90.0, -20.0, None, None), "arctic": (60.0, 90.0, None, None),
+           "antarctic": (-90.0, -60.0, None, None), "europe": (35.0, 75.0, 347.5, 42.5),
+           "north_america": (25.0, 60.0, 240.0, 285.0), "north_atlantic": (25.0, 65.0, 290.0, 350.0),
+           "north_pacific": (25.0, 60.0, 145.0, 230.0), "east_asia": (25.0, 60.0, 102.5, 150.0),
+           "ausnz": (-45.0, -12.5, 120.0, 175.0)}
+EDGE = 1e-6  # degrees: a region edge this close to the grid's edge, or to a grid point, counts as on it
 
 
-def region_weights(lat: np.ndarray, weights: np.ndarray) -> dict:
-    """{region: per-row weights, zero outside it} for the regions that hold at least one row of this grid."""
-    out = {}
-    for name, (lo, hi) in REGIONS.items():
-        inside = (lat >= lo) & (lat <= hi)
-        if inside.any():
-            out[name] = np.where(inside, weights, 0.0)
+def covers_sphere(lat: np.ndarray, lon: np.ndarray) -> bool:
+    """Whether the grid is the whole sphere: its longitudes close the circle and its cells reach both poles."""
+    return is_global_periodic_lon(lon) and lat_extent(lat) == (-np.pi / 2, np.pi / 2)
+
+
+def lies_inside(region: tuple, lat: np.ndarray, lon: np.ndarray) -> bool:
+    """Whether the region (REGIONS' form) lies inside the grid's cells: scored under its name only then, never
+    a part of it (a UK box holds no "europe")."""
+    south, north, west, east = region
+    lo, hi = np.rad2deg(lat_extent(lat))
+    if south < lo - EDGE or north > hi + EDGE:
+        return False
+    if is_global_periodic_lon(lon):
+        return True
+    if west is None or len(lon) < 2:  # a band needs every longitude
+        return False
+    lon = np.asarray(lon, np.float64)  # increasing (the store's rule), -180..180 or 0..360
+    first, last = lon[0] - (lon[1] - lon[0]) / 2, lon[-1] + (lon[-1] - lon[-2]) / 2
+    start = first + (west - first + EDGE) % 360.0 - EDGE  # the box's west edge in the grid's own longitudes
+    return start + (east - west) % 360.0 <= last + EDGE
+
+
+def region_weights(lat: np.ndarray, lon: np.ndarray, weights: np.ndarray) -> dict:
+    """{region: (row weights [n_lat], zero outside it; column mask [n_lon], 1 inside)}: the whole grid first
+    ("global", or "domain" where the grid is not the whole sphere), then the named regions that lie inside the
+    grid and hold at least one of its points."""
+    lat, lon, weights = np.asarray(lat, np.float64), np.asarray(lon, np.float64), np.asarray(weights, np.float64)
+    out = {"global" if covers_sphere(lat, lon) else "domain": (weights, np.ones(len(lon)))}
+    for name, region in REGIONS.items():
+        south, north, west, east = region
+        rows = (lat >= south - EDGE) & (lat <= north + EDGE)
+        cols = np.ones(len(lon), bool) if west is None else \
+            (lon - west + EDGE) % 360.0 <= (east - west) % 360.0 + 2 * EDGE
+        if lies_inside(region, lat, lon) and rows.any() and cols.any():
+            out[name] = (np.where(rows, weights, 0.0), cols.astype(np.float64))
     return out
 
 
@@ -52,13 +89,18 @@ def reduce_sum(values: np.ndarray, groups, axis: str) -> np.ndarray:
 
 class ScoreSums:
     def __init__(self, kinds, n_leads: int, n_channels: int, lat: np.ndarray, lat_weights: np.ndarray, rows: slice,
-                 n_lon: int, groups):
-        """lat, lat_weights: the whole grid's rows; rows: this tile's."""
+                 lon: np.ndarray, cols: slice, groups):
+        """lat, lat_weights, lon: the whole grid's rows and columns; rows, cols: this tile's."""
         self.kinds, self.groups = list(kinds), groups
-        regions = region_weights(np.asarray(lat), np.asarray(lat_weights, np.float64))
+        regions = region_weights(lat, lon, lat_weights)
         self.regions = list(regions)
-        self.w = np.stack([regions[r][rows] for r in self.regions])                   # [R, h]
-        self.total_weight = np.array([regions[r].sum() * n_lon for r in self.regions])[:, None, None, None]
+        self.w = np.stack([regions[r][0][rows] for r in self.regions])                # [R, h]
+        # the regions' distinct column masks on this tile (the bands share one: every column)
+        masks = {}
+        self.mask_of = np.array([masks.setdefault(regions[r][1][cols].tobytes(), len(masks)) for r in self.regions])
+        self.masks = np.stack([np.frombuffer(m) for m in masks])                      # [U, w]
+        self.total_weight = np.array([regions[r][0].sum() * regions[r][1].sum()
+                                      for r in self.regions])[:, None, None, None]
         shape = (len(self.regions), len(self.kinds), n_leads, n_channels)
         self.se, self.err, self.acc = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         self.count = np.zeros(n_leads)
@@ -66,10 +108,10 @@ class ScoreSums:
     def add(self, k: int, forecasts: dict, truth: np.ndarray, clim: np.ndarray) -> None:
         """Lead k of a batch: forecasts {kind: [B, C, h, w]}, truth and climatology [B, C, h, w], physical units,
         this rank's tile. Collective over the replica (the batch's anomaly sums)."""
-        def weighted(rows: np.ndarray) -> np.ndarray:  # [C, h, w] -> sum over the tile with row weights: [R, C]
-            return np.einsum("ch,rh->rc", rows.sum(-1), self.w)
+        def weighted(x: np.ndarray) -> np.ndarray:  # [C, h, w] -> sum over each region's part of the tile: [R, C]
+            return np.einsum("chr,rh->rc", (x @ self.masks.T)[..., self.mask_of], self.w)
 
-        # one sample at a time, rows summed before weighting: float64 temporaries of one [C, h, w] each
+        # one sample at a time, columns summed before weighting: float64 temporaries of one [C, h, w] each
         parts = np.zeros((len(self.regions), len(self.kinds), 3) + truth.shape[:2])  # [R, kinds, 3, B, C]
         for b in range(truth.shape[0]):
             o, c = truth[b].astype(np.float64), clim[b].astype(np.float64)
@@ -115,6 +157,8 @@ class ZonalSpectrumSums:
     A rank holds columns a .. a+w-1 of each of its rows: its share of F is the rfft of its columns zero-padded
     to L, times exp(-2 pi i k a / L) / L, and the tensor group's shares add up to F (one all-reduce of the
     band's coefficients per batch). Rows are then summed locally, over the domain and data axes at the end.
+    Only on full latitude circles: where the grid's longitudes do not close the circle (a regional box) the
+    DFT of a row is not a zonal spectrum, and nothing is kept (`full_circle` False, finalize gives None).
     Memory: O(kinds x leads x channels x L/2), whatever the number of initial times.
     """
 
@@ -122,6 +166,7 @@ class ZonalSpectrumSums:
                  cols: slice, groups):
         """leads, channels: the lead indices and channel indices to keep; lat, lon: the whole grid's."""
         self.kinds, self.leads, self.channels, self.groups = list(kinds), list(leads), list(channels), groups
+        self.full_circle = is_global_periodic_lon(lon)
         lat = np.asarray(lat, np.float64)
         band = (np.abs(lat) >= SPECTRUM_LATITUDES[0]) & (np.abs(lat) <= SPECTRUM_LATITUDES[1])
         weight = np.where(band, np.cos(np.deg2rad(lat)), 0.0)
@@ -140,7 +185,7 @@ class ZonalSpectrumSums:
     def add(self, k: int, fields: dict) -> None:
         """Lead index k of a batch: fields {kind: [B, C, h, w]} (physical, this tile). Collective over the tensor
         group where lead k is kept (every rank of a replica calls it with the same k)."""
-        if k not in self.leads:
+        if k not in self.leads or not self.full_circle:
             return
         j = self.leads.index(k)
         if len(self.rows):
@@ -152,8 +197,11 @@ class ZonalSpectrumSums:
                 self.sums[i, j] += np.einsum("bcrk,r->ck", power, self.row_weight)
         self.count[j] += next(iter(fields.values())).shape[0]
 
-    def finalize(self) -> dict:
-        """{kind: [leads, channels, K]} on every rank (collective over the domain and data axes)."""
+    def finalize(self):
+        """{kind: [leads, channels, K]} on every rank (collective over the domain and data axes); None where the
+        grid is not a full latitude circle."""
+        if not self.full_circle:
+            return None
         sums = reduce_sum(reduce_sum(self.sums, self.groups, "domain"), self.groups, "data")
         n = reduce_sum(self.count.copy(), self.groups, "data")
         mean = sums / (n[None, :, None, None] * self.total_weight)

@@ -1,4 +1,15 @@
-from .flops import forward_flops_per_sample, train_flops_per_sample
-from .weather_mixer import WeatherMixer, ensemble_mean, input_channels, rollout
+"""WeatherMixer (weather_mixer), what a trained model reads (inputs) and its FLOPs (flops).
 
-__all__ = ["WeatherMixer", "ensemble_mean", "input_channels", "rollout", "forward_flops_per_sample", "train_flops_per_sample"]
+The names below load on first use, so that `jigsaw_ds.model.inputs`, which the CLIs check their input against
+before any model exists, comes without torch."""
+_EXPORTS = {"WeatherMixer": "weather_mixer", "ensemble_mean": "weather_mixer", "input_channels": "weather_mixer",
+            "rollout": "weather_mixer", "forward_flops_per_sample": "flops", "train_flops_per_sample": "flops"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

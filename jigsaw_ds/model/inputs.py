@@ -6,6 +6,8 @@ A model's weights fit one set of inputs: the config keys of INPUT_KEYS, the chan
 step (`model_shape` of a run config: train/cli.Run writes them to config.json and every checkpoint's
 jigsaw.json). Weights continue only at the same width (WIDTH_KEYS). A record without coordinates (written
 before they were recorded) is compared by grid size only.
+A store that holds the trained grid in another exact order (reorder_of: latitudes reversed, longitudes
+rolled) is read in the trained order by jigsaw-eval; training refuses it, naming the reorder.
 """
 from __future__ import annotations
 
@@ -94,9 +96,9 @@ def _show(key: str, value) -> str:
 
 
 def _reorder(key: str, trained, given) -> str:
-    """Where the store holds the trained grid's points in another order, what reorders it (evaluation and
-    training read tiles in the trained order: the store must be in it)."""
-    if key == "latitude" and _same(key, trained, given[::-1]):
+    """Where the store holds the trained grid's points in another order, what reorders it (training reads
+    tiles in the trained order: the store must be in it; evaluation reorders it, reorder_of)."""
+    if key == "latitude" and _reversed(trained, given):
         return (" (the trained latitudes reversed: write the store in the trained order, e.g. "
                 "ds.isel(latitude=slice(None, None, -1)))")
     if key == "longitude":
@@ -117,3 +119,27 @@ def rolled_by(trained, given) -> Optional[int]:
         if np.all(np.abs(_circular(np.roll(trained, shift) - given)) <= COORD_TOLERANCE):
             return shift
     return None
+
+
+def _reversed(trained, given) -> bool:
+    """`given` latitudes are the `trained` ones in reverse order (WB2's ERA5 ascending, CDS's descending)."""
+    return len(trained) == len(given) and _same("latitude", trained, list(given)[::-1])
+
+
+def reorder_of(trained: dict, given: dict) -> Optional[tuple[bool, int]]:
+    """(flip_lat, lon_shift) where the grid of record `given` (of_store) holds the points of `trained`'s
+    (of_run) in another exact order: its latitudes reversed (flip_lat) and its longitudes rolled, trained column
+    j being given's column (j + lon_shift) mod n (WeatherStore.reorder then reads in the trained order);
+    (False, 0) where the order is the same; None where the coordinates differ otherwise or a record lacks them."""
+    lat, lon = (trained.get(key) for key in ("latitude", "longitude"))
+    given_lat, given_lon = (given.get(key) for key in ("latitude", "longitude"))
+    if lat is None or lon is None or given_lat is None or given_lon is None:
+        return None
+    if _same("latitude", lat, given_lat):
+        flip = False
+    elif _reversed(lat, given_lat):
+        flip = True
+    else:
+        return None
+    shift = rolled_by(lon, given_lon)
+    return None if shift is None else (flip, shift)

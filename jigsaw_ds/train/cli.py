@@ -17,20 +17,20 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import NoReturn, Optional
+from typing import TYPE_CHECKING, NoReturn, Optional
 
 import numpy as np
-import torch.distributed as dist
 
+# torch, DeepSpeed and the store's libraries load in the functions that use them, so that --help and a bad
+# flag answer at once (jigsaw_ds/quiet.py's filters are in place before DeepSpeed and Megatron load)
 from .. import config as jconfig
-from ..data.dataset import split_train_val
-from ..data.store import StoreError, WeatherStore, default_read_threads
-from ..model import input_channels, inputs
-from ..parallel.allocation import allocation_from_env, check_allocation_from_env, env_rank
-from ..parallel.partition import TokenPartition
-from ..parallel.topology import Layout, init_distributed
+from ..model import inputs
 from ..quiet import quiet_libraries
 from . import run_lock
+
+if TYPE_CHECKING:  # names in annotations only
+    from ..data.store import WeatherStore
+    from ..parallel.topology import Layout
 
 
 def parse_args(argv):
@@ -93,13 +93,16 @@ def load_deepspeed_config(path: str, cfg: jconfig.JigsawConfig, layout: Layout) 
 def _fail(message: str, every_rank: bool = False) -> NoReturn:
     """Exit 2 with one message: printed by rank 0 for errors every rank sees alike, by the rank itself for
     errors only it can see (its own piece of the store)."""
+    from ..parallel.allocation import env_rank
+
     if every_rank or env_rank() == 0:  # under srun RANK is unset: the SLURM rank decides who prints
         print(f"jigsaw-train: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-class OwnTileError(StoreError):
-    """Bad values in this rank's own piece of the store: only this rank knows, so it says so itself."""
+class OwnTileError(ValueError):
+    """Bad values in this rank's own piece of the store (a StoreError's message): only this rank knows, so it says
+    so itself."""
 
 
 @dataclass
@@ -111,11 +114,23 @@ class Run:
     store: Optional[WeatherStore] = None  # None until a configured data.generate store has been made
     train_starts: Optional[np.ndarray] = None
     val_starts: Optional[np.ndarray] = None
+    # the normalisation of the model a run continues (--resume, --init-from), from its run config
+    trained_statistics: Optional[dict] = None
+
+    def use_trained_statistics(self, run_config: dict) -> None:
+        """Normalise with the statistics the continued model was trained with (recorded since 2026-12-07;
+        an older record has none: the store's own are used, as before)."""
+        record = run_config.get("statistics")
+        if record:
+            self.store.use_statistics(record)
+            self.trained_statistics = record
 
     @property
     def model_shape(self) -> dict:
         """What the model needs of the store: grid and channel counts, and the grid's coordinates and time
         step that its inputs are checked by (model/inputs.py; written to config.json and every checkpoint)."""
+        from ..model import input_channels
+
         s = self.store
         return {"n_lat": s.n_lat, "n_lon": s.n_lon, "out_channels": len(s.channels),
                 "in_channels": input_channels(self.cfg.model, len(s.channels), len(s.static_variables)),
@@ -130,6 +145,10 @@ class Run:
         """Open the store, check the config against its grid, split it, and scan this rank's share of it for
         NaN/inf: its own tile (as it will read it in training) and, within its replica, 1/data of the times,
         so that the ranks together read the selection once."""
+        from ..data.dataset import split_train_val
+        from ..data.store import StoreError, WeatherStore, default_read_threads
+        from ..parallel.partition import TokenPartition
+
         cfg, layout = self.cfg, self.layout
         store = WeatherStore(cfg.data.store, cfg.data.variables, cfg.data.surface_variables, cfg.data.levels,
                              cfg.model.static_variables,
@@ -190,6 +209,9 @@ def check_memory(run: Run, ranks_here: int) -> None:
 def plan_run(args) -> Run:
     """Everything that can be checked before torch.distributed starts, in one place (each rank checks its own
     tile of the store, so a rank can fail where others pass: nothing is written here)."""
+    from ..parallel.allocation import allocation_from_env, check_allocation_from_env
+    from ..parallel.topology import Layout
+
     cfg = jconfig.load(args.config, args.set)
     for warning in check_allocation_from_env(cfg.parallel.domain, cfg.parallel.tensor, cfg.train.global_batch):
         print(f"jigsaw-train: warning: {warning}", file=sys.stderr)
@@ -232,7 +254,7 @@ def check_out_dir(cfg: jconfig.JigsawConfig, resume: bool) -> str:
     the earlier run's (retention and --resume go by step number, not by run), its metrics, config and
     TensorBoard events replaced. A resume needs a checkpoint it can load, if the run has any: starting over
     silently would overwrite the run. Returns the checkpoint folder --resume continues from, or ''."""
-    from ..checkpoint.manager import CheckpointManager
+    from ..checkpoint.folder import Checkpoints
 
     out = cfg.train.out_dir
     existing = os.path.abspath(out)  # the folder, or the nearest folder above it that exists
@@ -244,7 +266,7 @@ def check_out_dir(cfg: jconfig.JigsawConfig, resume: bool) -> str:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise jconfig.ConfigError(f"config key 'train.out_dir' = '{out}' cannot be written ('{existing}' is "
                                   f"read-only for this user)")
-    manager = CheckpointManager(os.path.join(out, "checkpoints"), 1)
+    manager = Checkpoints(os.path.join(out, "checkpoints"))
     earlier = manager.tags()
     if earlier and not resume:
         raise jconfig.ConfigError(f"config key 'train.out_dir' = '{out}' holds checkpoints of an "
@@ -272,14 +294,18 @@ def check_continues(run: Run, resume_from: str, init_from: str) -> None:
 
     now = run.inputs()
     if resume_from:
-        inputs.check_same(inputs.of_run(source_config(resume_from)), now, inputs.CONTINUE_KEYS,
+        source = source_config(resume_from)
+        inputs.check_same(inputs.of_run(source), now, inputs.CONTINUE_KEYS,
                           "--resume: this config", tail=f" (the run in {run.cfg.train.out_dir})")
+        run.use_trained_statistics(source)
     if init_from:
         try:
-            trained = inputs.of_run(source_config(init_from))
+            source = source_config(init_from)
         except ValueError as e:  # not a checkpoint, or none complete: names the file or folder
             raise jconfig.ConfigError(f"--init-from: {e}") from None
-        inputs.check_same(trained, now, inputs.CONTINUE_KEYS, f"--init-from {init_from}: this config")
+        inputs.check_same(inputs.of_run(source), now, inputs.CONTINUE_KEYS, f"--init-from {init_from}: this config")
+        if not resume_from:  # a requeued job resumes its own checkpoint (the trainer ignores the file then)
+            run.use_trained_statistics(source)
 
 
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "config.json", "csv")
@@ -305,19 +331,21 @@ def generate_store(cfg: jconfig.JigsawConfig) -> None:
 
 def finished_step(cfg: jconfig.JigsawConfig) -> int:
     """The step of the run's newest complete checkpoint if it has reached train.steps, else 0."""
-    from ..checkpoint.manager import CheckpointManager
+    from ..checkpoint.folder import Checkpoints
 
-    tag, _ = CheckpointManager(os.path.join(cfg.train.out_dir, "checkpoints"), 1).latest_complete()
+    tag, _ = Checkpoints(os.path.join(cfg.train.out_dir, "checkpoints")).latest_complete()
     step = int(tag.removeprefix("step_")) if tag else 0
     return step if step >= cfg.train.steps else 0
 
 
 def main(argv=None) -> int:
-    quiet_libraries(env_rank())
     args = parse_args(argv)
+    from ..parallel.allocation import env_rank
+
+    quiet_libraries(env_rank())
     try:
         run = plan_run(args)
-    except (jconfig.ConfigError, StoreError, ValueError) as e:
+    except ValueError as e:  # ConfigError, StoreError: bad input
         _fail(str(e), every_rank=isinstance(e, OwnTileError))
     finished = finished_step(run.cfg) if args.resume and not args.start_over else 0
     if finished:  # nothing to train: say so before any process group or engine starts
@@ -326,7 +354,10 @@ def main(argv=None) -> int:
                   f"{finished} (train.steps = {run.cfg.train.steps}): nothing to train. Raise train.steps to "
                   f"continue it, or pass --start-over to train it again")
         return 0
+    import torch.distributed as dist
+
     from ..checkpoint.manager import CheckpointError
+    from ..parallel.topology import init_distributed
     from .trainer import NonFiniteError, Trainer
 
     rank, world, _ = init_distributed()
@@ -341,7 +372,7 @@ def main(argv=None) -> int:
         try:
             run.open_store(rank)
             check_continues(run, "" if args.start_over else check_out_dir(run.cfg, args.resume), args.init_from)
-        except (jconfig.ConfigError, StoreError, ValueError) as e:
+        except ValueError as e:
             _fail(str(e), every_rank=isinstance(e, OwnTileError))
     try:
         Trainer(run, resume=args.resume and not args.start_over, init_from=args.init_from).fit()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..checkpoint.manager import write_atomic
+from ..files import write_atomic
 
 
 def _step(line: str) -> float:
@@ -51,8 +51,7 @@ class MetricsLogger:
         self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=resume_step + 1)
 
     def write_config(self, resolved: dict) -> None:
-        with open(os.path.join(self.out_dir, "config.json"), "w") as f:
-            json.dump(resolved, f, indent=2, default=str)
+        write_atomic(os.path.join(self.out_dir, "config.json"), json.dumps(resolved, indent=2, default=str))
 
     def log(self, record: dict) -> None:
         if not self.enabled:

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -18,10 +19,12 @@ from ..checkpoint import sharded
 from ..checkpoint.layout_free import import_state, load_file
 from ..checkpoint.manager import CheckpointManager, find_checkpoint
 from ..data.dataset import Loader, PairDataset, ReplicaBatches
+from ..eval.streaming import reduce_sum
 from ..grid import lat_cell_weights
 from ..model import WeatherMixer, train_flops_per_sample
 from ..parallel import comm_stats
 from ..parallel.topology import JigsawMPU, initialize
+from ..perf.timing import spread
 from .cli import Run
 from .logger import MetricsLogger
 from .loss import AreaWeightedMSE
@@ -29,6 +32,29 @@ from .loss import AreaWeightedMSE
 
 class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss or gradient norm."""
+
+
+TENDENCY_PAIRS = 256  # training pairs read at start-up to estimate the change over a model step of several
+
+
+def lead_tendency_std(store, starts: np.ndarray, lead: int, lat: slice, lon: slice, groups) -> np.ndarray:
+    """Per channel std of the change over the model's step, x[t + lead] - x[t] (the loss's units). One step: the
+    store's statistic (prepare's, over every pair). More: the change follows no rule (ERA5's hourly UK t2m: 1.8x
+    the one-step std at 2 steps, 4.2x at 6; neither L nor sqrt(L)), so it is estimated from up to TENDENCY_PAIRS
+    training pairs t in `starts`, drawn with a fixed seed (every run of a store, split and lead gets the same
+    units): each rank reads its tile of its data rank's share; the float64 sums over the replica and the data
+    axis give every rank the same std."""
+    if lead == 1:
+        return store.tendency_std
+    picked = np.sort(np.random.default_rng(0).choice(len(starts), min(len(starts), TENDENCY_PAIRS), replace=False))
+    sums = np.zeros((3, len(store.channels)))  # points, sum of changes, sum of squares
+    for i in picked[groups.data_rank::groups.size("data")]:
+        t = int(starts[i])
+        now, later = store.read_raw([t, t + lead], lat, lon).astype(np.float64)
+        change = (later - now).reshape(len(store.channels), -1)
+        sums += np.stack([np.full(len(change), change.shape[1]), change.sum(1), (change * change).sum(1)])
+    n, total, squares = reduce_sum(reduce_sum(sums, groups, "jigsaw"), groups, "data")
+    return np.sqrt(np.maximum(squares / n - (total / n) ** 2, 0.0)).astype(np.float32)
 
 
 class Trainer:
@@ -43,6 +69,9 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.cfg.train.tf32
         self._build_model()
         self._build_data()
+        if self.rank0:  # said before the slow part: on the CPU, DeepSpeed loads (the first time: builds) its shm op
+            print("jigsaw-train: starting the DeepSpeed engine" + ("" if torch.cuda.is_available() else
+                  " and its CPU shared-memory comm op (built once per environment, 1-2 min)"), flush=True)
         self.engine, *_ = deepspeed.initialize(model=self.model, model_parameters=self.model.parameters(),
                                                config=run.ds_config, mpu=JigsawMPU(self.groups))
         self.device = self.engine.device
@@ -60,9 +89,9 @@ class Trainer:
     # ---- construction ----------------------------------------------------------------------------------
     def _build_model(self) -> None:
         store, shape = self.store, self.run.model_shape
+        # its output scaling (tendency_scale) is set with the loss's units, in _build_data, once the tile is known
         self.model = WeatherMixer(self.cfg.model, shape["n_lat"], shape["n_lon"], shape["in_channels"],
-                                  shape["out_channels"], self.groups,
-                                  tendency_scale=torch.from_numpy(store.tendency_std / store.std), seed=self.cfg.train.seed)
+                                  shape["out_channels"], self.groups, seed=self.cfg.train.seed)
         # a K-step rollout runs the model K times per sample, forward and backward
         self.flops_per_step = train_flops_per_sample(self.cfg.model, shape["n_lat"], shape["n_lon"],
                                                      shape["in_channels"], shape["out_channels"]) \
@@ -72,10 +101,18 @@ class Trainer:
         cfg, store, part = self.cfg, self.store, self.model.partition
         self.lat, self.lon = part.lat_slice(self.groups.domain_rank), part.lon_slice(self.groups.tensor_rank)
         weights = torch.from_numpy(lat_cell_weights(store.lat)[self.lat]).float()
-        # Errors in units of each channel's one-step tendency std (residual normalisation): persistence
-        # scores about 1 on every channel, so no channel dominates just by changing slowly.
-        tendency_units = (store.std / store.tendency_std) ** 2
-        self.loss_fn = AreaWeightedMSE(weights, store.n_lat, store.n_lon, channel_weights=tendency_units)
+        # Errors in units of each channel's tendency std over the model's step (residual normalisation):
+        # persistence scores about 1 on every channel, so no channel dominates just by changing slowly; the
+        # model's output is scaled alike (next state = input + tendency_scale * network output).
+        trained = self.run.trained_statistics  # a continued model keeps the units it was trained in
+        if trained and "lead_tendency_std" in trained:
+            tendency = np.array(trained["lead_tendency_std"], np.float32)
+        else:
+            tendency = lead_tendency_std(store, self.run.train_starts, cfg.data.lead_steps, self.lat, self.lon,
+                                         self.groups)
+        self.tendency = tendency
+        self.model.tendency_scale.copy_(torch.from_numpy(tendency / store.std))
+        self.loss_fn = AreaWeightedMSE(weights, store.n_lat, store.n_lon, channel_weights=(store.std / tendency) ** 2)
         pairs = lambda starts: PairDataset(store, starts, cfg.data.lead_steps, self.lat, self.lon,
                                            cfg.model.coord_features, cfg.train.rollout_steps,
                                            cfg.model.forcings, cfg.model.forcings_at_target, cfg.model.history_steps)
@@ -101,6 +138,8 @@ class Trainer:
         """The resolved run: config.json, and every checkpoint's jigsaw.json."""
         return {"jigsaw": self.cfg.to_dict(), "deepspeed": self.run.ds_config, "layout": vars(self.run.layout),
                 "model_shape": self.run.model_shape, "channels": [c.name for c in self.store.channels],
+                # the normalisation the weights are learned against: evaluation and continuations use it
+                "statistics": {**self.store.statistics(), "lead_tendency_std": self.tendency.tolist()},
                 "parameters_per_rank": sum(p.numel() for p in self.model.parameters())}
 
     def _open_logs(self) -> None:
@@ -199,14 +238,15 @@ class Trainer:
             from tqdm import tqdm
             progress = tqdm(total=cfg.steps, initial=self.start_step, desc="train", dynamic_ncols=True)
         world = dist.get_world_size()
-        window, whole = _Window(), _Window()  # since the last log step; the whole of this invocation
+        window = _Window()  # the steps since the last log step
+        t_start, waits = time.perf_counter(), []  # this invocation's steps: the run's rate, said at the end
         with loader:
             for step in range(self.start_step + 1, cfg.steps + 1):
                 comm_stats.reset()
                 lr = self.engine.get_lr()[0]  # the optimizer's rate, which this step uses (engine.step advances it)
                 loss, t_data = self.train_step(step, loader)
                 window.add(step, loss, self.engine.get_global_grad_norm(), t_data)
-                whole.data_waits.append(t_data)
+                waits.append(t_data)
                 if progress:
                     progress.update(1)
                 validate = step % cfg.val_every == 0 or step == cfg.steps
@@ -219,7 +259,7 @@ class Trainer:
                 record = {"step": step, "loss": loss, "lr": lr, "grad_norm": window.norms[-1],
                           "step_time_s": dt, "samples_per_s": cfg.global_batch / dt,
                           "tflops_per_gpu": self.flops_per_step / dt / world / 1e12,
-                          **window.data_wait(dt), "peak_mem_gb": _peak_memory_gb(),
+                          **data_wait(window.data_waits, dt * len(window.steps)), "peak_mem_gb": _peak_memory_gb(),
                           "comm_bytes": comm_stats.snapshot()}
                 if cfg.peak_tflops:
                     record["mfu"] = record["tflops_per_gpu"] / cfg.peak_tflops
@@ -240,12 +280,12 @@ class Trainer:
                 window = _Window()
         if progress:
             progress.close()
-        if whole.data_waits and self.rank0:
+        if waits and self.rank0:
             # the run's rate: work over the total time of this invocation's steps (validation and saves included)
-            seconds = time.perf_counter() - whole.t0
-            wait = whole.data_wait(seconds / len(whole.data_waits))
-            print(f"jigsaw-train: {len(whole.data_waits)} steps in {seconds:.1f} s: "
-                  f"{cfg.global_batch * len(whole.data_waits) / seconds:.3g} samples/s; data wait "
+            seconds = time.perf_counter() - t_start
+            wait = data_wait(waits, seconds)
+            print(f"jigsaw-train: {len(waits)} steps in {seconds:.1f} s: "
+                  f"{cfg.global_batch * len(waits) / seconds:.3g} samples/s; data wait "
                   f"{wait['data_wait_frac']:.1%} of the time (per step mean {wait['data_wait_mean_s'] * 1e3:.1f} ms, "
                   f"p95 {wait['data_wait_p95_s'] * 1e3:.1f}, max {wait['data_wait_max_s'] * 1e3:.1f})", flush=True)
         self.logger.close()
@@ -270,12 +310,12 @@ class _Window:
         self.norms = [_float(n) for n in self.norms]
         return (time.perf_counter() - self.t0) / len(self.steps)
 
-    def data_wait(self, step_time: float) -> dict:
-        """The data waits of these steps: their share of the total time, and their mean, p95 and max."""
-        waits = sorted(self.data_waits)
-        p95 = waits[min(len(waits) - 1, math.ceil(0.95 * len(waits)) - 1)]
-        return {"data_wait_frac": sum(waits) / (step_time * len(waits)), "data_wait_mean_s": sum(waits) / len(waits),
-                "data_wait_p95_s": p95, "data_wait_max_s": waits[-1]}
+
+def data_wait(waits: list, seconds: float) -> dict:
+    """Steps' data waits against their total time `seconds`: the waits' share of it, and their mean, p95, max."""
+    w = spread(waits)
+    return {"data_wait_frac": w["total"] / seconds, "data_wait_mean_s": w["mean"], "data_wait_p95_s": w["p95"],
+            "data_wait_max_s": w["max"]}
 
 
 def _float(x):

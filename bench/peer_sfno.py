@@ -1,19 +1,30 @@
 """Peer benchmark: WeatherMixer vs torch-harmonics' Spherical Fourier Neural Operator on shallow-water data.
 
-    python bench/peer_sfno.py [--steps 1000] [--batch 8] [--grid 33x64 --trajectories 16 --traj-steps 24]
-                              [--budget steps|wall|flops] [--budget-seconds S] [--train-trajectories N]
+    python bench/peer_sfno.py [--budget seconds:S | flops:F | steps [--steps 1000]] [--batch 8]
+                              [--grid 33x64 --trajectories 16 --traj-steps 24] [--train-trajectories N]
                               [--out bench/results/peer_sfno.json] [--plot docs/peer_sfno.png]
 
-Budget (--budget): "steps" trains both models --steps optimizer steps; "wall" gives both the wall-clock
-SFNO needs for --steps steps, or --budget-seconds of steps whatever the model sizes (each model's step
-time measured interleaved with the other's on this machine, before training: steps = budget / its median
-step); "flops" gives both SFNO's training FLOPs of --steps steps (per step as torch's FlopCounterMode
-counts one forward + backward: GEMMs, einsums, convolutions; the FFTs of SFNO's spherical harmonic
-transforms are not counted, so this favours SFNO slightly). Each
-model's learning-rate schedule spans its own steps. --train-trajectories N trains on the first N training
-trajectories only (the held-out ones stay the same): data scaling on one store. --rollout-steps K
---rollout-fraction f: the last fraction f of each model's steps train on the mean loss of a K-step
-autoregressive rollout (the trainer's train.rollout_steps), batches read from the store.
+Budget (--budget), what both models get the same of, each model trained in turn in this one process:
+- "seconds:S": each model trains until S seconds of its own training have been spent, on the clock in the
+  loop: every step counted (drawing and reading the batch, forward, backward, clip, AdamW; one-step and
+  rollout phases alike), validation and logging not. Training stops after the first step that reaches S,
+  so within one step of S.
+- "flops:F": likewise until F training FLOPs are counted, each step at its own cost (a K-step rollout step
+  at the FLOPs of its K forwards and backwards). FLOPs per step as torch's FlopCounterMode counts one
+  forward + backward: GEMMs, einsums, convolutions; the FFTs of SFNO's spherical harmonic transforms are not
+  counted, so this favours SFNO slightly.
+- "steps": --steps optimizer steps each.
+The learning-rate schedule (linear warm-up over --warmup-fraction of the budget, then cosine) and the
+rollout phase (--rollout-steps K over the last --rollout-fraction of the budget: the mean loss of a K-step
+autoregressive rollout, the trainer's train.rollout_steps, batches read from the store) are functions of
+the fraction of the budget spent (seconds / S, FLOPs / F, steps / N), so they are laid over the budget
+itself, not over a step count. The JSON records each model's measured seconds, counted FLOPs, steps and the
+load average before and after it, and whether the two came out equal: "cost_ratio" (WeatherMixer / SFNO of
+what the budget equalises, e.g. train_seconds) and "unequal" (more than 5% apart; skill_compare.py and
+skill_scaling.py refuse such results unless --allow-unequal). The former "wall" budget (step counts from a
+one-step time measured before training) is gone: a model whose steps grew in training (rollouts, reads)
+trained up to 4.5x longer than the other (issue 31). --train-trajectories N trains on the first N training
+trajectories only (the held-out ones stay the same): data scaling on one store.
 
 Data: a store from `jigsaw-data swe` (made under runs/peer_sfno/ if --store is not given or missing), or any
 store with a trajectory coordinate and the channels of --variables, --levels, --surface-variables (e.g. from
@@ -133,14 +144,69 @@ def match_sfno_width(args, store, n_in, n_state, target: int) -> int:
     return min(range(4, 513), key=lambda width: abs(sfno_count(args, store, n_in, n_state, width) - target))
 
 
-def lr_lambda(args, steps: int):
-    """Linear warm-up from warmup_min_ratio to 1, then cosine down to cos_min_ratio over `steps` (both models)."""
-    def f(step):  # step = number of optimizer steps taken so far
-        if step < args.warmup:
-            return args.warmup_min_ratio + (1 - args.warmup_min_ratio) * step / args.warmup
-        progress = min(1.0, (step - args.warmup) / max(1, steps - args.warmup))
-        return args.cos_min_ratio + (1 - args.cos_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
+EQUAL_COST = 0.05  # two models' measured costs further apart than this are not an equal-cost comparison
+# what each budget equalises, as the result JSON records it; "wall" (retired) claimed equal wall-clock
+COST_MEASURES = {"seconds": "train_seconds", "wall": "train_seconds", "flops": "train_flops", "steps": "steps"}
+
+
+class Budget:
+    """What each model gets the same amount of: steps, seconds of its own training, or training FLOPs.
+    progress() is the fraction spent, which the schedule and the rollout phase follow."""
+
+    def __init__(self, kind: str, amount: float):
+        self.kind, self.amount = kind, amount
+
+    def progress(self, steps: int, seconds: float, flops: int) -> float:
+        return {"steps": steps, "seconds": seconds, "flops": flops}[self.kind] / self.amount
+
+    def __str__(self):
+        return self.kind if self.kind == "steps" else f"{self.kind}:{self.amount:g}"
+
+
+def parse_budget(spec: str, steps: int = 0) -> Budget:
+    """--budget "seconds:S", "flops:F" or "steps" (`steps` of them); ValueError naming what is wrong."""
+    kind, sep, amount = spec.partition(":")
+    if kind == "wall":
+        raise ValueError("--budget wall was removed (issue 31): its step counts, set from a one-step time measured "
+                         "before training, let one model train up to 4.5x longer than the other; use --budget "
+                         "seconds:S (S seconds of each model's own training, on the clock)")
+    if kind == "steps" and not sep:
+        return Budget("steps", steps)
+    if kind not in ("seconds", "flops") or not sep:
+        raise ValueError(f"--budget {spec!r}: expected steps, seconds:S or flops:F")
+    try:
+        value = float(amount)
+    except ValueError:
+        value = 0.0
+    if not (math.isfinite(value) and value > 0):
+        letter = "S" if kind == "seconds" else "F"
+        raise ValueError(f"--budget {spec!r}: {kind}:{letter} needs {letter} > 0")
+    return Budget(kind, value)
+
+
+def lr_factor(progress: float, args) -> float:
+    """The learning rate over args.lr at a fraction `progress` of the budget spent: linear warm-up from
+    warmup_min_ratio to 1 over warmup_fraction, then cosine down to cos_min_ratio at the end (both models)."""
+    if progress < args.warmup_fraction:
+        return args.warmup_min_ratio + (1 - args.warmup_min_ratio) * progress / args.warmup_fraction
+    done = min(1.0, (progress - args.warmup_fraction) / (1 - args.warmup_fraction))
+    return args.cos_min_ratio + (1 - args.cos_min_ratio) * 0.5 * (1 + math.cos(math.pi * done))
+
+
+def in_rollout_phase(progress: float, rollout_fraction: float) -> bool:
+    """Whether a step starting at this fraction of the budget trains on the rollout loss (the last fraction)."""
+    return progress >= 1 - rollout_fraction
+
+
+def cost_balance(result: dict) -> dict:
+    """How equal the two models' training cost came out in a result, by what its budget equalises (measured
+    training seconds for a seconds budget and for the retired wall budget, which claimed equal wall-clock;
+    counted FLOPs; steps): the ratio WeatherMixer / SFNO, and unequal when they are more than EQUAL_COST apart.
+    From the recorded totals, so results written before this rule are judged by it too."""
+    measure = COST_MEASURES[result["training"]["budget"].partition(":")[0]]
+    wm, sfno = result[measure]["WeatherMixer"], result[measure]["SFNO"]
+    return {"cost_measure": measure, "cost_ratio": round(wm / sfno, 4),
+            "unequal": max(wm, sfno) / min(wm, sfno) > 1 + EQUAL_COST}
 
 
 def cached(dataset: PairDataset):
@@ -150,31 +216,41 @@ def cached(dataset: PairDataset):
     return torch.stack(xs), torch.stack(ys)[:, 0]
 
 
-def train(name, model, args, steps, train_xy, val_xy, loss_fn, n_state, rollout_set=None, train_set=None, seed=None):
-    """One plain-PyTorch loop, identical for every model: same batch stream, optimizer, schedule, clip.
-    rollout_set (a PairDataset with rollout = --rollout-steps): the last --rollout-fraction of the steps
-    train on the K-step rollout loss, batches drawn from it. With --lon-roll every batch is read through
-    train_set / rollout_set with the sampler's longitude shifts (data.lon_roll's path), not from train_xy."""
+def rollout_loss(model, x, y, loss_fn, n_state: int, history: int):
+    """The mean loss of a K-step rollout from x against y [B, K, C, h, w], the gradient through all of it."""
+    preds = rollout(model, x, y.shape[1], n_state, history=history)
+    return sum(loss_fn(pred, y[:, k]) for k, pred in enumerate(preds)) / y.shape[1]
+
+
+def train(name, model, args, budget: Budget, flops: dict, train_xy, val_xy, loss_fn, n_state, rollout_set=None,
+          train_set=None, seed=None):
+    """One plain-PyTorch loop, identical for every model: same batch stream, optimizer, schedule, clip, until
+    the budget is spent. flops: this model's {"one_step", "rollout"} FLOPs per step (counted into a FLOPs
+    budget). rollout_set (a PairDataset with rollout = --rollout-steps): steps in the last --rollout-fraction
+    of the budget train on the K-step rollout loss, batches drawn from it. With --lon-roll every batch is read
+    through train_set / rollout_set with the sampler's longitude shifts (data.lon_roll's path), not from
+    train_xy. Returns the loss history and the cost: steps, seconds, FLOPs, step times, load average."""
     lon_roll = train_set.store.n_lon if args.lon_roll else 0
     seed = args.seed if seed is None else seed  # an ensemble member's: its batch order too
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args, steps))
-    sampler = ReplicaBatches(len(train_xy[0]), args.batch, 0, 1, seed, steps=steps, lon_roll=lon_roll)
-    history, window, step_times = [], [], []
-    first_rollout = steps - int(args.rollout_fraction * steps) + 1 if rollout_set is not None else steps + 1
-    rollout_batches = iter(ReplicaBatches(len(rollout_set), args.batch, 0, 1, seed + 1,
-                                          steps=steps - first_rollout + 1, lon_roll=lon_roll)) \
+    batches = iter(ReplicaBatches(len(train_xy[0]), args.batch, 0, 1, seed, lon_roll=lon_roll))
+    rollout_batches = iter(ReplicaBatches(len(rollout_set), args.batch, 0, 1, seed + 1, lon_roll=lon_roll)) \
         if rollout_set is not None else None
+    spent = {"steps": 0, "seconds": 0.0, "flops": 0}
+    history, window, step_s = [], [], {"one_step": [], "rollout": []}
+    rollout_start_s, loadavg_before = None, os.getloadavg()
     model.train()
-    t_train = 0.0
-    for step, draw in enumerate(sampler, start=1):
+    while (progress := budget.progress(**spent)) < 1:  # the clock is read after every optimizer step
         t0 = time.perf_counter()
-        if step >= first_rollout:  # the mean loss of a K-step rollout, gradient through all of it
+        draw = next(batches)  # drawn on rollout steps too, so the one-step stream does not depend on the phase
+        rolling = rollout_set is not None and in_rollout_phase(progress, args.rollout_fraction)
+        for group in opt.param_groups:
+            group["lr"] = args.lr * lr_factor(progress, args)
+        if rolling:
+            rollout_start_s = spent["seconds"] if rollout_start_s is None else rollout_start_s
             x, y, _ = rollout_set.read_batch(*next(rollout_batches))
-            loss = sum(loss_fn(pred, y[:, k]) for k, pred in enumerate(rollout(model, x, y.shape[1], n_state,
-                                                                                    history=args.history)))
-            loss = loss / y.shape[1]
+            loss = rollout_loss(model, x, y, loss_fn, n_state, args.history)
         else:
             if lon_roll:
                 x, y, _ = train_set.read_batch(*draw)
@@ -186,66 +262,43 @@ def train(name, model, args, steps, train_xy, val_xy, loss_fn, n_state, rollout_
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
-        sched.step()
-        step_times.append(time.perf_counter() - t0)
-        t_train += step_times[-1]
-        window.append(loss.item())
-        if step % args.log_every == 0 or step == steps:
-            record = {"step": step, "loss": float(np.mean(window)), "lr": sched.get_last_lr()[0],
-                      "train_s": round(t_train, 2)}
-            if step % args.val_every == 0 or step == steps:
+        window.append(loss.item())  # inside the clock: on a GPU it waits for the step
+        phase = "rollout" if rolling else "one_step"
+        step_s[phase].append(time.perf_counter() - t0)
+        spent["steps"] += 1
+        spent["seconds"] += step_s[phase][-1]
+        spent["flops"] += flops[phase]
+        step, done = spent["steps"], budget.progress(**spent) >= 1
+        if step % args.log_every == 0 or done:
+            record = {"step": step, "loss": float(np.mean(window)), "lr": opt.param_groups[0]["lr"],
+                      "train_s": round(spent["seconds"], 2)}
+            if step % args.val_every == 0 or done:
                 record["val_loss"], record["val_loss_persistence"] = validate(model, val_xy, loss_fn, n_state)
                 model.train()
             history.append(record)
             window = []
             print(f"  {name:12s} step {step:5d}  loss {record['loss']:.4f}"
                   + (f"  val {record['val_loss']:.4f} (persistence {record['val_loss_persistence']:.4f})"
-                     if "val_loss" in record else "") + f"  {t_train:6.1f} s", flush=True)
+                     if "val_loss" in record else "") + f"  {spent['seconds']:6.1f} s", flush=True)
     model.eval()
-    # the median step is robust to other processes on a shared machine; the sum is the wall time
-    return history, {"train_s": t_train, "median_step_ms": 1000 * float(np.median(step_times))}
+    # the median step is robust to other processes on a shared machine; the sum is what the budget counted
+    return history, {"steps": spent["steps"], "rollout_steps": len(step_s["rollout"]), "seconds": spent["seconds"],
+                     "flops": spent["flops"], "rollout_start_s": rollout_start_s,
+                     "median_step_ms": {p: 1000 * float(np.median(s)) for p, s in step_s.items() if s},
+                     "max_step_ms": 1000 * max(step_s["one_step"] + step_s["rollout"]),
+                     "last_step_ms": 1000 * step_s[phase][-1],
+                     "loadavg": {"before": loadavg_before, "after": os.getloadavg()}}
 
 
-def interleaved_step_ms(models: dict, args, train_xy, loss_fn, repeats: int) -> dict:
-    """Median ms of one training step (forward, backward, clip, AdamW) of each model, the models taking
-    turns step by step (on spare instances), so that load from other processes hits both alike."""
-    runs = {}
-    for name, m in models.items():
-        m.train()
-        runs[name] = (m, torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay), [])
-    x, y = train_xy[0][:args.batch], train_xy[1][:args.batch]
-    for i in range(repeats + 3):
-        for m, opt, times in runs.values():
-            t0 = time.perf_counter()
-            loss = loss_fn(m(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(m.parameters(), args.clip)
-            opt.step()
-            if i >= 3:  # warm-up steps not counted
-                times.append(time.perf_counter() - t0)
-    return {name: 1000 * float(np.median(times)) for name, (_, _, times) in runs.items()}
-
-
-def step_flops(model, args, train_xy, loss_fn) -> int:
-    """FLOPs of one training step's forward + backward as torch's FlopCounterMode counts them."""
+def step_flops(model, loss) -> int:
+    """FLOPs of one training step's forward + backward (loss() builds its graph) as torch's FlopCounterMode
+    counts them."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x, y = train_xy[0][:args.batch], train_xy[1][:args.batch]
     with FlopCounterMode(display=False) as counter:
-        loss_fn(model(x), y).backward()
+        loss().backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
-
-
-def budget_steps(args, step_ms: dict, flops: dict) -> dict:
-    """Optimizer steps of each model under --budget: SFNO's --steps set it, or --budget-seconds of training
-    steps for a wall budget that stays the same when the model sizes change (a size sweep)."""
-    if args.budget == "steps":
-        return dict.fromkeys(step_ms, args.steps)
-    per_step = step_ms if args.budget == "wall" else flops
-    total = 1000 * args.budget_seconds if args.budget_seconds else args.steps * per_step["SFNO"]
-    return {name: max(1, int(total / cost)) for name, cost in per_step.items()}
 
 
 @torch.no_grad()
@@ -267,7 +320,7 @@ def score_rollouts(models: dict, store, inits, train_times, k: int, history: int
     rollouts took."""
     n_state, full = len(store.channels), (slice(0, store.n_lat), slice(0, store.n_lon))
     kinds = [*models, "persistence", "climatology"]
-    sums = ScoreSums(kinds, k, n_state, store.lat, lat_cell_weights(store.lat), full[0], store.n_lon,
+    sums = ScoreSums(kinds, k, n_state, store.lat, lat_cell_weights(store.lat), full[0], store.lon, full[1],
                      JigsawGroups.serial())
     clim = Climatology(store.times[train_times], lambda i: store.read_raw([int(train_times[i])], *full)[0])
     dataset = PairDataset(store, inits, 1, *full, True, history=history)
@@ -386,21 +439,20 @@ def main(argv=None) -> int:
     g.add_argument("--train-trajectories", type=int, default=0,
                    help="train on the first N training trajectories only (0: all); the held-out ones are unchanged")
     g = ap.add_argument_group("training (identical for both models)")
-    g.add_argument("--steps", type=int, default=1000, help="SFNO's steps; the other model's follow from --budget")
-    g.add_argument("--budget", default="steps", choices=("steps", "wall", "flops"),
-                   help="what both models get the same of: steps, wall-clock, or training FLOPs")
-    g.add_argument("--budget-seconds", type=float, default=0.0,
-                   help="with --budget wall: seconds of (one-step) training steps for each model, instead of "
-                        "SFNO's --steps; fixed across model sizes")
+    g.add_argument("--budget", default="steps", metavar="steps|seconds:S|flops:F",
+                   help="what both models get the same of: --steps optimizer steps, S seconds of their own "
+                        "training (on the clock), or F training FLOPs (rollouts at their cost)")
+    g.add_argument("--steps", type=int, default=None, help="with --budget steps: steps of each model (default 1000)")
     g.add_argument("--batch", type=int, default=8)
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--warmup", type=int, default=20)
+    g.add_argument("--warmup-fraction", type=float, default=0.05,
+                   help="the first fraction of the budget warms the learning rate up (0.05: 20 of 400 steps)")
     g.add_argument("--warmup-min-ratio", type=float, default=0.1)
     g.add_argument("--cos-min-ratio", type=float, default=0.05)
     g.add_argument("--clip", type=float, default=1.0)
     g.add_argument("--rollout-steps", type=int, default=1, help="K > 1: fine-tune on a K-step rollout loss")
-    g.add_argument("--rollout-fraction", type=float, default=0.25, help="the last fraction of steps that do")
+    g.add_argument("--rollout-fraction", type=float, default=0.25, help="the last fraction of the budget that does")
     g.add_argument("--members", type=int, default=1,
                    help="seed ensemble: train N of each model (seeds --seed ..), score their mean forecast")
     g.add_argument("--history", type=int, default=0,
@@ -425,14 +477,17 @@ def main(argv=None) -> int:
     g.add_argument("--lead-steps", type=int, default=12, help="rollout length in 6 h steps (12 = 72 h)")
     g.add_argument("--inits", type=int, default=0, help="held-out initial times (0 = all)")
     g.add_argument("--threads", type=int, default=2)
-    g.add_argument("--time-steps", type=int, default=30, help="interleaved timing steps per model")
     g.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "peer_sfno.json"))
     g.add_argument("--plot", default=os.path.join(ROOT, "docs", "peer_sfno.png"))
     args = ap.parse_args(argv)
-    if args.budget_seconds < 0:
-        ap.error(f"--budget-seconds must be >= 0 (0: SFNO's --steps set the budget), got {args.budget_seconds}")
-    if args.budget_seconds and args.budget != "wall":
-        ap.error(f"--budget-seconds is a wall-clock budget: it needs --budget wall, not --budget {args.budget}")
+    try:
+        budget = parse_budget(args.budget, 1000 if args.steps is None else args.steps)
+    except ValueError as e:
+        ap.error(str(e))
+    if budget.kind != "steps" and args.steps is not None:
+        ap.error(f"--steps sets a steps budget only; --budget {args.budget} stops each model on its {budget.kind}")
+    if not 0 <= args.warmup_fraction < 1:
+        ap.error(f"--warmup-fraction must be in [0, 1), got {args.warmup_fraction}")
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
@@ -484,25 +539,27 @@ def main(argv=None) -> int:
 
     # ---- train both the same way ------------------------------------------------------------------------
     models = {"WeatherMixer": mixer, "SFNO": sfno}
-    spares = {"WeatherMixer": build_mixer(mixer_cfg, store, n_in, n_state, args.seed),
-              "SFNO": build_sfno(args, store, n_in, n_state, width, args.seed)}
-    step_ms = interleaved_step_ms(spares, args, train_xy, loss_fn, args.time_steps)
-    del spares
-    print("interleaved median step: " + ", ".join(f"{n} {ms:.1f} ms" for n, ms in step_ms.items()), flush=True)
-    flops = {name: step_flops(model, args, train_xy, loss_fn) for name, model in models.items()}
-    steps = budget_steps(args, step_ms, flops)
-    print(f"budget {args.budget}: " + ", ".join(f"{n} {s} steps ({flops[n] / 1e9:.2f} GFLOP, {step_ms[n]:.1f} ms "
-                                                 f"per step)" for n, s in steps.items()), flush=True)
     rollout_set = None
     if args.rollout_steps > 1:  # the same trajectories, pairs spanning K steps
         span_starts, _ = split_train_val(store, args.rollout_steps, args.val_fraction, args.history)
         rollout_set = PairDataset(store, span_starts[np.isin(span_starts, train_starts)], 1, FULL, FULL, True,
                                   rollout=args.rollout_steps, history=args.history)
-    histories, timing = {}, {}
+    # FLOPs of a step of each kind (a FLOPs budget counts them; every budget records them)
+    x1, y1 = train_xy[0][:args.batch], train_xy[1][:args.batch]
+    xk, yk, _ = rollout_set.read_batch([i % len(rollout_set) for i in range(args.batch)]) if rollout_set else (0, 0, 0)
+    flops = {name: {"one_step": step_flops(m, lambda: loss_fn(m(x1), y1)),
+                    "rollout": step_flops(m, lambda: rollout_loss(m, xk, yk, loss_fn, n_state, args.history))
+                    if rollout_set else 0} for name, m in models.items()}
+    print(f"budget {budget}: " + ", ".join(
+        f"{n} {f['one_step'] / 1e9:.2f} GFLOP per step" + (f", {f['rollout'] / 1e9:.2f} per {args.rollout_steps}-step "
+                                                           f"rollout step" if rollout_set else "")
+        for n, f in flops.items()), flush=True)
+    histories, cost = {}, {}
     for name, model in models.items():
-        print(f"training {name}: {steps[name]} steps, batch {args.batch}", flush=True)
-        histories[name], timing[name] = train(name, model, args, steps[name], train_xy, val_xy, loss_fn, n_state,
-                                              rollout_set, train_set)
+        print(f"training {name} until {budget} is spent, batch {args.batch}", flush=True)
+        histories[name], c = train(name, model, args, budget, flops[name], train_xy, val_xy, loss_fn, n_state,
+                                   rollout_set, train_set)
+        cost[name] = [c]
     # a seed ensemble (--members N): N - 1 more of each model, other seeds (initialisation and batch order),
     # the same budget each, so the ensemble costs N times a single model's training
     ensembles = {name: [model] for name, model in models.items()}
@@ -510,13 +567,15 @@ def main(argv=None) -> int:
     for i in range(1, args.members):
         for name, build in (("WeatherMixer", lambda s: build_mixer(mixer_cfg, store, n_in, n_state, s)),
                             ("SFNO", lambda s: build_sfno(args, store, n_in, n_state, width, s))):
-            print(f"training {name} member {i} (seed {args.seed + i}): {steps[name]} steps", flush=True)
+            print(f"training {name} member {i} (seed {args.seed + i}) until {budget} is spent", flush=True)
             member = build(args.seed + i)
-            history, t = train(name, member, args, steps[name], train_xy, val_xy, loss_fn, n_state, rollout_set,
-                               train_set, seed=args.seed + i)
+            history, c = train(name, member, args, budget, flops[name], train_xy, val_xy, loss_fn, n_state,
+                               rollout_set, train_set, seed=args.seed + i)
             ensembles[name].append(member)
             member_val_loss[name].append(history[-1]["val_loss"])
-            timing[name]["train_s"] += t["train_s"]
+            cost[name].append(c)
+    # what the ensemble of each model cost in all (one member: that model's run)
+    total = {key: {n: sum(c[key] for c in cs) for n, cs in cost.items()} for key in ("steps", "seconds", "flops")}
 
     # ---- evaluate as jigsaw-eval does -------------------------------------------------------------------------
     k = args.lead_steps
@@ -528,9 +587,9 @@ def main(argv=None) -> int:
     table = summary_table(rows, names)
     print_table(table, names)
     print("\nparameters: " + ", ".join(f"{n} {c:,}" for n, c in counts.items()))
-    print("train time: " + ", ".join(f"{n} {t['train_s']:.1f} s (median step {t['median_step_ms']:.1f} ms)"
-                                     for n, t in timing.items()))
-    print("interleaved median step: " + ", ".join(f"{n} {ms:.1f} ms" for n, ms in step_ms.items()))
+    print("train time: " + ", ".join(
+        f"{n} {total['seconds'][n]:.1f} s, {total['steps'][n]} steps (median step "
+        + ", ".join(f"{p} {ms:.1f} ms" for p, ms in cs[0]["median_step_ms"].items()) + ")" for n, cs in cost.items()))
     print("final one-step loss (tendency units) train / val: " + ", ".join(
         f"{n} {h[-1]['loss']:.3f} / {h[-1]['val_loss']:.3f}" for n, h in histories.items())
         + f", persistence val {histories['SFNO'][-1]['val_loss_persistence']:.3f}")
@@ -541,14 +600,15 @@ def main(argv=None) -> int:
         "store": os.path.relpath(path, ROOT), "grid": [store.n_lat, store.n_lon],
         "trajectories": int(len(np.unique(store.trajectory))), "train_pairs": int(len(train_starts)),
         "val_pairs": int(len(val_starts)), "eval_inits": int(len(inits)), "lead_steps": k,
-        "training": {key: getattr(args, key) for key in ("steps", "batch", "lr", "weight_decay", "warmup",
+        "training": {key: getattr(args, key) for key in ("steps", "batch", "lr", "weight_decay", "warmup_fraction",
                                                          "warmup_min_ratio", "cos_min_ratio", "clip", "seed",
-                                                         "budget", "budget_seconds", "train_trajectories",
-                                                         "rollout_steps", "rollout_fraction", "lon_roll", "history",
-                                                         "members")},
+                                                         "train_trajectories", "rollout_steps", "rollout_fraction",
+                                                         "lon_roll", "history", "members")} | {"budget": str(budget)},
+        "budget": {"kind": budget.kind, "amount": budget.amount},
         "member_val_loss": member_val_loss,
-        "steps": steps, "train_flops_per_step": flops,
-        "train_flops": {n: flops[n] * steps[n] for n in steps},
+        "steps": total["steps"], "train_seconds": total["seconds"], "train_flops": total["flops"],
+        "train_flops_per_step": flops,
+        "cost": cost,  # per model, per member: steps, seconds, FLOPs, step times, load average before and after
         "threads": args.threads,
         "models": {"WeatherMixer": {"config": mixer_cfg.__dict__, "parameters": counts["WeatherMixer"]},
                    "SFNO": {"config": {"embed_dim": width, "num_layers": args.sfno_layers,
@@ -556,9 +616,6 @@ def main(argv=None) -> int:
                                        "grid": sfno.net.grid, "internal_grid": [sfno.net.h, sfno.net.w],
                                        "spectral_truncation": sfno.net.trans.lmax},
                             "parameters": counts["SFNO"]}},
-        "train_seconds": {n: round(t["train_s"], 2) for n, t in timing.items()},
-        "median_step_ms": {n: round(t["median_step_ms"], 2) for n, t in timing.items()},
-        "interleaved_step_ms": {n: round(ms, 2) for n, ms in step_ms.items()},
         "rollout_seconds": {n: round(s, 2) for n, s in eval_s.items()},
         "history": histories,
         "rmse_table": {ch: {str(lead): v for lead, v in by.items()} for ch, by in table.items()},
@@ -566,6 +623,10 @@ def main(argv=None) -> int:
                  for r in rows],  # ACC of climatology is undefined (NaN): null in strict JSON
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
+    result |= cost_balance(result)
+    if result["unequal"]:
+        print(f"warning: WeatherMixer / SFNO {result['cost_measure']} = {result['cost_ratio']:.3f}, more than "
+              f"{EQUAL_COST:.0%} apart: marked unequal in the JSON", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1, allow_nan=False)

@@ -14,6 +14,8 @@
 #   3. step_threads4.json  the same step, 4 reading threads
 #   4. step_workers8.json  the same step, 8 DataLoader worker processes (the path before: /dev/shm + pinning copies)
 #   5. forecast.json       jigsaw-forecast's engine on the 0.25 deg config, fp32 and bf16: forecast steps/s
+#   6. step_sync_debug.json  one eager step with --sync-debug: a host-device sync inside the step fails it (rc 1),
+#                          gpu.log names where ("sync-debug:"); apart from the timed runs, which it would spoil
 #   with EXTRA=1 also      step_ckpt.json (activation checkpointing, batch 4), step_compile.json (engine.compile())
 # Results go to $OUT (the device tool's folder) or bench/results/gpu/; the log to gpu.log beside them.
 set -u
@@ -44,14 +46,15 @@ step() {  # step NAME LIMIT_S ARGS...: run one measurement with its own time lim
     echo "=== $name rc=$?" | tee -a "$LOG"
 }
 
-step check 100 python3 bench/gpu_check.py --out "$OUT/check.json"
+step check 45 python3 bench/gpu_check.py --out "$OUT/check.json"   # 16 s on the H200 (2026-12-04)
 step eager 170 python3 bench/step.py --read-threads 8 --profile 3 --out "$OUT/step.json"
 step threads4 80 python3 bench/step.py --skip-bare --steps 12 --read-threads 4 --out "$OUT/step_threads4.json"
 [ "${shm_gb:-0}" -ge 24 ] && step workers8 90 python3 bench/step.py --skip-bare --steps 12 --workers 8 --out "$OUT/step_workers8.json"
 step forecast 100 python3 bench/forecast.py --out "$OUT/forecast.json"
+step sync_debug 50 python3 bench/step.py --skip-bare --steps 1 --read-threads 8 --sync-debug --out "$OUT/step_sync_debug.json"
 if [ "${EXTRA:-0}" = 1 ]; then
   step ckpt 90 python3 bench/step.py --skip-bare --checkpointing --batch 4 --out "$OUT/step_ckpt.json"
   step compile 180 python3 bench/step.py --compile --out "$OUT/step_compile.json"
 fi
 echo "=== done $(date -u +%T)" | tee -a "$LOG"
-grep -E "^(run|cpu|cuda|all|FAILED|fp32:|bf16:)|^(what|dense|bare|DeepSpeed|data wait|whole step|perf model|weights|peak|device time|profiled|optimizer floor|  +[0-9.]+ ms)|=== " "$LOG" | tail -80
+grep -E "^(run|cpu|cuda|all|FAILED|fp32:|bf16:|sync-debug:)|^(what|dense|bare|DeepSpeed|data wait|whole step|perf model|weights|peak|device time|profiled|optimizer floor|  +[0-9.]+ ms)|=== " "$LOG" | tail -80

@@ -47,6 +47,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from jigsaw_ds.perf.timing import spread  # noqa: E402
+
 N_LAT, N_LON, PATCH = 721, 1440, 4
 UPPER = ["geopotential", "temperature", "u_component_of_wind", "v_component_of_wind", "specific_humidity"]
 SURFACE = ["2m_temperature", "mean_sea_level_pressure", "10m_u_component_of_wind", "10m_v_component_of_wind"]
@@ -80,9 +82,9 @@ def make_store(path: str, n_times: int) -> float:
 
 def stats(times: list, nbytes: int) -> dict:
     """Rate = bytes of all reads / their total time; the per-read times' mean, p95 and max beside it."""
-    t = sorted(times)
-    return {"GBps": nbytes * len(t) / sum(t) / 1e9, "mean_ms": 1e3 * sum(t) / len(t),
-            "p95_ms": 1e3 * t[min(len(t) - 1, int(0.95 * len(t)))], "max_ms": 1e3 * t[-1]}
+    t = spread(times)
+    return {"GBps": nbytes * t["n"] / t["total"] / 1e9, "mean_ms": 1e3 * t["mean"], "p95_ms": 1e3 * t["p95"],
+            "max_ms": 1e3 * t["max"]}
 
 
 def open_dataset(path: str, m: int, threads: int):
@@ -162,10 +164,9 @@ def consume(dataset, steps: int, workers: int, work=None) -> dict:
             if work:
                 work()
         total = time.perf_counter() - t_start
-    w = sorted(waits)
-    return {"steps_per_s": steps / total, "step_ms": 1e3 * total / steps, "data_wait_frac": sum(w) / total,
-            "data_wait_mean_ms": 1e3 * sum(w) / steps, "data_wait_p95_ms": 1e3 * w[min(steps - 1, int(0.95 * steps))],
-            "data_wait_max_ms": 1e3 * w[-1]}
+    w = spread(waits)
+    return {"steps_per_s": steps / total, "step_ms": 1e3 * total / steps, "data_wait_frac": w["total"] / total,
+            "data_wait_mean_ms": 1e3 * w["mean"], "data_wait_p95_ms": 1e3 * w["p95"], "data_wait_max_ms": 1e3 * w["max"]}
 
 
 def matmul_work(seconds: float, core: int):

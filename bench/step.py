@@ -24,14 +24,15 @@ for the wheel install first.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import time
+import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -40,6 +41,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
+
+from jigsaw_ds.perf.timing import spread  # noqa: E402
 
 SMALL = {"grid": (32, 64), "model": {"patch": 2, "embed_dim": 64, "token_hidden": 64, "channel_hidden": 256,
                                      "depth": 4},
@@ -65,6 +68,25 @@ def timed(fn, device, reps: int, warmup: int = 2) -> float:
         sync(device)
         times.append(time.perf_counter() - t0)
     return sum(times) / len(times)
+
+
+@contextlib.contextmanager
+def no_host_sync(on: bool):
+    """With `on`, any host-device synchronisation inside raises (torch.cuda.set_sync_debug_mode("error")); the
+    first one is named by its innermost frame outside torch before the error propagates."""
+    if not on:
+        yield
+        return
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    except RuntimeError as e:
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if f"{os.sep}torch{os.sep}" not in f.filename]
+        where = f"{frames[-1].filename}:{frames[-1].lineno} ({frames[-1].name})" if frames else "?"
+        print(f"sync-debug: host-device synchronisation inside the step at {where}: {e}", flush=True)
+        raise
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
 
 
 def gemm_rate(device, dtype, size: int, reps: int) -> float:
@@ -218,17 +240,18 @@ def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
         if step == args.warmup and cuda:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        x, y, _ = next(loader)  # no forcings in the benchmarked configs
-        t1 = time.perf_counter()
-        marks = [torch.cuda.Event(enable_timing=True) for _ in range(4)] if cuda else []
-        mark = (lambda i: marks[i].record()) if cuda else (lambda i: None)
-        mark(0)
-        loss = loss_fn(engine(x).float(), y[:, 0])
-        mark(1)
-        engine.backward(loss)
-        mark(2)
-        engine.step()
-        mark(3)
+        with no_host_sync(cuda and args.sync_debug and step >= args.warmup):
+            x, y, _ = next(loader)  # no forcings in the benchmarked configs
+            t1 = time.perf_counter()
+            marks = [torch.cuda.Event(enable_timing=True) for _ in range(4)] if cuda else []
+            mark = (lambda i: marks[i].record()) if cuda else (lambda i: None)
+            mark(0)
+            loss = loss_fn(engine(x).float(), y[:, 0])
+            mark(1)
+            engine.backward(loss)
+            mark(2)
+            engine.step()
+            mark(3)
         sync(device)
         t2 = time.perf_counter()
         records.append({"step_s": t2 - t0, "data_wait_s": t1 - t0, "device_s": t2 - t1, "loss": loss.item()})
@@ -237,9 +260,8 @@ def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
     timed_steps = records[args.warmup:]
     out = {}
     for k in ("step_s", "data_wait_s", "device_s"):  # mean = total / steps: the rate; p95, max, median beside it
-        values = sorted(r[k] for r in timed_steps)
-        out.update({k: sum(values) / len(values), f"{k}_p95": values[min(len(values) - 1, int(0.95 * len(values)))],
-                    f"{k}_max": values[-1], f"{k}_median": statistics.median(values)})
+        s = spread(r[k] for r in timed_steps)
+        out.update({k: s["mean"], f"{k}_p95": s["p95"], f"{k}_max": s["max"], f"{k}_median": s["median"]})
     out["data_wait_frac"] = sum(r["data_wait_s"] for r in timed_steps) / sum(r["step_s"] for r in timed_steps)
     out["losses"] = [r["loss"] for r in records]
     out["state_bytes"] = engine_state_bytes(engine)
@@ -329,13 +351,16 @@ def main(argv=None):
     ap.add_argument("--machine", default=os.path.join(ROOT, "configs", "machines", "h200-1gpu.json"),
                     help="machine file whose efficiencies the prediction uses (rates are measured in this run)")
     ap.add_argument("--skip-bare", action="store_true", help="skip the bare-stack measurement")
+    ap.add_argument("--sync-debug", action="store_true",
+                    help="CUDA: a host-device synchronisation inside a timed step (loader, forward, backward, "
+                         "engine.step) raises, naming where (torch.cuda.set_sync_debug_mode); ignored on the CPU")
     ap.add_argument("--profile", type=int, default=0, help="profile this many more steps: device time per kernel kind")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
 
     from jigsaw_ds.parallel.topology import Layout, init_distributed
     from jigsaw_ds.perf import step_model as pm
-    from jigsaw_ds.checkpoint.manager import write_atomic
+    from jigsaw_ds.files import write_atomic
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

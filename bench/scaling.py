@@ -1,6 +1,12 @@
 """Predicted strong and weak scaling, 1 to 256 GPUs, data-parallel only vs Jigsaw (perf/step_model.py; no GPU needed).
 
-    python bench/scaling.py [--config configs/era5_025deg.json] [--png docs/scaling.png] [--json bench/results/scaling.json]
+    python bench/scaling.py [--config CFG.json ...] [--precision bf16|fp32] [--extra] [--png PNG] [--out-dir DIR]
+
+Each --config (default configs/era5_025deg.json; repeat it for several) gets bench/results/scaling_<name>.json
+(scaling_<name>_fp32.json with --precision fp32): the strong and weak curves of every scenario, the 256-GPU
+figures beside the paper's (PFLOP/s, % of peak, efficiency vs DP-only) and jigsaw-plan's answer (perf/plan.py's
+`plan`, the same function) for 64, 128 and 256 GPUs of every configs/machines file. --png plots the first config.
+These are predictions of the analytic model, not measurements.
 
 Definitions (bf16, ZeRO-1, no activation checkpointing, step time with data prefetch = the trainer's overlap):
   strong  fixed global batch G = 256 samples; gradient accumulation where a micro-batch does not fit (small N).
@@ -10,7 +16,8 @@ Definitions (bf16, ZeRO-1, no activation checkpointing, step time with data pref
           G = N, Jigsaw G = N / M. efficiency = model TFLOP/s per GPU at N / the same at N0 (1 GPU; one node).
   DP-only is (N, 1, 1). Jigsaw is, at each N, the fastest layout with M = domain x tensor > 1 (by the planner).
 Scenarios: the two machine files, and the A100 machine with a shared file system limited to 2 GB/s per node
-plus the page-cache model (1 year of 6-hourly 0.25 deg data, 1460 time steps, 256 GB page cache per node).
+plus the page-cache model (1 year of 6-hourly data on the config's grid, 1460 time steps: 419 GB at 0.25 deg,
+1.67 TB at 0.125 deg; 256 GB page cache per node).
 """
 from __future__ import annotations
 
@@ -25,11 +32,16 @@ sys.path.insert(0, ROOT)
 
 from jigsaw_ds import config as jconfig  # noqa: E402
 from jigsaw_ds.parallel.topology import Layout  # noqa: E402
+from jigsaw_ds.perf import plan as jplan  # noqa: E402
 from jigsaw_ds.perf import step_model as pm  # noqa: E402
 from jigsaw_ds.perf.step_model import Machine, ModelShape, TrainSetup  # noqa: E402
 
 GPUS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 STRONG_BATCH = 256
+PLAN_GPUS = (64, 128, 256)
+# Kieckhefen et al., arXiv:2507.05753 (abstract): 256 GPUs, two systems. The paper's peak, 9 PFLOP/s / 23% =
+# 11 PFLOP/s / 28% = 39 PFLOP/s = 256 x 153 TFLOP/s, is the A100's TF32 dense peak (156): derived here, not stated.
+PAPER_256 = {"pflops": (9, 11), "percent_of_peak": (23, 28), "efficiency_jigsaw": (68, 72), "efficiency_dp_only": 51}
 
 
 def scenarios(extra: bool = False) -> dict:
@@ -121,8 +133,8 @@ def summary(pred) -> dict:
 
 def markdown(name: str, kind: str, rows: list[dict]) -> str:
     out = [f"**{kind} scaling, {name}**", "",
-           "| GPUs | DP-only layout | step s | TFLOP/s/GPU | eff. vs 1 GPU | vs 1 node | bound "
-           "| Jigsaw layout | step s | TFLOP/s/GPU | eff. vs 1 GPU | vs 1 node | bound |",
+           "| GPUs | DP-only layout | step s | TFLOP/s/GPU | eff. vs N0 | vs 1 node | bound "
+           "| Jigsaw layout | step s | TFLOP/s/GPU | eff. vs N0 | vs 1 node | bound |",
            "|---" * 13 + "|"]
     for r in rows:
         cells = [str(r["gpus"])]
@@ -141,7 +153,99 @@ def markdown(name: str, kind: str, rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def plot(results: dict, path: str) -> None:
+def at_256(res: dict, machine: Machine, precision: str) -> dict:
+    """The 256-GPU point of each study, in the paper's terms: PFLOP/s of all GPUs, % of the datasheet peak,
+    scaling efficiency of Jigsaw and of DP-only against N0 (the smallest GPU count that fits: 1 GPU where the
+    model fits one) and against one node."""
+    out = {}
+    for kind in ("strong", "weak"):
+        last = res[kind][-1]
+        out[kind] = {key: ({"layout": s["layout"], "pflops": s["tflops_per_gpu"] * last["gpus"] / 1e3,
+                            "percent_of_peak": 100 * s["tflops_per_gpu"] / machine.peak_tflops[precision],
+                            "efficiency": s["efficiency"], "n0": next(r["gpus"] for r in res[kind] if r[key]),
+                            "efficiency_node": s["efficiency_node"]} if s else None)
+                     for key in ("dp", "jigsaw") for s in [last[key]]}
+    return out
+
+
+def markdown_256(rows: list[tuple[str, str, dict]]) -> str:
+    """One line per (scenario, study): Jigsaw and DP-only at 256 GPUs, the paper's figures in the last line."""
+    out = ["| scenario | study | Jigsaw layout | PFLOP/s | % of peak | eff. vs N0 (N0) | vs 1 node "
+           "| DP-only PFLOP/s | % of peak | eff. vs N0 (N0) | vs 1 node |", "|---" * 11 + "|"]
+    def pct(v):
+        return "" if v is None else f"{v:.0%}"
+
+    for name, kind, r in rows:
+        cells = [name, kind]
+        for key in ("jigsaw", "dp"):
+            s = r[key]
+            if not s:
+                cells += ([""] if key == "jigsaw" else []) + ["does not fit / G < N", "", "", ""]
+                continue
+            cells += (["(%d, %d, %d)" % tuple(s["layout"])] if key == "jigsaw" else []) + [
+                f"{s['pflops']:.1f}", f"{s['percent_of_peak']:.0f}%", f"{pct(s['efficiency'])} ({s['n0']})",
+                pct(s["efficiency_node"])]
+        out.append("| " + " | ".join(cells) + " |")
+    p = PAPER_256
+    out.append(f"| **paper** (two HPC systems, measured) | not stated | | {p['pflops'][0]} and {p['pflops'][1]} "
+               f"| {p['percent_of_peak'][0]}% and {p['percent_of_peak'][1]}% "
+               f"| {p['efficiency_jigsaw'][0]}% and {p['efficiency_jigsaw'][1]}% | | | | "
+               f"{p['efficiency_dp_only']}% | |")
+    return "\n".join(out)
+
+
+def machine_files() -> dict:
+    mdir = os.path.join(ROOT, "configs", "machines")
+    return {f[:-5]: Machine.load(os.path.join(mdir, f)) for f in sorted(os.listdir(mdir)) if f.endswith(".json")}
+
+
+def plans(shape: ModelShape, config_batch: int, precision: str) -> list[dict]:
+    """jigsaw-plan's best layout for PLAN_GPUS of every machine file: at the config's global batch as jigsaw-plan
+    runs by default (no accumulation), and at the strong-scaling batch with --accumulate."""
+    out = []
+    for mname, machine in machine_files().items():
+        for gpus in PLAN_GPUS:
+            for batch, accumulate in ((config_batch, False), (STRONG_BATCH, True)):
+                res = jplan.plan(shape, gpus, machine, TrainSetup(global_batch=batch, precision=precision), accumulate)
+                best = res["feasible"][0] if res["feasible"] else None
+                out.append({"machine": mname, "gpus": gpus, "global_batch": batch, "accumulate": accumulate,
+                            "feasible": len(res["feasible"]),
+                            "best": best and {k: best[k] for k in ("layout", "micro_batch", "accumulation", "t_step_s",
+                                                                   "tflops_per_gpu", "mfu", "memory_gb", "bottleneck",
+                                                                   "explanation")}})
+    return out
+
+
+def markdown_plans(rows: list[dict]) -> str:
+    """One line per machine file and GPU count: the best layout at each of the two global batches."""
+    batches = sorted({(r["global_batch"], r["accumulate"]) for r in rows})
+    head = "| machine file | GPUs | " + " | ".join(
+        f"G = {g}{' --accumulate' if acc else ''}: best (d, dom, t), micro x acc | step ms | TFLOP/s/GPU (MFU) "
+        f"| mem GB | bound" for g, acc in batches) + " |"
+    out = [head, "|---" * (2 + 5 * len(batches)) + "|"]
+    for key in dict.fromkeys((r["machine"], r["gpus"]) for r in rows):
+        cells = [key[0], str(key[1])]
+        for batch in batches:
+            b = next(r["best"] for r in rows if (r["machine"], r["gpus"]) == key
+                     and (r["global_batch"], r["accumulate"]) == batch)
+            cells += (["none fits", "", "", "", ""] if not b else
+                      ["(%d, %d, %d), %d x %d" % (*b["layout"], b["micro_batch"], b["accumulation"]),
+                       f"{b['t_step_s'] * 1e3:.0f}", f"{b['tflops_per_gpu']:.0f} ({b['mfu']:.1%})",
+                       f"{b['memory_gb']:.1f}", b["bottleneck"]])
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def describe(shape: ModelShape) -> str:
+    c = shape.cfg
+    params = pm.params_held(shape, Layout())
+    tflop = pm.flops_per_rank(shape, Layout(), 1) / 1e12
+    return (f"{shape.n_lat} x {shape.n_lon}, patch {c.patch}, {shape.n_tokens} tokens, D {c.embed_dim}, "
+            f"Dt {c.token_hidden}, Dc {c.channel_hidden}, {c.depth} blocks, {shape.c_in} -> {shape.c_out} channels, "
+            f"{params:,} parameters, {tflop:.1f} TFLOP per training sample")
+
+
+def plot(results: dict, path: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,18 +255,19 @@ def plot(results: dict, path: str) -> None:
     for col, (name, res) in enumerate(results.items()):
         for row, kind in enumerate(("strong", "weak")):
             ax = axes[row][col]
-            for key, label, style in (("dp", "data-parallel only", "o--"), ("jigsaw", "Jigsaw (best M > 1)", "s-")):
+            for key, label, style in (("dp", "data-parallel only", "C0o--"), ("jigsaw", "Jigsaw (best M > 1)", "C1s-")):
                 pts = [(r["gpus"], r[key]["efficiency"]) for r in res[kind] if r[key]]
-                ax.plot(*zip(*pts), style, label=label)
+                if pts:                      # a series that never fits (DP-only of the 3 B model on 40 GB) is left out
+                    ax.plot(*zip(*pts), style, label=label)
             ax.axhline(1.0, color="grey", lw=0.8)
             top = max(r[key]["efficiency"] for r in res[kind] for key in ("dp", "jigsaw") if r[key])
             ax.set_ylim(0, max(1.25, 1.1 * top))
             ax.set_xscale("log", base=2)
             ax.set_title(f"{kind}: {name}", fontsize=9)
-            ax.set_ylabel("efficiency" if kind == "strong" else "TFLOP/s per GPU vs 1 GPU")
+            ax.set_ylabel("efficiency vs N0" if kind == "strong" else "TFLOP/s per GPU vs N0")
             ax.set_xlabel("GPUs")
             ax.legend(fontsize=8)
-    fig.suptitle("WeatherMixer 0.25 deg (65160 tokens, D 1024, 8 blocks), predicted by jigsaw_ds/perf/step_model.py")
+    fig.suptitle(f"WeatherMixer {title}, predicted by jigsaw_ds/perf/step_model.py", fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -172,22 +277,41 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--extra", action="store_true", help="add the A100 machine with fast I/O as a fourth scenario")
-    ap.add_argument("--config", default=os.path.join(ROOT, "configs", "era5_025deg.json"))
-    ap.add_argument("--png", default=os.path.join(ROOT, "docs", "scaling.png"))
-    ap.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "scaling.json"))
+    ap.add_argument("--config", action="append", default=[],
+                    help="jigsaw config JSON; repeat for several (default configs/era5_025deg.json)")
+    ap.add_argument("--png", default="", help="plot the first config's curves to this file (docs/scaling.png)")
+    ap.add_argument("--out-dir", default=os.path.join(ROOT, "bench", "results"),
+                    help="writes scaling_<config name>[_fp32].json here")
     args = ap.parse_args(argv)
-    shape = ModelShape.from_config(jconfig.load(args.config))
-    results = {}
-    for name, (machine, dataset_steps) in scenarios(args.extra).items():
-        results[name] = {"strong": strong(shape, machine, dataset_steps, args.precision),
-                         "weak": weak(shape, machine, dataset_steps, args.precision)}
-        for kind in ("strong", "weak"):
-            print(markdown(name, kind, results[name][kind]) + "\n")
-    plot(results, args.png)
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"wrote {args.png} and {args.json}")
+    paths = args.config or [os.path.join(ROOT, "configs", "era5_025deg.json")]
+    for n, path in enumerate(paths):
+        cfg = jconfig.load(path)
+        shape = ModelShape.from_config(cfg)
+        name = os.path.splitext(os.path.basename(path))[0]
+        print(f"## {name}: {describe(shape)}\n")
+        results, summary = {}, []
+        for scenario, (machine, dataset_steps) in scenarios(args.extra).items():
+            res = {"strong": strong(shape, machine, dataset_steps, args.precision),
+                   "weak": weak(shape, machine, dataset_steps, args.precision)}
+            res["at_256"] = at_256(res, machine, args.precision)
+            results[scenario] = res
+            summary += [(scenario, kind, res["at_256"][kind]) for kind in ("strong", "weak")]
+            for kind in ("strong", "weak"):
+                print(markdown(scenario, kind, res[kind]) + "\n")
+        print(f"**256 GPUs beside the paper ({args.precision}; model predictions)**\n\n{markdown_256(summary)}\n")
+        planned = plans(shape, cfg.train.global_batch, args.precision)
+        print(f"**jigsaw-plan, best layout ({args.precision}, ZeRO-1, prefetch)**\n\n{markdown_plans(planned)}\n")
+        if n == 0 and args.png:
+            plot(results, args.png, describe(shape))
+            print(f"wrote {args.png}")
+        out = os.path.join(args.out_dir, f"scaling_{name}" + ("_fp32" if args.precision == "fp32" else "") + ".json")
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump({"config": os.path.relpath(os.path.abspath(path), ROOT), "model": describe(shape),
+                       "precision": args.precision, "prediction": "analytic model (jigsaw_ds/perf/step_model.py), "
+                       "not a measurement", "paper_256_gpus": PAPER_256, "scenarios": results, "plans": planned},
+                      f, indent=1)
+        print(f"wrote {out}\n")
 
 
 if __name__ == "__main__":

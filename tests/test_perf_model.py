@@ -404,3 +404,95 @@ def test_the_grid_of_a_store_still_to_be_generated():
     assert grid({"kind": "held-suarez"}) == (32, 64)  # the default T21
     assert grid({"kind": "swe", "grid": [17, 32]}) == (17, 32)
     assert grid({"kind": "synth"}) == (33, 64)
+
+
+def test_spread_is_mean_first_with_nearest_rank_p95():
+    """Every reported time set (trainer log, bench/step.py, bench/loader.py) goes through perf.timing.spread:
+    the mean is total / n (the rate), p95 the nearest rank (the 95th of 100 values, the 10th of 10)."""
+    from jigsaw_ds.perf.timing import spread
+
+    s = spread(range(100, 0, -1))
+    assert (s["mean"], s["p95"], s["max"], s["median"], s["total"], s["n"]) == (50.5, 95, 100, 50.5, 5050, 100)
+    assert spread([0.1] * 9 + [5.0])["p95"] == 5.0  # one stall in ten is the p95 of ten steps, not hidden
+    assert spread([2.0])["p95"] == 2.0
+    with pytest.raises(ValueError):
+        spread([])
+
+
+# ---- the paper's largest grid and model: configs/era5_0125deg.json, configs/era5_025deg_3b.json -----------------
+def test_the_grid_named_in_a_store_path_without_a_decimal_point():
+    """'era5_0125deg.zarr' is 0.125 deg (1441 x 2880), 'era5_025deg.zarr' 0.25 deg: a leading zero is the decimal
+    point (it was read as 125 and 25 deg, a 2 x 3 and an 8 x 14 grid); a resolution that does not divide the
+    circle is refused rather than rounded."""
+    from jigsaw_ds.config import from_dict
+
+    def grid(store):
+        return pm.resolve_grid(from_dict({"data": {"store": store, "variables": ["geopotential"], "levels": [500]}}))
+
+    assert grid("data/era5_0125deg.zarr") == (1441, 2880)
+    assert grid("/nonexistent/era5_025deg.zarr") == (721, 1440)
+    assert grid("data/era5_0.25deg.zarr") == grid("data/era5_0p25deg.zarr") == (721, 1440)
+    assert grid("data/era5_1.5deg.zarr") == (121, 240)
+    with pytest.raises(ValueError, match="7 deg does not divide"):
+        grid("data/era5_7deg.zarr")
+
+
+def test_a_rank_is_walked_once_per_layout(monkeypatch):
+    """The planner asks for one rank's parameters and collectives in every memory check and prediction (each
+    micro-batch candidate, each data size): the meta model is built once per (domain, tensor, rank) and
+    micro-batch, not each time (a 3 B model's meta build takes ~0.2 s: bench/scaling.py took minutes per curve)."""
+    from jigsaw_ds.perf import comm_model
+
+    builds, build = [], comm_model.meta_model
+
+    def counting(*args, **kwargs):
+        builds.append(args[5])
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(pm, "meta_model", counting)
+    monkeypatch.setattr(comm_model, "meta_model", counting)
+    shape = dataclasses.replace(SHAPE, cfg=dataclasses.replace(CFG, depth=3))   # a shape no other test has walked
+    m = load_machine("h100-80gb-4x-ndr400")
+    for data in (1, 2, 4):
+        lay = Layout(data, 2, 2)
+        setup = pm.TrainSetup(global_batch=8, micro_batch=pm.best_micro_batch(shape, lay, m, pm.TrainSetup(8)))
+        first = pm.predict_step(shape, lay, m, setup)
+        again = pm.predict_step(shape, lay, m, setup)
+        assert again.collectives == first.collectives and again.memory == first.memory
+    # one walk of the parameters, one of the collectives per micro-batch used (B = 8, 4, 2, and 1 for the calls)
+    assert len(builds) <= 1 + 4, builds
+    # what makes the data size irrelevant to the walk: a rank's parameters and Jigsaw collectives do not depend on it
+    walk = (shape.cfg, shape.n_lat, shape.n_lon, shape.c_in, shape.c_out)
+    assert comm_model.params_per_rank(*walk, Layout(4, 2, 2)) == comm_model.params_per_rank(*walk, Layout(1, 2, 2))
+    assert step_comm_bytes(*walk, Layout(4, 2, 2), 2) == step_comm_bytes(*walk, Layout(1, 2, 2), 2)
+
+
+@pytest.mark.parametrize("name, grid, params", [("era5_0125deg", (1441, 2880), 1_144_151_360),
+                                                ("era5_025deg_3b", (721, 1440), 3_122_970_704)])
+def test_the_paper_scale_configs_load_and_split(name, grid, params):
+    """The 0.125 deg and 3.1 B configs: every key valid, the paper's channel set (5 upper-air variables x 13
+    levels + 4 surface fields), their layout accepted by the trainer's grid check, the parameter count that
+    docs/perf.md states (3.1 B: within 5% of the paper's 3.2 B)."""
+    import numpy as np
+
+    from jigsaw_ds.config import check_against_grid
+
+    cfg = load(os.path.join(ROOT, "configs", f"{name}.json"))
+    shape = pm.ModelShape.from_config(cfg)            # the grid from the store name ('0125deg': 1441 x 2880)
+    assert (shape.n_lat, shape.n_lon) == grid and shape.c_out == 5 * 13 + 4
+    check_against_grid(cfg, shape.n_lat, np.arange(shape.n_lon) * 360 / shape.n_lon, longest_traj=10**5)
+    assert pm.params_held(shape, Layout()) == params
+    if name.endswith("3b"):
+        assert abs(params / 3.2e9 - 1) < 0.05
+
+
+def test_plan_answers_for_the_3b_model_on_256_gpus(capsys, tmp_path):
+    from jigsaw_ds.perf import plan
+
+    out = tmp_path / "plan.json"
+    assert plan.main(["--config", os.path.join(ROOT, "configs", "era5_025deg_3b.json"), "--gpus", "256",
+                      "--machine", os.path.join(MACHINES, "h100-80gb-4x-ndr400.json"), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    best = res["feasible"][0]
+    assert best["world"] == 256 and best["layout"][0] * best["micro_batch"] == 16   # the config's global batch
+    assert best["memory_gb"] <= 80 and "run the best" in capsys.readouterr().out

@@ -130,7 +130,8 @@ class ModelShape:
 
 def resolve_grid(cfg: JigsawConfig) -> tuple[int, int]:
     """The grid of the config's data: the store's coordinates if it exists, else data.generate's grid,
-    else a WeatherBench2 equiangular grid with poles named in the store path ('0.25deg' -> 721 x 1440)."""
+    else a WeatherBench2 equiangular grid with poles named in the store path ('0.25deg', '0p25deg' or
+    '025deg' -> 721 x 1440; '0125deg' -> 1441 x 2880)."""
     path = cfg.data.store
     if path and os.path.exists(path):
         import xarray as xr
@@ -142,10 +143,18 @@ def resolve_grid(cfg: JigsawConfig) -> tuple[int, int]:
 
         n_lat, n_lon = generated_grid(cfg.data.generate)
         return int(n_lat), int(n_lon)
-    match = re.search(r"(\d+(?:\.\d+)?)\s*deg", os.path.basename(path))
+    # '0.25deg', '0p25deg', and '025deg' / '0125deg' (a leading zero is the decimal point, as in era5_0125deg)
+    match = re.search(r"(\d+)(?:[.p](\d+))?\s*deg", os.path.basename(path))
     if match:
-        res = float(match.group(1))
-        return int(round(180 / res)) + 1, int(round(360 / res))
+        whole, frac = match.groups()
+        if frac is None and len(whole) > 1 and whole.startswith("0"):
+            whole, frac = "0", whole[1:]
+        res = float(f"{whole}.{frac or 0}")
+        n_lon = 360 / res if res > 0 else 0
+        if n_lon < 1 or abs(n_lon - round(n_lon)) > 1e-6 or round(n_lon) % 2:
+            raise ValueError(f"data.store '{path}': {res:g} deg does not divide the circle into an even number of "
+                             f"longitudes: give --grid HxW")
+        return round(n_lon) // 2 + 1, round(n_lon)
     raise ValueError(f"cannot tell the grid of data.store '{path}' (it does not exist and names no resolution): "
                      f"give --grid HxW")
 
@@ -275,9 +284,28 @@ def elementwise_elements(shape: ModelShape, layout: Layout, micro_batch: int, do
     return c.depth * per_block + ends
 
 
+# What the meta-model walks give, kept per rank: the planner asks for the same rank's parameters and collectives in
+# every memory check and prediction (each micro-batch candidate, each data size), and one meta build of a 3 B
+# model takes ~0.2 s. The key is the whole shape (its repr: every field) and the replica's layout; the data size
+# is left out, as a rank's parameters and Jigsaw collectives do not depend on it (tests/test_perf_model.py).
+_WALKS: dict = {}
+
+
+def _walked(kind: str, shape: ModelShape, layout: Layout, domain_rank: int, micro_batch: int, walk):
+    key = (kind, repr(shape), layout.domain, layout.tensor, domain_rank, micro_batch)
+    if key not in _WALKS:
+        if len(_WALKS) >= 4096:   # a bound for long sweeps over many shapes
+            _WALKS.clear()
+        _WALKS[key] = walk(Layout(1, layout.domain, layout.tensor))
+    return _WALKS[key]
+
+
 def _collectives(shape: ModelShape, layout: Layout, micro_batch: int, domain_rank: int = 0) -> list[Collective]:
-    model = meta_model(shape.cfg, shape.n_lat, shape.n_lon, shape.c_in, shape.c_out, layout, domain_rank)
-    return step_collectives(model, micro_batch)
+    def walk(replica):
+        model = meta_model(shape.cfg, shape.n_lat, shape.n_lon, shape.c_in, shape.c_out, replica, domain_rank)
+        return tuple(step_collectives(model, micro_batch))
+
+    return list(_walked("collectives", shape, layout, domain_rank, micro_batch, walk))   # a copy: callers extend it
 
 
 def _recomputed(collectives: list[Collective]) -> list[Collective]:
@@ -297,7 +325,10 @@ def _comm_bytes(shape, layout, micro, domain_rank, e):
 
 
 def _params(shape, layout, domain_rank=0):
-    return params_per_rank(shape.cfg, shape.n_lat, shape.n_lon, shape.c_in, shape.c_out, layout, domain_rank)
+    def walk(replica):
+        return params_per_rank(shape.cfg, shape.n_lat, shape.n_lon, shape.c_in, shape.c_out, replica, domain_rank)
+
+    return dict(_walked("params", shape, layout, domain_rank, 0, walk))
 
 
 def recompute_comm_bytes(shape: ModelShape, layout: Layout, micro_batch: int, e: int, domain_rank: int = 0) -> dict:

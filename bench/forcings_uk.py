@@ -74,7 +74,8 @@ def main(argv=None) -> int:
         train_s = time.perf_counter() - t0
         sh(os.path.join(BIN, "jigsaw-ckpt"), "export", run_dir, "--out", os.path.join(run_dir, "model.pt"))
         sh(os.path.join(BIN, "jigsaw-eval"), "--checkpoint", os.path.join(run_dir, "model.pt"), "--data", store,
-           "--out", os.path.join(run_dir, "eval"), "--lead-steps", "1", "--inits", "1000", "--no-plots")
+           "--out", os.path.join(run_dir, "eval"), "--lead-steps", "1", "--inits", "1000", "--all-hours",
+           "--no-plots")
         with open(os.path.join(run_dir, "eval", "scores.json")) as f:
             scores = json.load(f)
         row = next(r for r in scores["rows"] if r["metric"] == "rmse" and r["lead_hours"] == 6)

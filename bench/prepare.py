@@ -1,7 +1,7 @@
 """Throughput and memory of `jigsaw-data prepare`: the serial prepare it replaced, 1 and 2 Dask workers, side by side.
 
     python bench/prepare.py [--grid 361x720] [--levels 5] [--times 96] [--short-times 48] [--repeats 1]
-                            [--dir DIR] [--json bench/results/prepare.json]
+                            [--regrid HxW] [--dir DIR] [--json bench/results/prepare.json]
 
 Source: a WeatherBench2-style zarr store made by synth (4 upper-air variables x --levels levels + 2 surface
 variables = 22 channels at the default 5 levels; float32; chunks of one time step, as WB2's ERA5 store),
@@ -14,7 +14,10 @@ Runs, in one process, one after the other (repeated --repeats times, in that ord
            store.compute_stats and an xarray groupby climatology over the written store, in this process;
   1 worker / 2 workers: prepare on a fresh LocalCluster of that many single-threaded worker processes
            (cluster start not timed; reported apart).
-Throughput is source bytes (decoded) / wall seconds. Peak memory per worker is each worker process's
+--regrid HxW (e.g. --grid 721x1440 --regrid 1441x2880 --levels 1 --times 16): every prepare also interpolates
+the source to that grid (`prepare --grid`, on the workers); the serial run and the --short-times run are left
+out (the serial prepare cannot regrid), and the stores of 1 and 2 workers are compared with each other.
+Throughput is source bytes (decoded) / wall seconds (with --regrid: the stored, regridded bytes). Peak memory per worker is each worker process's
 resident memory sampled every 50 ms during the run; the same 2-worker run on a store of --short-times steps shows whether it depends
 on the number of time steps (it should not: a worker holds a block, its lookahead step and their copies).
 Load average is printed before and after: on a shared machine, trust ratios measured close together.
@@ -113,7 +116,7 @@ class PeakRSS:
                 "worker_start_rss_mb": sorted(v / 2**20 for v in self.start_rss)}
 
 
-def run_dask(src: str, out: str, workers: int) -> dict:
+def run_dask(src: str, out: str, workers: int, grid=None) -> dict:
     from jigsaw_ds.data.parallel_prepare import dask_client
     from jigsaw_ds.data.prepare import prepare
 
@@ -122,17 +125,20 @@ def run_dask(src: str, out: str, workers: int) -> dict:
         started = time.perf_counter() - t0
         memory = PeakRSS(client.run(os.getpid).values())
         t0 = time.perf_counter()
-        prepare([src], out, lat_chunk=4, client=client, progress=False)
+        prepare([src], out, lat_chunk=4, client=client, progress=False, grid=grid)
         seconds = time.perf_counter() - t0
     return {"seconds": seconds, "cluster_start_seconds": started, **memory.stop()}
 
 
-def block_info(src: str) -> dict:
+def block_info(src: str, grid=None) -> dict:
     from jigsaw_ds.data.prepare import _job
 
-    job = _job([src], os.path.join(tempfile.gettempdir(), "unused.zarr"), None, None, 0, 4, 4, 0, 0, None, True, 0)
+    job = _job([src], os.path.join(tempfile.gettempdir(), "unused.zarr"), variables=None, levels=None, member=0,
+               patch=4, lat_chunk=4, lon_chunk=0, level_chunk=0, config=None, climatology=True, time_block=0,
+               checksum=True, grid=grid)
     b = job.blocks[0]
-    return {"blocks": len(job.blocks), "block_steps": b.stop - b.start, "block_mb": job.block_bytes(b) / 1e6}
+    return {"blocks": len(job.blocks), "block_steps": b.stop - b.start, "block_mb": job.block_bytes(b) / 1e6,
+            "store_bytes": sum(job.block_bytes(b) for b in job.blocks)}
 
 
 def compare(a: str, b: str) -> dict:
@@ -157,21 +163,26 @@ def main():
     ap.add_argument("--times", type=int, default=96)
     ap.add_argument("--short-times", type=int, default=48, help="time steps of the store for the memory check")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--regrid", default=None, metavar="HxW", help="prepare --grid HxW in every run (1 and 2 workers)")
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
-    ap.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "prepare.json"))
+    ap.add_argument("--json", default=None, help="default: bench/results/prepare.json (prepare_regrid.json with --regrid)")
     args = ap.parse_args()
+    args.json = args.json or os.path.join(ROOT, "bench", "results", "prepare_regrid.json" if args.regrid else "prepare.json")
     n_lat, n_lon = (int(v) for v in args.grid.split("x"))
     levels = [1000, 850, 700, 500, 250, 100, 50, 10][:args.levels]
     workdir = args.dir or tempfile.mkdtemp(prefix="jigsaw-bench-prepare-")
     src, short = os.path.join(workdir, "src.zarr"), os.path.join(workdir, "short.zarr")
+    grid = [int(v) for v in args.regrid.split("x")] if args.regrid else None
     results = {"grid": [n_lat, n_lon], "channels": 4 * len(levels) + 2, "times": args.times, "runs": [],
-               "cores": os.cpu_count(), "load_before": load()}
+               "cores": os.cpu_count(), "load_before": load(), "regrid": grid}
     try:
         t0 = time.perf_counter()
         results["source_bytes"] = make_source(src, n_lat, n_lon, args.times, levels)
         print(f"source {src}: {results['source_bytes'] / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s", flush=True)
-        results.update(block_info(src))
+        results.update(block_info(src, grid))
         warm(src)
+        if grid:
+            return regrid_runs(results, src, workdir, grid, args)
         for repeat in range(args.repeats):
             for name, fn in (("serial", lambda o: run_serial(src, o)), ("1 worker", lambda o: run_dask(src, o, 1)),
                              ("2 workers", lambda o: run_dask(src, o, 2))):
@@ -199,6 +210,38 @@ def main():
             shutil.rmtree(workdir, ignore_errors=True)
     results["load_after"] = load()
     print(table(results))
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"\nresults in {args.json}")
+
+
+def regrid_runs(results: dict, src: str, workdir: str, grid: list, args) -> None:
+    """1 worker, then 2 workers, each prepare regridding to `grid`; the two stores must be the same."""
+    for repeat in range(args.repeats):
+        for name, workers in (("1 worker", 1), ("2 workers", 2)):
+            out = os.path.join(workdir, f"out-{workers}.zarr")
+            shutil.rmtree(out, ignore_errors=True)
+            row = {"run": name, "repeat": repeat, "times": args.times, "load_at_start": load(),
+                   **run_dask(src, out, workers, grid)}
+            row["mb_per_s"] = results["store_bytes"] / 1e6 / row["seconds"]
+            results["runs"].append(row)
+            print(json.dumps(row), flush=True)
+        results["one_vs_two"] = compare(os.path.join(workdir, "out-2.zarr"), os.path.join(workdir, "out-1.zarr"))
+        print(json.dumps(results["one_vs_two"]), flush=True)
+    results["load_after"] = load()
+    one = [r["seconds"] for r in results["runs"] if r["run"] == "1 worker"]
+    two = [r["seconds"] for r in results["runs"] if r["run"] == "2 workers"]
+    print(f"\nregrid {results['grid'][0]}x{results['grid'][1]} -> {grid[0]}x{grid[1]}, {results['channels']} channels, "
+          f"{args.times} steps: {results['store_bytes'] / 1e9:.2f} GB stored; {results['blocks']} blocks of "
+          f"{results['block_steps']} steps ({results['block_mb']:.0f} MB); load {results['load_before']:.1f} before, "
+          f"{results['load_after']:.1f} after")
+    print("| run | s | MB/s (stored) | vs 1 worker | peak RSS per worker MB | load at start |\n|---|---|---|---|---|---|")
+    for r in results["runs"]:
+        speedup = one[r["repeat"]] / r["seconds"]
+        print(f"| {r['run']} | {r['seconds']:.1f} | {r['mb_per_s']:.0f} | {speedup:.2f}x | "
+              f"{', '.join(f'{v:.0f}' for v in r['worker_peak_rss_mb'])} | {r['load_at_start']:.1f} |")
+    results["speedup_2_vs_1"] = [a / b for a, b in zip(one, two)]
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=1)

@@ -13,9 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the key."""
+from .errors import ConfigError
 
 
 @dataclass

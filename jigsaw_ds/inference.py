@@ -69,8 +69,10 @@ class Forecaster:
         e.g. xr.open_zarr of a store jigsaw-data wrote, or a part of one: the trained variables and levels
         (others are ignored), static fields, the trained grid (in another exact order it is read in the
         trained one) and, where the model reads history (model.history_steps), the states before each initial
-        time. Its `jigsaw_stats` attribute (the store's statistics) normalises the inputs, as jigsaw-forecast
-        does with the store's. A Dataset of one time steps by the model's recorded time step.
+        time. The inputs are normalised with the statistics the run recorded (those of its training store), so
+        any Dataset of the trained variables will do (a run recorded before 2026-12-07 has none: then the
+        Dataset's `jigsaw_stats` attribute, as a store's). A Dataset of one time steps by the model's recorded
+        time step.
         init_times: times of ds (datetime64 or text such as "2020-01-05T00"); default its last time.
         batch: initial times rolled out together.
 

@@ -166,7 +166,11 @@ def test_store_refuses_a_channel_constant_in_time_and_nan_static_fields(tmp_path
         store.check_finite()
 
 
-@pytest.mark.parametrize("name", ["quickstart", "swe_small", "era5_025deg", "tiny_025deg"])
+SHIPPED = sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".json")
+                 and not f.startswith("ds_"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_load(name):
     cfg = jc.load(os.path.join(ROOT, "configs", f"{name}.json"))  # every key known, every value in range
     assert cfg.model.depth >= 1 and cfg.train.global_batch >= 1

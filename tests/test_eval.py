@@ -581,3 +581,22 @@ def test_a_regional_store_is_scored_as_its_domain(tmp_path, capsys):
     assert {h["region"] for h in csv.DictReader(open(tmp_path / "eval" / "headline.csv"))} == {"domain"}
     for name in ("rmse.png", "acc.png", "maps_temperature_500.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 0
+
+
+def test_scored_initial_times_are_at_00_and_12_utc_where_the_store_has_them(synth_store):
+    """WeatherBench2 starts its forecasts at 00 and 12 UTC: jigsaw-eval spreads its initial times over those
+    hours of the held-out times (a 6-hourly store: half of them), every hour with --all-hours, and any hour
+    where the store has neither."""
+    from jigsaw_ds.data.store import WeatherStore
+    from jigsaw_ds.eval.evaluate import spread_inits
+
+    store = WeatherStore(synth_store, ["temperature"], [], [500])
+    starts = np.arange(40, 100)
+    hours = lambda idx: sorted({int(str(t)[11:13]) for t in store.times[idx]})
+    assert hours(starts) == [0, 6, 12, 18]
+    picked = spread_inits(store, starts, 8)
+    assert len(picked) == 8 and hours(picked) == [0, 12]
+    assert hours(spread_inits(store, starts, 60, all_hours=True)) == [0, 6, 12, 18]
+    assert len(spread_inits(store, starts, 1000)) == 30  # every 00/12 time once, never more
+    odd = starts[store.times[starts].astype("datetime64[h]").astype(int) % 12 == 6]
+    assert hours(spread_inits(store, odd, 4)) == [6, 18]  # no 00/12 time held out: the hours it has

@@ -394,3 +394,91 @@ def test_a_source_store_keeps_its_trajectories(tmp_path):
     x = src["2m_temperature"].values.astype(np.float64)
     pairs = (x[1:] - x[:-1])[[0, 1, 3, 4, 6]]
     assert store.attrs[STATS_ATTR]["2m_temperature"]["tendency_std"] == pytest.approx(pairs.std(), rel=1e-12)
+
+
+# ---- --grid: regridding ----------------------------------------------------------------------------------
+def analytic_source(path, lat, lon, n_times=3) -> xr.Dataset:
+    """A float64 WB2-style source: 2m_temperature linear in latitude and longitude, temperature periodic in
+    longitude (cos) and linear in latitude, surface pressure linear in latitude only; written to `path`."""
+    t = np.arange(n_times, dtype=np.float64)[:, None, None]
+    la, lo = lat[None, :, None], lon[None, None, :]
+    ds = xr.Dataset({
+        "2m_temperature": (("time", "latitude", "longitude"), 280.0 + (0.3 + 0.1 * t) * la + (0.05 - 0.01 * t) * lo),
+        "surface_pressure": (("time", "latitude", "longitude"),
+                             np.broadcast_to(1e5 + (20.0 + t) * la, (n_times, len(lat), len(lon))).copy()),
+        "temperature": (("time", "level", "latitude", "longitude"),
+                        (250.0 + 0.2 * la + (10.0 + t) * np.cos(np.deg2rad(lo)))[:, None] + np.zeros((1, 2, 1, 1))),
+    }, coords={"time": pd.date_range("2020-01-01", periods=n_times, freq="6h").values, "level": [500, 850],
+               "latitude": lat, "longitude": lon})
+    ds.to_zarr(str(path))
+    return ds
+
+
+def regrid_ok(capsys, src, out, grid, *argv) -> xr.Dataset:
+    assert cli_main(["prepare", str(src), "--out", str(out), "--grid", grid, "--workers", "0", "--no-climatology",
+                     "--lat-chunk", "4", *argv]) == 0
+    capsys.readouterr()
+    return xr.open_zarr(str(out), chunks=None)
+
+
+@pytest.mark.parametrize("order", ["descending", "ascending"])
+def test_regrid_is_exact_for_linear_fields_keeps_the_seam_and_records_the_method(tmp_path, capsys, order):
+    """19 x 36 (10 deg) -> 37 x 72 (5 deg) through the CLI: bilinear interpolation reproduces a field linear in
+    latitude and longitude in every cell (the seam cell 350 .. 360 excepted: lon is not periodic there),
+    one linear in latitude everywhere; at 355 deg a periodic field is the mean of the last and first columns;
+    the latitude order is the source's, and attrs['regrid'] says how the store was made."""
+    lat = np.linspace(90.0, -90.0, 19) if order == "descending" else np.linspace(-90.0, 90.0, 19)
+    lon = np.arange(36) * 10.0
+    src = analytic_source(tmp_path / "src.zarr", lat, lon)
+    store = regrid_ok(capsys, tmp_path / "src.zarr", tmp_path / "r.zarr", "37x72")
+    new_lat, new_lon = store["latitude"].values, store["longitude"].values
+    np.testing.assert_array_equal(new_lat, np.linspace(lat[0], lat[-1], 37))  # poles included, source's order
+    np.testing.assert_array_equal(new_lon, np.arange(72) * 5.0)
+    t = np.arange(3.0)[:, None, None]
+    la, lo = new_lat[None, :, None], new_lon[None, None, :]
+    t2m = store["2m_temperature"].values
+    assert t2m.dtype == np.float64
+    inside = new_lon <= lon[-1]  # every target column but 355, which lies in the seam cell
+    np.testing.assert_allclose(t2m[..., inside], (280.0 + (0.3 + 0.1 * t) * la + (0.05 - 0.01 * t) * lo)[..., inside],
+                               rtol=1e-13, atol=0)
+    np.testing.assert_allclose(store["surface_pressure"].values, np.broadcast_to(1e5 + (20.0 + t) * la, t2m.shape),
+                               rtol=1e-14, atol=0)  # linear in latitude: exact at the seam too
+    temp, src_t = store["temperature"].values, src["temperature"].values
+    np.testing.assert_allclose(temp[..., ::2, -1], 0.5 * (src_t[..., -1] + src_t[..., 0]), rtol=1e-14, atol=0)
+    np.testing.assert_array_equal(temp[..., ::2, ::2], src_t)  # target points that are source points: copied
+    np.testing.assert_array_equal(t2m[..., ::2, ::2], src["2m_temperature"].values)
+    assert store.attrs["regrid"] == {"method": "bilinear (numpy.interp: latitude, then longitude, periodic)", "source_grid": "19x36", "grid": "37x72",
+                                     "source_latitude": f"{lat[0]:g} .. {lat[-1]:g}", "source_longitude": "0 .. 350",
+                                     "seam": "periodic in longitude"}
+    x = t2m.astype(np.float64)  # the statistics are those of the regridded values
+    assert store.attrs[STATS_ATTR]["2m_temperature"]["mean"] == pytest.approx(x.mean(), rel=1e-12)
+    assert store.attrs[STATS_ATTR]["2m_temperature"]["tendency_std"] == pytest.approx(np.diff(x, axis=0).std(), rel=1e-9)
+
+
+def test_regrid_of_a_float32_store_copies_coincident_points_and_its_static_fields(tmp_path, capsys):
+    """ERA5-like: a float32 synth store (descending latitudes with poles, 0 .. 350 deg), refined 2x: every
+    variable, static fields included, keeps its dtype and equals the source at the source's points."""
+    src = synth_dataset(19, 36, 4, seed=5)
+    src.to_zarr(str(tmp_path / "src.zarr"))
+    store = regrid_ok(capsys, tmp_path / "src.zarr", tmp_path / "r.zarr", "37x72")
+    for var, da in src.data_vars.items():
+        assert store[var].dtype == np.float32 and store[var].shape[-2:] == (37, 72), var
+        np.testing.assert_array_equal(store[var].values[..., ::2, ::2], da.values, err_msg=var)
+
+
+@pytest.mark.parametrize("lat, lon, lacks", [
+    (np.linspace(60.0, 30.0, 7), np.arange(9) * 5.0, "both poles and the whole circle of longitudes"),  # a box
+    (np.linspace(85.0, -85.0, 18), np.arange(36) * 10.0, "both poles"),  # cell centres: no pole rows
+    (np.linspace(90.0, -90.0, 19), np.arange(30) * 10.0, "the whole circle of longitudes"),  # 0 .. 290 deg
+], ids=["regional", "no-poles", "part-of-the-circle"])
+def test_regrid_outside_the_source_is_refused_naming_both_grids(tmp_path, capsys, lat, lon, lacks):
+    analytic_source(tmp_path / "src.zarr", lat, lon)
+    out = tmp_path / "r.zarr"
+    assert cli_main(["prepare", str(tmp_path / "src.zarr"), "--out", str(out), "--grid", "37x72",
+                     "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jigsaw-data prepare: error: ") and "\n" not in err, err
+    assert f"--grid 37x72 (latitude 90 .. -90, longitude 0 .. 355: global, with both poles) lies outside the " \
+           f"source grid {len(lat)}x{len(lon)} (latitude {lat[0]:g} .. {lat[-1]:g}" in err, err
+    assert f"which lacks {lacks}:" in err, err
+    assert not os.path.exists(out) and not os.path.exists(f"{out}.partial")  # refused before any work

@@ -186,3 +186,24 @@ def test_unreachable_scheduler_is_one_clear_error(tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("jigsaw-data prepare: error: --scheduler tcp://127.0.0.1:9: cannot be reached")
     assert "Traceback" not in "\n".join(err)
+
+
+def test_regrid_on_one_dask_worker_gives_the_in_process_store_and_its_statistics(tmp_path, capsys):
+    """--grid through the CLI: the block tasks interpolate on a Dask worker (--workers 1) and give the store the
+    in-process run gives; statistics and the hour-of-day climatology are those of the regridded values; --plan
+    shows the target grid and the regrid."""
+    src = synth_dataset(19, 36, 8, seed=6)  # 8 six-hourly steps: two per hour of day, an hour climatology
+    src.to_zarr(str(tmp_path / "src.zarr"))
+    argv = ["prepare", str(tmp_path / "src.zarr"), "--grid", "37x72", "--lat-chunk", "4", "--time-block", "3"]
+    assert cli_main([*argv, "--out", str(tmp_path / "plan.zarr"), "--plan"]) == 0
+    text = capsys.readouterr().out
+    assert "37 x 72 grid" in text and "temperature: ('time', 'level', 'latitude', 'longitude') [8, 2, 37, 72]" in text
+    assert "regrid: 19x36 -> 37x72, bilinear (numpy.interp" in text
+    assert cli_main([*argv, "--out", str(tmp_path / "w0.zarr"), "--workers", "0"]) == 0
+    assert cli_main([*argv, "--out", str(tmp_path / "w1.zarr"), "--workers", "1"]) == 0
+    assert_same_store(tmp_path / "w0.zarr", tmp_path / "w1.zarr")
+    assert_stats_match_serial(tmp_path / "w1.zarr")
+    store, clim = open_all(tmp_path / "w1.zarr")
+    assert store["temperature"].shape == (8, 2, 37, 72)
+    hourly = store["temperature"].astype(np.float64).groupby("time.hour").mean()
+    np.testing.assert_allclose(clim["temperature"].values, hourly.values, rtol=1e-6)  # float32 means

@@ -334,3 +334,44 @@ def test_a_model_too_large_for_the_machine_is_one_line_before_building(tmp_path,
     line = cli_error(capsys, args + ["--set", "model.embed_dim=1000000", "--set", "model.channel_hidden=1000000"])
     assert "model.embed_dim = 1000000" in line and "GiB per rank" in line
     assert not os.path.exists(tmp_path / "run")
+
+
+# ---- who says an error: rank 0 for what every rank sees, the rank itself for what only it sees --------------
+def test_run_main_says_each_error_once(capsys):
+    """errors.run_main, every CLI's: a JigsawError is said by rank 0 (exit 2), a RankLocalError by the rank whose
+    `say` is set, a RunStopped by rank 0 (exit 1); any other exception propagates."""
+    from jigsaw_ds import errors
+
+    def raising(e):
+        raise e
+
+    for rank, e, code, says in [(0, errors.StoreError("every rank"), 2, True), (1, errors.ConfigError("x"), 2, False),
+                                (1, errors.RankLocalError("its tile"), 2, True),
+                                (0, errors.RankLocalError("another rank of its replica says it", say=False), 2, False),
+                                (1, errors.StoreReadError("a chunk of its tile"), 2, True),
+                                (0, errors.NonFiniteError("step 3"), 1, True), (1, errors.CheckpointError("x"), 1, False)]:
+        assert errors.run_main("prog", rank, raising, e) == code
+        assert capsys.readouterr().err == (f"prog: error: {e}\n" if says else ""), (rank, e)
+    with pytest.raises(ValueError, match="a bug"):
+        errors.run_main("prog", 0, raising, ValueError("a bug"))
+
+
+def test_bad_values_in_one_ranks_tile_are_said_by_that_rank(tmp_path, capsys, monkeypatch, no_process_group):
+    """NaN in the last latitude row only, two ranks splitting the latitudes (parallel.domain = 2): rank 1 finds
+    it in its own tile and says so itself (a RankLocalError: rank 0 cannot know), exit 2; rank 0 finds none,
+    says nothing and goes on to its process group."""
+    ds = synth_dataset(33, 64, 40, seed=3)
+    ds["2m_temperature"][5, -1, 7] = np.nan
+    write_store(ds, str(tmp_path / "store.zarr"))
+    args = write_configs(tmp_path, tmp_path / "store.zarr", tmp_path / "run") + ["--set", "parallel.domain=2"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(args)
+    assert e.value.code == 2
+    line = one_error(capsys.readouterr().err)
+    assert "variable '2m_temperature' has NaN/inf" in line, line
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(AssertionError, match="got past its checks"):
+        train_cli.main(args)
+    assert "error:" not in capsys.readouterr().err

@@ -20,6 +20,7 @@ import sys
 
 # torch loads only where tensors are read (export, info of a FILE): --help and the info of a sharded checkpoint
 # (its JSON metadata) answer without it, in a fraction of a second
+from ..errors import ConfigError, NotACheckpoint, run_main
 from ..files import write_atomic
 from ..quiet import quiet_libraries
 from .folder import Checkpoints, find_checkpoint, read_meta
@@ -28,11 +29,11 @@ from .folder import Checkpoints, find_checkpoint, read_meta
 def export(path: str, out: str, weights_only: bool = False) -> None:
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
-        raise ValueError(f"--out {out}: folder {folder} does not exist")
+        raise ConfigError(f"--out {out}: folder {folder} does not exist")
     if os.path.isdir(out):
-        raise ValueError(f"--out {out} is a directory: name the file to write (e.g. {os.path.join(out, 'model.pt')})")
+        raise ConfigError(f"--out {out} is a directory: name the file to write (e.g. {os.path.join(out, 'model.pt')})")
     if not os.path.isdir(path):
-        raise ValueError(f"{path} is not a run directory or checkpoint folder")
+        raise NotACheckpoint(f"{path} is not a run directory or checkpoint folder")
     import torch
 
     from .manager import load_full
@@ -90,14 +91,15 @@ def main(argv=None) -> int:
     i = sub.add_parser("info", help="describe a run directory, checkpoint folder or layout-free file")
     i.add_argument("path")
     args = ap.parse_args(argv)
-    try:
-        if args.cmd == "export":
-            export(args.path, args.out, args.weights_only)
-        else:
-            info(args.path)
-    except ValueError as e:  # CorruptCheckpoint too: names the file
-        print(f"jigsaw-ckpt: error: {e}", file=sys.stderr)
-        return 2
+    # bad input (NotACheckpoint, CorruptCheckpoint naming the file, ...): one line, exit 2 (one process: rank 0)
+    return run_main("jigsaw-ckpt", 0, _run, args)
+
+
+def _run(args) -> int:
+    if args.cmd == "export":
+        export(args.path, args.out, args.weights_only)
+    else:
+        info(args.path)
     return 0
 
 

@@ -13,13 +13,11 @@ import json
 import os
 from typing import Optional
 
+from ..errors import CorruptCheckpoint, NotACheckpoint
+
 FORMAT = "jigsaw_ds.dcp.v1"
 META = "jigsaw.json"
 MANIFEST = "MANIFEST.json"
-
-
-class CorruptCheckpoint(ValueError):
-    """A checkpoint file differs from its manifest, or is missing."""
 
 
 def sha256(path: str) -> str:
@@ -48,11 +46,11 @@ def read_meta(folder: str, files: Optional[dict] = None) -> dict:
     if files is not None:
         check_file(folder, META, files)
     if not os.path.exists(path):
-        raise ValueError(f"{folder} is not a jigsaw_ds sharded checkpoint ({META} missing)")
+        raise NotACheckpoint(f"{folder} is not a jigsaw_ds sharded checkpoint ({META} missing)")
     with open(path) as f:
         meta = json.load(f)
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT}")
+        raise NotACheckpoint(f"{path}: format {meta.get('format')!r}, expected {FORMAT}")
     return meta
 
 
@@ -118,17 +116,17 @@ class Checkpoints:
 
 def find_checkpoint(path: str) -> tuple[str, dict]:
     """(checkpoint folder, its manifest's files) for PATH = a checkpoint folder or a run directory (its newest
-    complete checkpoint); ValueError saying why not."""
+    complete checkpoint); NotACheckpoint saying why not."""
     if os.path.exists(os.path.join(path, MANIFEST)) or os.path.exists(os.path.join(path, META)):
         folder = path
     else:
         root = os.path.join(path, "checkpoints")
         tag, refused = Checkpoints(root).latest_complete()
         if not tag:
-            raise ValueError(f"{path}: neither a checkpoint folder nor a run directory with a complete checkpoint "
+            raise NotACheckpoint(f"{path}: neither a checkpoint folder nor a run directory with a complete checkpoint "
                              f"({'; '.join(refused) or 'no ' + root})")
         folder = os.path.join(root, tag)
     files, why = read_manifest(folder)
     if why:
-        raise ValueError(f"checkpoint {folder} is refused: {why}")
+        raise NotACheckpoint(f"checkpoint {folder} is refused: {why}")
     return folder, files

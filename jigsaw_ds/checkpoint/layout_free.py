@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from ..errors import NotACheckpoint
 from ..parallel.topology import JigsawGroups
 
 FORMAT = "jigsaw_ds.layout_free.v1"
@@ -23,18 +24,18 @@ ADAM_STATES = ("exp_avg", "exp_avg_sq")
 
 
 def load_file(path: str, mmap: bool = False) -> dict:
-    """A layout-free checkpoint file, checked to be one; ValueError naming the file otherwise. mmap: tensors
+    """A layout-free checkpoint file, checked to be one; NotACheckpoint naming the file otherwise. mmap: tensors
     are read from the file only when touched (for a look at the config)."""
     if not os.path.isfile(path):
-        raise ValueError(f"checkpoint file '{path}' does not exist")
+        raise NotACheckpoint(f"checkpoint file '{path}' does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as e:  # torch raises several types for a file that is not its format
-        raise ValueError(f"'{path}' is not a layout-free jigsaw_ds checkpoint (torch.load: {e})") from None
+        raise NotACheckpoint(f"'{path}' is not a layout-free jigsaw_ds checkpoint (torch.load: {e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"'{path}' is not a layout-free jigsaw_ds checkpoint (format "
-                         f"{state.get('format') if isinstance(state, dict) else None!r}, expected {FORMAT}); "
-                         f"make one with `jigsaw-ckpt export RUN_DIR --out FILE`")
+        raise NotACheckpoint(f"'{path}' is not a layout-free jigsaw_ds checkpoint (format "
+                             f"{state.get('format') if isinstance(state, dict) else None!r}, expected {FORMAT}); "
+                             f"make one with `jigsaw-ckpt export RUN_DIR --out FILE`")
     return state
 
 

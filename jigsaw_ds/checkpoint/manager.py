@@ -17,14 +17,11 @@ import shutil
 import torch
 import torch.distributed as dist
 
+from ..errors import CheckpointError
 from ..files import write_atomic
 from . import sharded
 from .folder import MANIFEST, META, Checkpoints, CorruptCheckpoint, find_checkpoint, sha256
 from .folder import verify  # noqa: F401 (re-exported: whether a checkpoint is complete, asked of the manager)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written (the run stops; the newest complete checkpoint stays)."""
 
 
 def _failure_on_any_rank(device, write, *args) -> str:

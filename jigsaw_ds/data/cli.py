@@ -6,6 +6,7 @@ import os
 import sys
 
 from ..config import GENERATE_DEFAULTS, ConfigError
+from ..quiet import quiet_libraries
 
 
 def _grid(text: str) -> list[int]:
@@ -30,7 +31,8 @@ def main(argv=None) -> int:
             g.add_argument(f"--{key}", type=_grid if key == "grid" else int, default=default)
     p = sub.add_parser("prepare", help="ingest WB2 zarr / netCDF / GRIB into the training layout + statistics",
                        description="Ingest WeatherBench2 zarr stores, CDS netCDF and GRIB files into a training "
-                                   "store (WB2 names and dims, source values and grid kept exactly), with "
+                                   "store (WB2 names and dims, source values and grid kept exactly unless "
+                                   "--grid regrids), with "
                                    "per-channel statistics and a climatology. See docs/data.md.")
     p.add_argument("sources", nargs="+", metavar="SRC", help="zarr stores, netCDF or GRIB files")
     p.add_argument("--out", required=True,
@@ -48,6 +50,10 @@ def main(argv=None) -> int:
     p.add_argument("--lon-chunk", type=int, default=0,
                    help="longitude columns per chunk (default: all; set to the tile width for tensor > 1)")
     p.add_argument("--level-chunk", type=int, default=0, help="levels per chunk (default: all)")
+    p.add_argument("--grid", type=_grid, metavar="HxW",
+                   help="interpolate every source (bilinear, xarray.interp) to the global grid of H latitudes from "
+                        "pole to pole and W longitudes, e.g. 1441x2880 for 0.125 deg (default: the source grid, kept "
+                        "exactly)")
     p.add_argument("--time-block", type=int, default=0,
                    help="time steps per task, read and held in memory at once (default: ~256 MB)")
     p.add_argument("--no-climatology", dest="climatology", action="store_false")
@@ -62,6 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--plan", action="store_true",
                    help="print the layout, blocks, bytes and the estimated time (one block measured); write nothing")
     args = ap.parse_args(argv)
+    quiet_libraries(0)
     if args.cmd == "prepare":
         return _prepare(args)
 
@@ -91,10 +98,10 @@ def _prepare(args) -> int:
 
     common = dict(member=args.member, patch=args.patch, lat_chunk=args.lat_chunk, lon_chunk=args.lon_chunk,
                   level_chunk=args.level_chunk, config=args.config, climatology=args.climatology,
-                  time_block=args.time_block, checksum=args.checksum)
+                  time_block=args.time_block, checksum=args.checksum, grid=args.grid)
     try:
         if args.workers < 0:
-            raise ValueError(f"--workers {args.workers}: must be 0 (this process) or more")
+            raise ConfigError(f"--workers {args.workers}: must be 0 (this process) or more")
         if args.plan:
             print(plan(args.sources, args.out, args.variables, args.levels, workers=max(args.workers, 1), **common))
             return 0

@@ -8,6 +8,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from ..errors import ClimatologyError
+
 
 def grouping(times: np.ndarray) -> Optional[tuple[str, ...]]:
     """("dayofyear", "hour") when every day of the year (day 366 aside: leap years only) has at least two
@@ -66,10 +68,6 @@ def store_groups(times: np.ndarray, by: tuple[str, ...]) -> tuple[dict, list[tup
     cell = np.stack([np.searchsorted(coords[g], values[g]) for g in by], axis=1)
     cells, inverse = np.unique(cell, axis=0, return_inverse=True)
     return coords, [(tuple(int(i) for i in c), np.flatnonzero(inverse.ravel() == k)) for k, c in enumerate(cells)]
-
-
-class ClimatologyError(ValueError):
-    """A given climatology store does not fit the data it is to be used with; the message says how."""
 
 
 def _matching_indices(want: np.ndarray, have: np.ndarray, what: str, path: str, periodic: bool = False) -> object:

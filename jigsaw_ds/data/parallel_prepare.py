@@ -32,6 +32,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from ..errors import ClusterError, ConfigError, StoreError
 from ..files import write_atomic
 from .climatology import grouping, store_groups
 from .store import STATS_ATTR, all_channels, channel_stats, static_stats
@@ -43,10 +44,6 @@ SOURCE = "jigsaw-data prepare"  # attrs['source'] of every store prepare writes 
 CONNECT_TIMEOUT = "20s"
 WORKER_WAIT = "600s"
 WRITE_EMPTY = True  # as writer.write_store: every chunk is written (the reader refuses missing ones)
-
-
-class ClusterError(ValueError):
-    """The Dask cluster cannot run the job (scheduler unreachable, a task that keeps killing its worker)."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +157,7 @@ def _check_whole_shards(encoding: dict, timed: list, starts: list) -> None:
     for var in timed:
         step = (encoding[var].get("shards") or encoding[var]["chunks"])[0]
         if any(start % step for start in starts):
-            raise ValueError(f"variable '{var}': time shards of {step} steps do not divide the blocks of time steps; "
+            raise ConfigError(f"variable '{var}': time shards of {step} steps do not divide the blocks of time steps; "
                              f"choose --time-block as a multiple of {step}")
 
 
@@ -464,15 +461,15 @@ def check_out(job: Job, overwrite: bool) -> None:
         where = f"--out {job.out}" + ("" if path == job.out else f": {path}")
         if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
             kind = "a symbolic link" if os.path.islink(path) else "a file"
-            raise ValueError(f"{where}: is {kind}, not a store that jigsaw-data prepare wrote: choose a new path")
+            raise StoreError(f"{where}: is {kind}, not a store that jigsaw-data prepare wrote: choose a new path")
         entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
         if entries and not _made_by_prepare(path):
-            raise ValueError(f"{where}: is a directory that jigsaw-data prepare did not write ({len(entries)} "
+            raise StoreError(f"{where}: is a directory that jigsaw-data prepare did not write ({len(entries)} "
                              f"entries, e.g. '{entries[0]}'); prepare writes only into a new path, an empty directory "
                              f"or a store it wrote, and replaces what is there: choose another --out")
     another_job = os.path.isdir(job.out) and os.listdir(job.out) and _key_of(job.out) != job.key
     if another_job and not overwrite:
-        raise ValueError(f"--out {job.out}: holds a store that jigsaw-data prepare wrote from other arguments or "
+        raise StoreError(f"--out {job.out}: holds a store that jigsaw-data prepare wrote from other arguments or "
                          f"sources; pass --overwrite to replace it (once the new store is complete), or choose "
                          f"another --out")
 
@@ -545,6 +542,9 @@ def describe_plan(job: Job, workers: int) -> str:
     lines.append(f"blocks: {len(job.blocks)} of {steps[-1]} time steps ({job.block_bytes(job.blocks[0]) / 1e6:.1f} MB "
                  f"in memory each); data {total / 1e9:.2f} GB uncompressed")
     lines.append(f"climatology: {len(job.clim_cells)} cells by {job.clim_by}" if job.clim_by else "climatology: none")
+    if "regrid" in p0.attrs:  # the sources are interpolated by the tasks: the measured rates include it
+        r = p0.attrs["regrid"]
+        lines.append(f"regrid: {r['source_grid']} -> {r['grid']}, {r['method']}")
     parent = os.path.dirname(job.out) or "."
     with tempfile.TemporaryDirectory(dir=parent, prefix=".plan-") as scratch:
         path = os.path.join(scratch, "plan.zarr")

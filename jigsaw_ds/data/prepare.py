@@ -5,10 +5,10 @@ What a source may look like, and what the store gets (see docs/data.md):
     valid_time) are mapped to WeatherBench2's (2m_temperature, geopotential, ..., level, latitude, longitude,
     time); WB2 names pass through. `z` without a level axis is the surface geopotential (orography).
   - grid: latitude ascending or descending, longitude 0..360 or -180..180, any dimension order. Values and
-    coordinates are kept exactly as read (no regridding, no flipping): only a longitude axis that wraps
-    through 0 deg E in 0..360 form (350 ... 359.75, 0 ... 2) is relabelled as -10 ... 2, and one that wraps
-    through 180 deg in -180..180 form as 170 ... 190 (the same points, now increasing).
-    Dims are transposed to (time, level, latitude, longitude).
+    coordinates are kept exactly as read (no flipping; no regridding unless asked for with `grid`: regrid.py):
+    only a longitude axis that wraps through 0 deg E in 0..360 form (350 ... 359.75, 0 ... 2) is relabelled as
+    -10 ... 2, and one that wraps through 180 deg in -180..180 form as 170 ... 190 (the same points, now
+    increasing). Dims are transposed to (time, level, latitude, longitude).
   - time: the valid time (cfgrib's `valid_time` = time + step) becomes `time`; forecasts with several
     steps are refused. Ensembles (dim `number`): one member is kept (`member`, default 0).
   - several files: files with the same variables are joined along time (monthly files); files with other
@@ -33,6 +33,7 @@ from typing import Optional
 import numpy as np
 import xarray as xr
 
+from ..errors import ConfigError
 from .store import StoreError, gap_starts, grid_problem
 
 SHORT_NAMES = {  # ECMWF short name -> WeatherBench2 name
@@ -407,9 +408,11 @@ def _note_unknown_names(used: list[Source]) -> None:
 
 # ---- the command -----------------------------------------------------------------------------------------
 def open_layout(sources: list[str], variables: Optional[list] = None, levels: Optional[list] = None,
-                member: int = 0, patch: int = 4, lat_chunk: int = 0, config: Optional[str] = None):
+                member: int = 0, patch: int = 4, lat_chunk: int = 0, config: Optional[str] = None,
+                grid: Optional[list] = None):
     """Open, rename, select and check every source, and combine them: (parts, checked sources, patch,
-    lat_chunk). Everything prepare refuses is refused here, before anything is written."""
+    lat_chunk). With `grid` = [H, W] the parts are the sources interpolated to that grid, lazily (regrid.py).
+    Everything prepare refuses is refused here, before anything is written."""
     from .. import config as jconfig
     from .parallel_prepare import SOURCE
 
@@ -419,7 +422,7 @@ def open_layout(sources: list[str], variables: Optional[list] = None, levels: Op
         levels, patch = levels or cfg.data.levels, cfg.model.patch
     lat_chunk = lat_chunk or patch
     if lat_chunk % patch:
-        raise ValueError(f"--lat-chunk {lat_chunk} is not a multiple of the patch {patch}: a rank's latitude "
+        raise ConfigError(f"--lat-chunk {lat_chunk} is not a multiple of the patch {patch}: a rank's latitude "
                          f"band (whole patch rows) would cut chunks")
     wanted = [SHORT_NAMES.get(v, v) for v in variables] if variables else None
     levels = [int(v) for v in levels] if levels else None
@@ -427,6 +430,13 @@ def open_layout(sources: list[str], variables: Optional[list] = None, levels: Op
     _check_all_found(opened, wanted)
     used = [check_coords(s) for s in opened if s.ds.data_vars]
     parts = mark_gaps(combine(used))
+    regrid = None
+    if grid:  # after combining: every source shares the grid, checked; the config checks the target grid
+        from .regrid import Regrid
+
+        regrid = Regrid.make(grid, parts[0].ds["latitude"].values, parts[0].ds["longitude"].values,
+                             ", ".join(dict.fromkeys(s.path for s in used)))
+        parts = [Part(regrid.dataset(p.ds), p.files) for p in parts]
     if cfg:
         n_times = sum(p.ds.sizes["time"] for p in parts)
         jconfig.check_against_grid(cfg, parts[0].ds.sizes["latitude"], parts[0].ds["longitude"].values, n_times)
@@ -435,18 +445,22 @@ def open_layout(sources: list[str], variables: Optional[list] = None, levels: Op
     for part in parts:
         part.ds.attrs = {"source": SOURCE, "files": [os.path.abspath(p) for p in sources],
                          "ensemble_member": members[0] if members else "none"}
+        if regrid:
+            part.ds.attrs["regrid"] = regrid.attrs()
     return parts, used, patch, lat_chunk
 
 
 def _job(sources, out, variables, levels, member, patch, lat_chunk, lon_chunk, level_chunk, config, climatology,
-         time_block, checksum):
+         time_block, checksum, grid=None):
     from .parallel_prepare import Job
 
-    parts, used, patch, lat_chunk = open_layout(sources, variables, levels, member, patch, lat_chunk, config)
+    parts, used, patch, lat_chunk = open_layout(sources, variables, levels, member, patch, lat_chunk, config, grid)
     args = {"sources": [os.path.abspath(p) for p in sources], "variables": variables, "levels": levels,
             "member": member, "patch": patch, "lat_chunk": lat_chunk, "lon_chunk": lon_chunk,
             "level_chunk": level_chunk, "config": os.path.abspath(config) if config else None,
             "climatology": climatology, "time_block": time_block, "checksum": checksum}
+    if grid:  # with the source grid it came from: another source grid is another job
+        args["regrid"] = parts[0].ds.attrs["regrid"]
     return Job.make(parts, out, check=finite_checker(used), args=args, lat_chunk=lat_chunk, lon_chunk=lon_chunk,
                     level_chunk=level_chunk, time_block=time_block, climatology=climatology, checksum=checksum)
 
@@ -455,7 +469,7 @@ def prepare(sources: list[str], out: str, variables: Optional[list] = None, leve
             member: int = 0, patch: int = 4, lat_chunk: int = 0, lon_chunk: int = 0, level_chunk: int = 0,
             config: Optional[str] = None, climatology: bool = True, time_block: int = 0,
             progress: Optional[bool] = None, workers: int = 0, scheduler: Optional[str] = None,
-            client=None, checksum: bool = True, overwrite: bool = False) -> str:
+            client=None, checksum: bool = True, overwrite: bool = False, grid: Optional[list] = None) -> str:
     """Ingest `sources` into a training store at `out`; return its path.
 
     config: a jigsaw config whose data.variables/surface_variables/levels and model.static_variables are the
@@ -464,7 +478,9 @@ def prepare(sources: list[str], out: str, variables: Optional[list] = None, leve
     over domain ranks reads whole chunks); lon_chunk: longitude columns per chunk (default: all);
     level_chunk: levels per chunk (default: all, as every rank reads every level); time_block: time steps
     per Dask task (default: about writer.BLOCK_BYTES); checksum: a crc32c on every chunk (docs/data.md: off
-    reads 18-29% faster, but a flipped bit then reaches the model unnoticed).
+    reads 18-29% faster, but a flipped bit then reaches the model unnoticed); grid: [H, W] to interpolate every
+    source to the global grid of H latitudes pole to pole and W longitudes (bilinear, on the workers: regrid.py;
+    recorded in attrs['regrid']), default: the source grid kept exactly.
     Where the work runs (parallel_prepare.run): `client` (a dask.distributed Client), else a cluster at
     `scheduler`, else a LocalCluster of `workers` processes, else (workers=0) this process. An interrupted
     prepare run again with the same arguments resumes; one over a complete store does nothing. `out` must
@@ -474,7 +490,7 @@ def prepare(sources: list[str], out: str, variables: Optional[list] = None, leve
     from .parallel_prepare import run
 
     job = _job(sources, out, variables, levels, member, patch, lat_chunk, lon_chunk, level_chunk, config,
-               climatology, time_block, checksum)
+               climatology, time_block, checksum, grid)
     return run(job, client=client, workers=workers, scheduler=scheduler,
                progress=sys.stderr.isatty() if progress is None else progress, overwrite=overwrite)
 
@@ -482,13 +498,13 @@ def prepare(sources: list[str], out: str, variables: Optional[list] = None, leve
 def plan(sources: list[str], out: str, variables: Optional[list] = None, levels: Optional[list] = None,
          member: int = 0, patch: int = 4, lat_chunk: int = 0, lon_chunk: int = 0, level_chunk: int = 0,
          config: Optional[str] = None, climatology: bool = True, time_block: int = 0, workers: int = 1,
-         checksum: bool = True) -> str:
+         checksum: bool = True, grid: Optional[list] = None) -> str:
     """What prepare would write (layout, blocks, bytes) and how long it would take on `workers` workers, from
     one block converted here into a scratch store (parallel_prepare.describe_plan); nothing at `out`."""
     from .parallel_prepare import describe_plan
 
     job = _job(sources, out, variables, levels, member, patch, lat_chunk, lon_chunk, level_chunk, config,
-               climatology, time_block, checksum)
+               climatology, time_block, checksum, grid)
     return describe_plan(job, workers)
 
 

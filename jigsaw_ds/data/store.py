@@ -23,14 +23,12 @@ from typing import Optional, Union
 import numpy as np
 import xarray as xr
 
+from ..errors import StoreError, StoreReadError
+
 STATS_ATTR = "jigsaw_stats"
 CANONICAL_DIMS = ("time", "level", "latitude", "longitude")
 INDEX_CACHE_BYTES = 64 * 2**20  # shard indexes kept per process (2.9 kB per variable and time at 0.25 deg)
 _TS_PID: Optional[int] = None  # the process that first used tensorstore (a fork of it cannot: it aborts)
-
-
-class StoreError(ValueError):
-    """A store does not hold what the config asks for; the message names store, variable, coordinate."""
 
 
 def channel_name(var: str, level: Optional[int]) -> str:
@@ -579,12 +577,12 @@ class WeatherStore:
 
     def _raise_read_error(self, var: str, times: np.ndarray, lat, lon, error: Exception):
         """Find the chunk that failed (re-reading the tile chunk by chunk, each run of its store rows and
-        columns) and name it."""
+        columns) and name it: a StoreReadError, which the rank reading that tile says itself."""
         import zarr
 
         if self.given is not None:  # no chunk files to name: what xarray raised
-            raise StoreError(f"{self.path}: variable '{var}': reading times {list(times)} failed: "
-                             f"{str(error).splitlines()[0]}") from None
+            raise StoreReadError(f"{self.path}: variable '{var}': reading times {list(times)} failed: "
+                                 f"{str(error).splitlines()[0]}") from None
         meta = zarr.open_array(os.path.join(self.path, var), mode="r")
         dims, canonical = self._dims[var], [d for d in CANONICAL_DIMS if d in self._dims[var]]
         inner = dict(zip(dims, meta.chunks))
@@ -608,14 +606,14 @@ class WeatherStore:
                 except Exception as e:
                     key = meta.metadata.encode_chunk_key(tuple(box[d].start // outer[d] for d in dims))
                     part = " (an inner chunk of that shard)" if meta.shards else ""
-                    raise StoreError(
+                    raise StoreReadError(
                         f"data store '{self.path}': variable '{var}' at time {self.times[t]}: chunk file "
                         f"'{os.path.join(var, key)}'{part}, latitude rows {box['latitude'].start}.."
                         f"{box['latitude'].stop - 1}, longitude columns {box['longitude'].start}.."
                         f"{box['longitude'].stop - 1}, cannot be read: {str(e).splitlines()[0]}; the store "
                         f"is damaged: write it again") from None
-        raise StoreError(f"data store '{self.path}': variable '{var}': reading times {list(times)} failed: "
-                         f"{str(error).splitlines()[0]}") from None
+        raise StoreReadError(f"data store '{self.path}': variable '{var}': reading times {list(times)} failed: "
+                             f"{str(error).splitlines()[0]}") from None
 
     def read_raw(self, times: list[int], lat: slice, lon) -> np.ndarray:
         """[T, C, h, w] float32 physical values of the selected channels at the given time indices, tile
@@ -637,8 +635,8 @@ class WeatherStore:
         try:
             values = self._arrays[var].oindex[lat, lon].read().result()
         except Exception as e:
-            raise StoreError(f"data store '{self.path}': static field '{var}' cannot be read: "
-                             f"{str(e).splitlines()[0]}; the store is damaged: write it again") from None
+            raise StoreReadError(f"data store '{self.path}': static field '{var}' cannot be read: "
+                                 f"{str(e).splitlines()[0]}; the store is damaged: write it again") from None
         if var in self._fills:  # as read_into: the missing points as xarray shows them
             values = np.where(values == np.float32(self._fills[var]), np.float32(np.nan), values)
         return values

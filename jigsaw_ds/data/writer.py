@@ -23,6 +23,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from ..errors import StoreError
 from .store import STATS_ATTR, compute_stats
 
 BLOCK_BYTES = 256 * 2**20  # data held in memory per written block (default)
@@ -116,11 +117,11 @@ def write_store(ds: Union[xr.Dataset, Sequence[xr.Dataset]], out: str, lat_chunk
 def check_replaceable(out: str) -> None:
     """The finished store is renamed over `out`, deleting what was there: so `out` must be new, an empty
     directory or a store this writer wrote (it has statistics in its attrs), never a directory of the user's
-    (a typo such as `--out ~/data`) or a file. Raises ValueError naming the path."""
+    (a typo such as `--out ~/data`) or a file. Raises StoreError naming the path."""
     if not os.path.lexists(out):
         return
     if os.path.islink(out) or not os.path.isdir(out):
-        raise ValueError(f"--out {out}: is {'a symbolic link' if os.path.islink(out) else 'a file'}, not a store: "
+        raise StoreError(f"--out {out}: is {'a symbolic link' if os.path.islink(out) else 'a file'}, not a store: "
                          f"choose a new path")
     entries = sorted(os.listdir(out))
     if not entries:
@@ -130,7 +131,7 @@ def check_replaceable(out: str) -> None:
     except Exception:  # not a zarr store at all
         ours = False
     if not ours:
-        raise ValueError(f"--out {out}: is a directory that holds something other than a jigsaw store ({len(entries)} "
+        raise StoreError(f"--out {out}: is a directory that holds something other than a jigsaw store ({len(entries)} "
                          f"entries, e.g. '{entries[0]}'); a store is written only into a new path, an empty directory "
                          f"or over a store jigsaw-data wrote: choose another --out")
 

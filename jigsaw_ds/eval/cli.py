@@ -18,6 +18,7 @@ import sys
 
 # the engine (torch, the store's libraries) loads once the arguments are read: --help and a bad flag answer
 # at once
+from ..errors import run_main
 from ..quiet import quiet_libraries
 
 
@@ -35,6 +36,9 @@ def parse_args(argv, forecast: bool):
                                                             "(e.g. 2020-01-05T00,2020-01-05T12)")
     else:
         ap.add_argument("--inits", type=int, default=32, help="number of initial times")
+        ap.add_argument("--all-hours", action="store_true",
+                        help="initial times at every hour of the held-out times (default: at 00 and 12 UTC, as "
+                             "WeatherBench2, where the store has them)")
         ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--domain", type=int, default=1, help="ranks splitting each field's latitude bands")
     ap.add_argument("--tensor", type=int, default=1, help="ranks splitting its longitudes and the channel mixing")
@@ -51,13 +55,19 @@ def parse_args(argv, forecast: bool):
 
 def main(argv=None, forecast: bool = False) -> int:
     args = parse_args(argv, forecast)
-    from ..parallel.allocation import allocation_from_env, env_rank
+    from ..parallel.allocation import env_rank
 
     rank = env_rank()  # under srun RANK is unset: the SLURM rank decides who prints
     quiet_libraries(rank)
+    # bad input (EvalError, ConfigError, StoreError, ...): one line, exit 2; a bug keeps its traceback
+    return run_main("jigsaw-forecast" if forecast else "jigsaw-eval", rank, _run, args, forecast, rank)
+
+
+def _run(args, forecast: bool, rank: int) -> int:
     import torch
     import torch.distributed as dist
 
+    from ..parallel.allocation import allocation_from_env
     from .evaluate import evaluate
 
     prog = "jigsaw-forecast" if forecast else "jigsaw-eval"
@@ -70,11 +80,8 @@ def main(argv=None, forecast: bool = False) -> int:
         rows = evaluate(args.checkpoint, args.data, args.out, args.lead_steps, getattr(args, "inits", 1),
                         not getattr(args, "no_plots", True), args.domain, args.tensor, args.batch,
                         [t.strip() for t in args.init_times.split(",") if t.strip()] if forecast else None,
-                        args.device, args.precision, getattr(args, "climatology", None), args.overwrite)
-    except ValueError as e:  # EvalError, ConfigError, StoreError: bad input, said in one line
-        if rank == 0 or getattr(e, "say", False):
-            print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+                        args.device, args.precision, getattr(args, "climatology", None), args.overwrite,
+                        all_hours=getattr(args, "all_hours", False))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

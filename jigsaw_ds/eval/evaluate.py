@@ -69,6 +69,7 @@ from ..data.climatology import Climatology, GivenClimatology
 from ..data.dataset import PairDataset, split_train_val
 from ..data.store import WeatherStore, default_read_threads
 from ..data.writer import chunk_compressors
+from ..errors import EvalError, RankLocalError
 from ..grid import lat_cell_weights
 from ..model import ensemble_mean, inputs
 from ..parallel.topology import Layout, init_distributed, initialize
@@ -85,10 +86,6 @@ HEADLINE = ("geopotential_500", "temperature_850", "specific_humidity_700", "win
 SPECTRUM_CHANNELS = ("geopotential_500", "temperature_850", "specific_humidity_700", "u_component_of_wind_850",
                      "v_component_of_wind_850", "2m_temperature", "10m_u_component_of_wind", "mean_sea_level_pressure")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-
-
-class EvalError(ValueError):
-    """jigsaw-eval cannot do what it was asked; the message says why."""
 
 
 def load_model(path: str, groups):
@@ -202,15 +199,6 @@ def remove_outputs(out: str) -> None:
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
-class TileError(EvalError):
-    """Bad values in a rank's own tile: raised by every rank of its replica; `say` on the replica's first rank,
-    which prints it (the other replicas are ended by the launcher)."""
-
-    def __init__(self, message: str, say: bool):
-        super().__init__(message)
-        self.say = say
-
-
 def check_finite(values: np.ndarray, store: WeatherStore, times: np.ndarray, what: str, groups) -> None:
     """values [B, C, h, w] (this tile) at store time indices times [B]: refuse NaN/inf, naming channel and time.
     Agreed over the replica (a collective), so that no rank is left waiting in the next one."""
@@ -225,8 +213,9 @@ def check_finite(values: np.ndarray, store: WeatherStore, times: np.ndarray, wha
             messages = [None] * groups.size("jigsaw")
             dist.all_gather_object(messages, message, group=groups.handles["jigsaw"])
             message = next(m for m in messages if m)
-    if message:
-        raise TileError(message, say=groups.jigsaw_rank == 0)
+    if message:  # only this replica knows: every rank of it raises, its first rank says it (the other
+        # replicas are ended by the launcher)
+        raise RankLocalError(message, say=groups.jigsaw_rank == 0)
 
 
 def forecast_chunks(part, groups) -> tuple[int, int]:
@@ -360,8 +349,8 @@ class ForecastWriter:
         for var, future in self.pending:
             try:
                 future.result()
-            except Exception as e:
-                raise EvalError(f"writing '{var}' into {self.path}: {str(e).splitlines()[0]}") from None
+            except Exception as e:  # this rank's own chunks: only it knows, so it says so itself
+                raise RankLocalError(f"writing '{var}' into {self.path}: {str(e).splitlines()[0]}") from None
         self.pending, self.held = [], None
 
 
@@ -489,6 +478,16 @@ def write_headline(rows: list[dict], path: str) -> None:
         writer.writerows(table[key] for key in sorted(table))
 
 
+def spread_inits(store: WeatherStore, starts: np.ndarray, n: int, all_hours: bool = False) -> np.ndarray:
+    """n of the held-out initial times `starts`, evenly spread over them; at 00 and 12 UTC where the store has
+    such times, unless all_hours (WeatherBench2's initial times: a sub-daily store would otherwise mix hours
+    whose forecasts differ in skill by the hour of day)."""
+    hours = (store.times[starts] - store.times[starts].astype("datetime64[D]")) // np.timedelta64(1, "h")
+    synoptic = starts if all_hours else starts[hours % 12 == 0]
+    pool = synoptic if len(synoptic) else starts
+    return pool[np.linspace(0, len(pool) - 1, min(n, len(pool))).astype(int)]
+
+
 def given_inits(store: WeatherStore, init_times: list, before: int = 0) -> np.ndarray:
     """Store time indices of the given initial times; EvalError naming the first the store does not hold, or
     whose input history (`before` store steps back, model.history_steps) it does not hold in the same run."""
@@ -557,10 +556,11 @@ def forecast_batch(models: list, dataset: PairDataset, items: list, steps: int, 
 def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int = 32, plots: bool = True,
              domain: int = 1, tensor: int = 1, batch: int = 4, init_times: Optional[list] = None,
              device: str = "auto", precision: str = "fp32", climatology: Optional[str] = None,
-             overwrite: bool = False) -> list[dict]:
+             overwrite: bool = False, all_hours: bool = False) -> list[dict]:
     """Collective over the launched ranks (one process: a world of one); returns the score rows on every rank.
     init_times (jigsaw-forecast): forecasts from those times only, no scoring (leads may run past the store).
-    overwrite: replace an earlier evaluation's or forecast's outputs in `out` (else refused)."""
+    overwrite: replace an earlier evaluation's or forecast's outputs in `out` (else refused). all_hours: scored
+    initial times at every hour, not only 00 and 12 UTC (spread_inits)."""
     for name, value in (("--lead-steps", lead_steps), ("--inits", n_inits), ("--batch", batch)):
         if value < 1:
             raise EvalError(f"{name} must be >= 1, got {value}")
@@ -594,7 +594,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
             raise EvalError(f"the split of '{data}' (data.val_fraction = {cfg.data.val_fraction}) leaves no held-out "
                             f"initial time that allows a {lead_steps}-step rollout (--lead-steps) after "
                             f"{cfg.model.history_steps} steps of input history (model.history_steps)") from None
-        inits = val_starts[np.linspace(0, len(val_starts) - 1, min(n_inits, len(val_starts))).astype(int)]
+        inits = spread_inits(store, val_starts, n_inits, all_hours)
     else:
         inits = given_inits(store, init_times, before)
     leads = _lead_times(store, lead, lead_steps)
@@ -630,7 +630,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
     # where stderr is not a terminal (a log file)
     command, progress = ("jigsaw-eval" if scoring else "jigsaw-forecast"), None
     share = " (rank 0's share)" if layout.data > 1 else ""
-    if rank == 0:
+    if rank == 0 and sys.stderr.isatty():
         from tqdm import tqdm
 
         progress = tqdm(total=(last - first) * lead_steps, desc=f"{command}: initial times x leads{share}",
@@ -650,7 +650,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
                 writer.write(lo, k, forecast.astype(np.float32))
                 if progress:
                     progress.update(len(items))
-            if progress and not sys.stderr.isatty():
+            if rank == 0 and not progress:
                 print(f"{command}: {items[-1] + 1 - first}/{last - first} initial times x {lead_steps} leads{share} "
                       f"in {time.perf_counter() - t_rollout:.1f} s", flush=True)
         writer.wait()
@@ -670,7 +670,8 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
                       "layout": vars(layout), "device": str(on) if on.type == "cpu" else torch.cuda.get_device_name(on),
                       "precision": precision, "peak_rss_mb_per_rank": peak}
         with open(os.path.join(out, "scores.json" if scoring else "forecast.json"), "w") as f:
-            json.dump({"checkpoint": checkpoint, "data": data, "inits": len(inits), "climatology": climatology,
+            json.dump({"checkpoint": checkpoint, "data": data, "inits": len(inits),
+                       "init_times": [str(t)[:19] for t in store.times[inits]], "climatology": climatology,
                        "throughput": throughput, "rows": rows}, f, indent=1)
         if scoring:
             with open(os.path.join(out, "scores.csv"), "w", newline="") as f:

@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from ..config import DataConfig, ModelConfig
+from ..errors import InputsDiffer
 
 # what and how the model reads (the variables and levels are in `channels`, as the store resolved them)
 INPUT_KEYS = ("model.patch", "model.history_steps", "model.static_variables", "model.coord_features",
@@ -29,10 +30,6 @@ CONTINUE_KEYS = INPUT_KEYS + STORE_KEYS + WIDTH_KEYS  # --resume, --init-from
 MEMBER_KEYS = INPUT_KEYS + STORE_KEYS + ("data.val_fraction",)
 
 COORD_TOLERANCE = 1e-4  # degrees: float32 against float64 coordinates, far below any grid spacing
-
-
-class InputsDiffer(ValueError):
-    """A model would read other inputs than it was trained on; the message names each difference."""
 
 
 def grid_of(store) -> dict:

@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
+from ..errors import AllocationError, ConfigError
 from .topology import Layout
 
 
@@ -57,7 +58,7 @@ def parse_tasks_per_node(text: str) -> tuple[int, ...]:
     for part in text.split(","):
         m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
         if not m:
-            raise ValueError(f"cannot read SLURM tasks-per-node list '{text}'")
+            raise AllocationError(f"cannot read SLURM tasks-per-node list '{text}'")
         sizes += [int(m.group(1))] * int(m.group(2) or 1)
     return tuple(sizes)
 
@@ -97,7 +98,7 @@ def allocation_from_env(env: Optional[Mapping[str, str]] = None) -> Allocation:
 def check_allocation(world: int, local_world_size: Optional[int], domain: int, tensor: int,
                      global_batch: Optional[int] = None, *, node_sizes: Optional[tuple[int, ...]] = None,
                      placement: str = "block", source: str = "", strict: bool = False) -> list[str]:
-    """Check a layout against an allocation; returns warnings, raises ValueError saying what to change.
+    """Check a layout against an allocation; returns warnings, raises AllocationError saying what to change.
 
     local_world_size: ranks on this node (None: unknown, the node check is skipped); node_sizes: ranks
     on every node in rank order where known (checked instead); placement: how ranks are placed on nodes
@@ -107,17 +108,17 @@ def check_allocation(world: int, local_world_size: Optional[int], domain: int, t
     m = domain * tensor
     try:
         layout = Layout.for_world(world, domain, tensor)
-    except ValueError as e:
+    except AllocationError as e:
         lower, upper = world // m * m, (world // m + 1) * m
         ranks = "e.g. " + " or ".join(str(n) for n in (lower, upper) if n)
-        raise ValueError(f"{e}{where}. Start a multiple of {m} ranks ({ranks}), or choose parallel.domain and "
-                         f"parallel.tensor whose product divides {world}") from None
+        raise AllocationError(f"{e}{where}. Start a multiple of {m} ranks ({ranks}), or choose parallel.domain and "
+                              f"parallel.tensor whose product divides {world}") from None
     if global_batch is not None:
         try:
             layout.micro_batch(global_batch)
-        except ValueError as e:
-            raise ValueError(f"{e}; world {world} / ({domain} x {tensor}){where}. Use a multiple of "
-                             f"{layout.data}") from None
+        except ConfigError as e:
+            raise AllocationError(f"{e}; world {world} / ({domain} x {tensor}){where}. Use a multiple of "
+                                  f"{layout.data}") from None
     warnings: list[str] = []
     crossing = _tensor_groups_cross_nodes(tensor, local_world_size, node_sizes, placement)
     if crossing:
@@ -126,7 +127,7 @@ def check_allocation(world: int, local_world_size: Optional[int], domain: int, t
                    f"the same, only slower. Use a multiple of {tensor} ranks per node (e.g. --ntasks-per-node), "
                    f"ranks placed in blocks, or a smaller parallel.tensor")
         if strict:
-            raise ValueError(message)
+            raise AllocationError(message)
         warnings.append(message)
     return warnings
 
@@ -158,15 +159,15 @@ def check_allocation_from_env(domain: int, tensor: int, global_batch: Optional[i
                               env: Optional[Mapping[str, str]] = None, strict: bool = False) -> list[str]:
     """check_allocation on the launcher's environment; returns the warnings THIS rank should print.
 
-    Errors (ValueError) are raised on every rank. Warnings come back on rank 0, except under a multi-node
+    Errors (AllocationError) are raised on every rank. Warnings come back on rank 0, except under a multi-node
     deepspeed launch, where each rank sees only its own node: there the first rank of a node that breaks
     the rule reports it.
     """
     a = allocation_from_env(env)
     if a.launcher == "SLURM batch step" and a.world > 1:
-        raise ValueError(f"jigsaw-train runs as one process in a SLURM allocation of {a.world} tasks ({a.source}): "
-                         f"start it with srun (launch/slurm/jigsaw.sbatch does), or use torchrun / the deepspeed "
-                         f"launcher inside the allocation")
+        raise AllocationError(f"jigsaw-train runs as one process in a SLURM allocation of {a.world} tasks "
+                              f"({a.source}): start it with srun (launch/slurm/jigsaw.sbatch does), or use torchrun / "
+                              f"the deepspeed launcher inside the allocation")
     warnings = check_allocation(a.world, a.local_world_size, domain, tensor, global_batch, node_sizes=a.node_sizes,
                                 placement=a.placement, source=f"{a.launcher}: {a.source}", strict=strict)
     reporter = a.rank == 0 if a.nodes_known else a.local_rank == 0

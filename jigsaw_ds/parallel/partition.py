@@ -20,6 +20,8 @@ from typing import Optional
 
 import torch
 
+from ..errors import ConfigError
+
 
 def token_grid(n_lat: int, n_lon: int, patch: int) -> tuple[int, int]:
     """(token_rows, token_cols): latitudes padded up to whole patches, longitudes not (the globe is periodic)."""
@@ -36,8 +38,10 @@ def split_problems(n_lat: int, n_lon: int, patch: int, domain: int, tensor: int,
     if patch > n_lat or patch > n_lon:
         out.append(("model.patch", f"{patch} is larger than the grid {n_lat}x{n_lon}"))
     elif n_lon % patch:
+        valid = [p for p in range(1, min(n_lat, n_lon, 64) + 1) if n_lon % p == 0]
         out.append(("model.patch", f"{patch} does not divide the {n_lon} longitudes of the grid {n_lat}x{n_lon} "
-                                   f"(latitudes are padded, longitudes are not: the globe is periodic)"))
+                                   f"(latitudes are padded, longitudes are not: the globe is periodic); patches "
+                                   f"that do: {', '.join(map(str, valid))}"))
     else:
         if domain > rows:
             out.append(("parallel.domain", f"{domain} exceeds the {rows} token rows of {grid}"))
@@ -60,7 +64,7 @@ class TokenPartition:
     def __post_init__(self):
         problems = split_problems(self.n_lat, self.n_lon, self.patch, self.domain, self.tensor)
         if problems:
-            raise ValueError("; ".join(f"{key} = {why}" for key, why in problems))
+            raise ConfigError("; ".join(f"{key} = {why}" for key, why in problems))
 
     @property
     def token_rows(self) -> int:

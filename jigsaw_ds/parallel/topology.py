@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from ..errors import AllocationError, ConfigError
 from . import comm_stats
 
 AXES = ("data", "domain", "tensor")
@@ -57,20 +58,20 @@ class Layout:
         return list(groups.values())
 
     def micro_batch(self, global_batch: int) -> int:
-        """Samples per data-parallel replica per optimizer step; ValueError if they are not whole."""
+        """Samples per data-parallel replica per optimizer step; ConfigError if they are not whole."""
         if global_batch % self.data:
-            raise ValueError(f"train.global_batch = {global_batch} is not divisible by the data-parallel size "
-                             f"{self.data} (world / (parallel.domain x parallel.tensor)): each replica must get the "
-                             f"same number of samples")
+            raise ConfigError(f"train.global_batch = {global_batch} is not divisible by the data-parallel size "
+                              f"{self.data} (world / (parallel.domain x parallel.tensor)): each replica must get the "
+                              f"same number of samples")
         return global_batch // self.data
 
     @classmethod
     def for_world(cls, world: int, domain: int, tensor: int) -> "Layout":
-        """The layout a world size leaves for given domain and tensor sizes; one clear error otherwise."""
+        """The layout a world size leaves for given domain and tensor sizes; AllocationError otherwise."""
         m = domain * tensor
         if world % m:
-            raise ValueError(f"world size {world} is not divisible by parallel.domain x parallel.tensor = "
-                             f"{domain} x {tensor} = {m}: the data-parallel size would not be whole")
+            raise AllocationError(f"world size {world} is not divisible by parallel.domain x parallel.tensor = "
+                                  f"{domain} x {tensor} = {m}: the data-parallel size would not be whole")
         return cls(world // m, domain, tensor)
 
     def __str__(self) -> str:

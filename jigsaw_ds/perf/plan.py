@@ -21,6 +21,7 @@ import sys
 from typing import Optional
 
 from .. import config as jconfig
+from ..errors import run_main
 from ..parallel.topology import Layout
 from . import step_model as pm
 from .step_model import GB, OVERLAPS, Machine, ModelShape, TrainSetup
@@ -53,8 +54,7 @@ def parse_args(argv):
 def setup_from_args(args, cfg: jconfig.JigsawConfig) -> TrainSetup:
     ds = {"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}
     if args.deepspeed_config:
-        with open(args.deepspeed_config) as f:
-            ds = json.load(f)
+        ds = jconfig.read_json_object(args.deepspeed_config, "DeepSpeed config")
     setup = TrainSetup.from_deepspeed(ds, global_batch=args.global_batch or cfg.train.global_batch,
                                       checkpointing=args.checkpointing == "on", dataset_steps=args.dataset_steps)
     if args.precision:
@@ -170,16 +170,16 @@ def parse_grid(text: str):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = jconfig.load(args.config, args.set)
-        shape = ModelShape.from_config(cfg, parse_grid(args.grid))
-        machine = Machine.load(args.machine)
-    except (jconfig.ConfigError, ValueError, FileNotFoundError, KeyError) as e:
-        print(f"jigsaw-plan: error: {e}", file=sys.stderr)
-        return 2
+    # bad input (ConfigError: the config, --grid, --machine, --gpus): one line, exit 2 (one process: rank 0)
+    return run_main("jigsaw-plan", 0, _run, args)
+
+
+def _run(args) -> int:
+    cfg = jconfig.load(args.config, args.set)
+    shape = ModelShape.from_config(cfg, parse_grid(args.grid))
+    machine = Machine.load(args.machine)
     if args.gpus < 1:
-        print("jigsaw-plan: error: --gpus must be >= 1", file=sys.stderr)
-        return 2
+        raise jconfig.ConfigError("--gpus must be >= 1")
     setup = setup_from_args(args, cfg)
     res = plan(shape, args.gpus, machine, setup, args.accumulate, args.checkpointing, args.overlap)
     print_plan(res, shape, machine, args.top)

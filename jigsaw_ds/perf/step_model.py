@@ -71,14 +71,13 @@ Step time, three overlap assumptions:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..config import JigsawConfig, ModelConfig
+from ..config import ConfigError, JigsawConfig, ModelConfig, read_json_object
 from ..model import input_channels
 from ..model.flops import n_tokens, train_flops_per_sample
 from ..parallel.partition import TokenPartition, split_problems
@@ -121,8 +120,8 @@ class ModelShape:
 
             levels = xr.open_zarr(cfg.data.store, chunks=None).sizes.get("level", 0)
         if cfg.data.variables and not levels:
-            raise ValueError("data.levels is empty (all levels of the store) and the store cannot be read: "
-                             "list the levels in the config")
+            raise ConfigError("data.levels is empty (all levels of the store) and the store cannot be read: "
+                              "list the levels in the config")
         c_out = len(cfg.data.variables) * (levels or 0) + len(cfg.data.surface_variables)
         c_in = input_channels(cfg.model, c_out, len(cfg.model.static_variables))
         return cls(cfg.model, n_lat, n_lon, c_in, c_out)
@@ -152,11 +151,11 @@ def resolve_grid(cfg: JigsawConfig) -> tuple[int, int]:
         res = float(f"{whole}.{frac or 0}")
         n_lon = 360 / res if res > 0 else 0
         if n_lon < 1 or abs(n_lon - round(n_lon)) > 1e-6 or round(n_lon) % 2:
-            raise ValueError(f"data.store '{path}': {res:g} deg does not divide the circle into an even number of "
-                             f"longitudes: give --grid HxW")
+            raise ConfigError(f"data.store '{path}': {res:g} deg does not divide the circle into an even number of "
+                              f"longitudes: give --grid HxW")
         return round(n_lon) // 2 + 1, round(n_lon)
-    raise ValueError(f"cannot tell the grid of data.store '{path}' (it does not exist and names no resolution): "
-                     f"give --grid HxW")
+    raise ConfigError(f"cannot tell the grid of data.store '{path}' (it does not exist and names no resolution): "
+                      f"give --grid HxW")
 
 
 @dataclass(frozen=True)
@@ -203,8 +202,14 @@ class Machine:
 
     @classmethod
     def load(cls, path: str) -> "Machine":
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        """The machine of a JSON file; ConfigError naming the file and what is missing or wrong otherwise."""
+        d = read_json_object(path, "machine description")
+        try:
+            return cls.from_dict(d)
+        except KeyError as e:
+            raise ConfigError(f"machine description '{path}' has no key {e} (see configs/machines/*.json)") from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"machine description '{path}': {e}") from None
 
 
 @dataclass(frozen=True)
@@ -244,7 +249,7 @@ def layout_problems(shape: ModelShape, layout: Layout, setup: TrainSetup) -> lis
                                                            layout.tensor, shape.cfg.channel_hidden)]
     try:
         per_replica = layout.micro_batch(setup.global_batch)
-    except ValueError as e:
+    except ConfigError as e:
         return out + [str(e)]
     if per_replica % setup.micro(layout):
         out.append(f"micro-batch {setup.micro(layout)} does not divide {per_replica}")
@@ -570,7 +575,7 @@ def predict_step(shape: ModelShape, layout: Layout, machine: Machine, setup: Tra
     """Everything about one optimizer step at `layout` on `machine` (busiest rank: domain rank 0)."""
     problems = layout_problems(shape, layout, setup)
     if problems:
-        raise ValueError(f"layout {layout}: " + "; ".join(problems))
+        raise ConfigError(f"layout {layout}: " + "; ".join(problems))
     B, k, e = setup.micro(layout), setup.accumulation(layout), setup.e
     P = params_held(shape, layout, domain_rank)
 

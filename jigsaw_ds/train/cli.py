@@ -3,7 +3,7 @@
 main reads top to bottom, so that bad input fails before anything is lost or created:
   1. `plan_run`: config + --set overrides, the allocation and layout, the store's contents and grid, the
      train/validation split, the model's shape, the DeepSpeed JSON and the output directory are checked and
-     fixed once, into a `Run` (ConfigError/StoreError/ValueError: one message, exit 2);
+     fixed once, into a `Run` (ConfigError, StoreError, ...: errors.JigsawError, one message, exit 2);
   2. torch.distributed starts from the launcher's environment (and a configured store is generated if missing);
   3. `Trainer(run)` builds the process groups (megatron parallel_state), the model shards, the data and the
      DeepSpeed engine (ZeRO over data), and restores a checkpoint if asked (train/trainer.py);
@@ -17,13 +17,14 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn, Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 # torch, DeepSpeed and the store's libraries load in the functions that use them, so that --help and a bad
 # flag answer at once (jigsaw_ds/quiet.py's filters are in place before DeepSpeed and Megatron load)
 from .. import config as jconfig
+from ..errors import BAD_INPUT, JigsawError, RankLocalError, run_main
 from ..model import inputs
 from ..quiet import quiet_libraries
 from . import run_lock
@@ -53,10 +54,7 @@ NAN_SCAN_LIMIT_BYTES = 2 * 2**30  # stores up to this size are scanned for NaN/i
 
 def micro_batches(cfg: jconfig.JigsawConfig, layout: Layout) -> tuple[int, int]:
     """(samples per forward/backward of a replica, micro-batches accumulated per optimizer step)."""
-    try:
-        share = layout.micro_batch(cfg.train.global_batch)  # one replica's share of the global batch
-    except ValueError as e:
-        raise jconfig.ConfigError(str(e)) from None
+    share = layout.micro_batch(cfg.train.global_batch)  # one replica's share of the global batch (or ConfigError)
     micro = cfg.train.micro_batch or share
     if share % micro:
         raise jconfig.ConfigError(f"config key 'train.micro_batch' = {micro} does not divide a replica's share of the "
@@ -88,21 +86,6 @@ def load_deepspeed_config(path: str, cfg: jconfig.JigsawConfig, layout: Layout) 
         section.update(want)
     ds.setdefault("steps_per_print", 10**9)
     return ds
-
-
-def _fail(message: str, every_rank: bool = False) -> NoReturn:
-    """Exit 2 with one message: printed by rank 0 for errors every rank sees alike, by the rank itself for
-    errors only it can see (its own piece of the store)."""
-    from ..parallel.allocation import env_rank
-
-    if every_rank or env_rank() == 0:  # under srun RANK is unset: the SLURM rank decides who prints
-        print(f"jigsaw-train: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-class OwnTileError(ValueError):
-    """Bad values in this rank's own piece of the store (a StoreError's message): only this rank knows, so it says
-    so itself."""
 
 
 @dataclass
@@ -166,8 +149,8 @@ class Run:
             times = slice(data_rank * n // layout.data, (data_rank + 1) * n // layout.data)
             try:
                 store.check_finite(times, part.lat_slice(domain_rank), part.lon_slice(tensor_rank))
-            except StoreError as e:
-                raise OwnTileError(str(e)) from None
+            except StoreError as e:  # bad values in this rank's own piece: only it knows, so it says so itself
+                raise RankLocalError(str(e)) from None
         self.store = store
 
 
@@ -184,7 +167,7 @@ def check_memory(run: Run, ranks_here: int) -> None:
     try:
         grid = (run.store.n_lat, run.store.n_lon) if run.store is not None else None
         shape = pm.ModelShape.from_config(cfg, grid, len(run.store.channels) if run.store is not None else None)
-    except ValueError:  # a grid it cannot tell before the store exists: the allocation will say
+    except jconfig.ConfigError:  # a grid it cannot tell before the store exists: the allocation will say
         return
     micro, _ = micro_batches(cfg, run.layout)
     setup = pm.TrainSetup.from_deepspeed(run.ds_config, global_batch=cfg.train.global_batch, micro_batch=micro,
@@ -301,7 +284,7 @@ def check_continues(run: Run, resume_from: str, init_from: str) -> None:
     if init_from:
         try:
             source = source_config(init_from)
-        except ValueError as e:  # not a checkpoint, or none complete: names the file or folder
+        except JigsawError as e:  # not a checkpoint, none complete, or a damaged one: names the file or folder
             raise jconfig.ConfigError(f"--init-from: {e}") from None
         inputs.check_same(inputs.of_run(source), now, inputs.CONTINUE_KEYS, f"--init-from {init_from}: this config")
         if not resume_from:  # a requeued job resumes its own checkpoint (the trainer ignores the file then)
@@ -342,51 +325,48 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from ..parallel.allocation import env_rank
 
-    quiet_libraries(env_rank())
-    try:
-        run = plan_run(args)
-    except ValueError as e:  # ConfigError, StoreError: bad input
-        _fail(str(e), every_rank=isinstance(e, OwnTileError))
+    rank = env_rank()  # under srun RANK is unset: the SLURM rank decides who prints
+    quiet_libraries(rank)
+    # bad input (errors.JigsawError): one line, exit 2; a run that stops (errors.RunStopped: non-finite training, a
+    # checkpoint that cannot be written): one line, exit 1; a bug keeps its traceback (errors.run_main)
+    code = run_main("jigsaw-train", rank, _train, args, rank)
+    if code == BAD_INPUT:  # as argparse ends a bad flag: a caller in this process (a test) sees SystemExit(2)
+        sys.exit(code)
+    return code
+
+
+def _train(args, rank: int) -> int:
+    run = plan_run(args)
     finished = finished_step(run.cfg) if args.resume and not args.start_over else 0
     if finished:  # nothing to train: say so before any process group or engine starts
-        if env_rank() == 0:
+        if rank == 0:
             print(f"jigsaw-train: the run in {os.path.abspath(run.cfg.train.out_dir)} already finished at step "
                   f"{finished} (train.steps = {run.cfg.train.steps}): nothing to train. Raise train.steps to "
                   f"continue it, or pass --start-over to train it again")
         return 0
     import torch.distributed as dist
 
-    from ..checkpoint.manager import CheckpointError
     from ..parallel.topology import init_distributed
-    from .trainer import NonFiniteError, Trainer
+    from .trainer import Trainer
 
-    rank, world, _ = init_distributed()
+    rank, _, _ = init_distributed()  # env_rank's, from the same launcher variables
     refusal = [take_run_dir(run.cfg, args.start_over) if rank == 0 else None]  # every rank has passed plan_run
     dist.broadcast_object_list(refusal, src=0)
-    if refusal[0]:
-        _fail(refusal[0])
+    if refusal[0]:  # every rank raises it: rank 0 says it
+        raise JigsawError(refusal[0])
     if run.store is None:  # the config asks for a generated store that does not exist yet
         if rank == 0:
             generate_store(run.cfg)
         dist.barrier()
-        try:
-            run.open_store(rank)
-            check_continues(run, "" if args.start_over else check_out_dir(run.cfg, args.resume), args.init_from)
-        except ValueError as e:
-            _fail(str(e), every_rank=isinstance(e, OwnTileError))
-    try:
-        Trainer(run, resume=args.resume and not args.start_over, init_from=args.init_from).fit()
-    except (NonFiniteError, CheckpointError) as e:  # every rank raises alike: rank 0 says it, once
-        if rank == 0:
-            print(f"jigsaw-train: error: {e}", file=sys.stderr)
-        return 1
+        run.open_store(rank)
+        check_continues(run, "" if args.start_over else check_out_dir(run.cfg, args.resume), args.init_from)
+    Trainer(run, resume=args.resume and not args.start_over, init_from=args.init_from).fit()
     dist.barrier()
     if rank == 0:
         print(f"jigsaw-train: done. outputs in {os.path.abspath(run.cfg.train.out_dir)}: config.json, metrics.jsonl, "
               f"tensorboard/, checkpoints/")
     dist.destroy_process_group()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,11 +16,9 @@ import os
 import socket
 import time
 
+from ..errors import RunDirBusy
+
 LOCK = "RUN.lock"
-
-
-class RunDirBusy(ValueError):
-    """train.out_dir is owned by another live run."""
 
 
 def _alive(pid: int) -> bool:

@@ -19,6 +19,7 @@ from ..checkpoint import sharded
 from ..checkpoint.layout_free import import_state, load_file
 from ..checkpoint.manager import CheckpointManager, find_checkpoint
 from ..data.dataset import Loader, PairDataset, ReplicaBatches
+from ..errors import NonFiniteError
 from ..eval.streaming import reduce_sum
 from ..grid import lat_cell_weights
 from ..model import WeatherMixer, train_flops_per_sample
@@ -28,10 +29,6 @@ from ..perf.timing import spread
 from .cli import Run
 from .logger import MetricsLogger
 from .loss import AreaWeightedMSE
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced a non-finite loss or gradient norm."""
 
 
 TENDENCY_PAIRS = 256  # training pairs read at start-up to estimate the change over a model step of several
@@ -234,7 +231,7 @@ class Trainer:
                                         lon_roll=self.store.n_lon if self.cfg.data.lon_roll else 0)
         loader = Loader(self.train_set, sampler, self.device, self.cfg.data.prefetch_factor, self.cfg.data.num_workers)
         progress = None
-        if self.rank0 and cfg.progress:
+        if self.rank0 and cfg.progress and sys.stderr.isatty():  # a log file gets the plain lines below instead
             from tqdm import tqdm
             progress = tqdm(total=cfg.steps, initial=self.start_step, desc="train", dynamic_ncols=True)
         world = dist.get_world_size()
@@ -266,7 +263,7 @@ class Trainer:
                 if validate:
                     record["val_loss"], record["val_loss_persistence"] = self.validate()
                 self.logger.log(record)
-                if self.rank0 and not (progress and sys.stderr.isatty()):  # a log file: a plain line per log step
+                if self.rank0 and not progress:  # a log file (or no bar): a plain line per log step
                     print(f"step {step}/{cfg.steps} loss {loss:.4g} lr {lr:.3g} {dt * 1e3:.0f} ms/step data wait "
                           f"{record['data_wait_frac']:.1%}" + (f" MFU {record['mfu']:.1%}" if "mfu" in record else "")
                           + (f" val {record['val_loss']:.4g} (persistence {record['val_loss_persistence']:.4g})"

@@ -137,7 +137,7 @@ def cf_coding(da: xr.DataArray) -> tuple[np.dtype, dict]:
     """The dtype a variable is stored as, and its CF packing and masking attributes that a raw read of its
     chunks (tensorstore's) would not apply, where they change values ({} if none): xarray decodes them on open
     (and keeps them in .encoding), so the statistics would describe the decoded values while the model got the
-    raw numbers. A float fill value is left (fill_value_of: check_finite finds the points it marks)."""
+    raw numbers. A float fill value is left: its points are read as NaN (fill_value_of)."""
     enc = da.encoding
     stored = np.dtype(enc.get("dtype", da.dtype))
     coding = {k: enc[k] for k in CF_CODING if enc.get(k) is not None}
@@ -287,7 +287,7 @@ class WeatherStore:
             self._own_statistics(ds)
         constant = [c.name for c, t in zip(self.channels, self.tendency_std) if t == 0]  # NaN: check_finite says why
         if constant:  # the loss is in units of each channel's one-step change: a constant one has none
-            raise StoreError(f"data store '{path}': channels {constant} never change from one time step to the "
+            raise StoreError(f"data store '{self.path}': channels {constant} never change from one time step to the "
                              f"next (tendency std 0); a field constant in time belongs in model.static_variables")
         self._dims = {var: ds[var].dims for var in {c.var for c in self.channels} | set(self.static_variables)}
         self._dtypes = {var: ds[var].dtype for var in self._dims}
@@ -377,8 +377,8 @@ class WeatherStore:
 
     def check_finite(self, times: slice = slice(None), lat: slice = slice(None), lon: slice = slice(None)) -> None:
         """Refuse missing values in the selected channels (naming variable and time) and static fields: NaN,
-        inf, and the points a float _FillValue marks (read as NaN: fill_value_of). Reads the given piece only (by default the whole
-        selection), so that ranks can split the scan between them."""
+        inf, and the points a float _FillValue marks (read as NaN: fill_value_of). Reads the given piece only
+        (by default the whole selection), so that ranks can split the scan between them."""
         index = np.arange(len(self.times))[times]
         h, w = len(range(*lat.indices(self.n_lat))), len(range(*lon.indices(self.n_lon)))
         block = max(1, (256 * 2**20) // max(1, 4 * len(self.channels) * h * w))  # bounded memory
@@ -563,11 +563,8 @@ class WeatherStore:
                     future.result()
             except Exception as e:
                 self._raise_read_error(var, times, lat, lon, e)
-            fill = self._fills.get(var)
-            if fill is not None:  # missing points as xarray shows them (a pass over the variable: foreign stores only)
-                for _, dest in groups:
-                    block = dest[:, c0:c0 + n]
-                    block[block == np.float32(fill)] = np.nan
+            for _, dest in groups:
+                self._fill_as_nan(var, dest[:, c0:c0 + n])
             if normalise:
                 for _, dest in groups:
                     block = dest[:, c0:c0 + n]
@@ -637,8 +634,14 @@ class WeatherStore:
         except Exception as e:
             raise StoreReadError(f"data store '{self.path}': static field '{var}' cannot be read: "
                                  f"{str(e).splitlines()[0]}; the store is damaged: write it again") from None
-        if var in self._fills:  # as read_into: the missing points as xarray shows them
-            values = np.where(values == np.float32(self._fills[var]), np.float32(np.nan), values)
+        return self._fill_as_nan(var, values)
+
+    def _fill_as_nan(self, var: str, values: np.ndarray) -> np.ndarray:
+        """A float _FillValue's points as NaN, in place, as xarray shows them (fill_value_of; a pass over the
+        values for such variables only: prepare and the generators write NaN)."""
+        fill = self._fills.get(var)
+        if fill is not None:
+            values[values == np.float32(fill)] = np.nan
         return values
 
     def read_static(self, lat: slice, lon) -> np.ndarray:

@@ -72,10 +72,10 @@ from ..data.writer import chunk_compressors
 from ..errors import EvalError, RankLocalError
 from ..grid import lat_cell_weights
 from ..model import ensemble_mean, inputs
-from ..parallel.topology import Layout, init_distributed, initialize
+from ..parallel.topology import Layout, init_distributed, initialize, reduce_sum
 from .cli import forecast_main, main  # noqa: F401 (the commands live in eval/cli.py; here for `-m` and callers)
 from .plots import plot
-from .streaming import ScoreSums, ZonalSpectrumSums, reduce_sum
+from .streaming import ScoreSums, ZonalSpectrumSums
 
 KINDS = ("model", "persistence", "climatology")
 METRIC_NAMES = ("rmse", "bias", "acc")

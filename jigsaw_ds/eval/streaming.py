@@ -22,10 +22,9 @@ ZonalSpectrumSums keeps WeatherBench2's zonal energy spectrum the same way (see 
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.distributed as dist
 
 from ..grid import is_global_periodic_lon, lat_extent
+from ..parallel.topology import reduce_sum
 
 # WeatherBench2's named regions (the predefined regions of its evaluation script), in degrees, edges included:
 # (south, north, west, east); west/east None: every longitude (a band); a box with west > east crosses 0 E
@@ -74,17 +73,6 @@ def region_weights(lat: np.ndarray, lon: np.ndarray, weights: np.ndarray) -> dic
         if lies_inside(region, lat, lon) and rows.any() and cols.any():
             out[name] = (np.where(rows, weights, 0.0), cols.astype(np.float64))
     return out
-
-
-def reduce_sum(values: np.ndarray, groups, axis: str) -> np.ndarray:
-    """values summed over the ranks of `axis` (a copy; the array itself where the group has one rank). The
-    numbers travel on the backend's device: the rank's GPU under NCCL, host memory under gloo."""
-    if groups.size(axis) == 1:
-        return values
-    nccl = dist.get_backend(groups.handles[axis]) == "nccl"
-    t = torch.from_numpy(np.ascontiguousarray(values)).to("cuda" if nccl else "cpu")
-    dist.all_reduce(t, group=groups.handles[axis])
-    return t.cpu().numpy()
 
 
 class ScoreSums:

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -224,3 +225,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def reduce_sum(values: np.ndarray, groups, axis: str) -> np.ndarray:
+    """values summed over the ranks of `axis` (a copy; the array itself where the group has one rank). The
+    numbers travel on the backend's device: the rank's GPU under NCCL, host memory under gloo."""
+    if groups.size(axis) == 1:
+        return values
+    nccl = dist.get_backend(groups.handles[axis]) == "nccl"
+    t = torch.from_numpy(np.ascontiguousarray(values)).to("cuda" if nccl else "cpu")
+    dist.all_reduce(t, group=groups.handles[axis])
+    return t.cpu().numpy()

@@ -20,11 +20,10 @@ from ..checkpoint.layout_free import import_state, load_file
 from ..checkpoint.manager import CheckpointManager, find_checkpoint
 from ..data.dataset import Loader, PairDataset, ReplicaBatches
 from ..errors import NonFiniteError
-from ..eval.streaming import reduce_sum
 from ..grid import lat_cell_weights
 from ..model import WeatherMixer, train_flops_per_sample
 from ..parallel import comm_stats
-from ..parallel.topology import JigsawMPU, initialize
+from ..parallel.topology import JigsawMPU, initialize, reduce_sum
 from ..perf.timing import spread
 from .cli import Run
 from .logger import MetricsLogger

@@ -80,7 +80,7 @@ class TrainConfig:
     progress: bool = True
     tf32: bool = True                   # on NVIDIA GPUs, fp32 matmuls on TF32 tensor cores (the rate machine files assume)
     warmup_fraction: float = 0.04       # the DeepSpeed LR schedule's warm-up: round(fraction x steps) steps, at least 2
-                                        # (500 steps: 20); its length is train.steps (train/cli.load_deepspeed_config)
+                                        # (500 steps: 20); its length is train.steps (train/run.load_deepspeed_config)
 
 
 @dataclass

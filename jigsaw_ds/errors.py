@@ -38,6 +38,15 @@ class StoreError(JigsawError):
     store, variable, coordinate."""
 
 
+class SourceError(StoreError):
+    """A source cannot be ingested (jigsaw-data prepare); the message names the file, the variable and the coordinate."""
+
+
+class MissingLibrary(JigsawError):
+    """An optional library a command needs (a generator's solver) is not installed; the message says how to
+    install it."""
+
+
 class ClimatologyError(JigsawError):
     """A given climatology store does not fit the data it is to be used with; the message says how."""
 

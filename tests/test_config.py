@@ -13,7 +13,7 @@ import torch
 from jigsaw_ds import config as jc
 from jigsaw_ds.config import ConfigError
 from jigsaw_ds.parallel.topology import Layout
-from jigsaw_ds.train.cli import load_deepspeed_config
+from jigsaw_ds.train.run import load_deepspeed_config
 
 from conftest import ROOT, spawn_env
 from test_checkpoint import train

@@ -268,14 +268,14 @@ def test_acc_against_a_given_wb2_climatology(serial_eval, synth_store, tmp_path,
     that lacks a variable is one error naming it."""
     from jigsaw_ds.data.climatology import GivenClimatology
     from jigsaw_ds.data.store import WeatherStore
-    from jigsaw_ds.eval import evaluate as ev
+    from jigsaw_ds.eval import cli as eval_cli
 
     tmp, _ = serial_eval
     store = xr.open_zarr(synth_store)
     variables = ["temperature", "u_component_of_wind", "v_component_of_wind", "2m_temperature"]
     wb2_climatology(store, variables).to_zarr(tmp_path / "clim.zarr")
     args = ["--checkpoint", str(tmp / "run"), "--data", synth_store, "--lead-steps", "3", "--inits", "6", "--no-plots"]
-    assert ev.main(args + ["--out", str(tmp_path / "out"), "--climatology", str(tmp_path / "clim.zarr")]) == 0
+    assert eval_cli.main(args + ["--out", str(tmp_path / "out"), "--climatology", str(tmp_path / "clim.zarr")]) == 0
     got = json.load(open(tmp_path / "out" / "scores.json"))
     row = {(r["channel"], r["lead_hours"], r["metric"]): r for r in got["rows"] if r["region"] == "global"}
     fc = xr.open_zarr(tmp_path / "out" / "forecast.zarr")
@@ -303,7 +303,7 @@ def test_acc_against_a_given_wb2_climatology(serial_eval, synth_store, tmp_path,
             np.testing.assert_array_equal(tile, whole[..., rows, cols])
     xr.open_zarr(tmp_path / "clim.zarr").drop_vars("temperature").to_zarr(tmp_path / "partial.zarr")
     capsys.readouterr()
-    assert ev.main(args + ["--out", str(tmp_path / "x"), "--climatology", str(tmp_path / "partial.zarr")]) == 2
+    assert eval_cli.main(args + ["--out", str(tmp_path / "x"), "--climatology", str(tmp_path / "partial.zarr")]) == 2
     err = capsys.readouterr().err
     assert "has no variable 'temperature'" in err and "partial.zarr" in err, err
 
@@ -348,7 +348,7 @@ def test_parallel_eval_equals_the_serial_one(serial_eval, synth_store, tmp_path,
 def test_forecast_from_given_times_past_the_store_end(serial_eval, synth_store, tmp_path):
     """jigsaw-forecast (the same engine, no scoring) at (1,2,1): from one of the eval's initial times it gives
     the eval's forecast; from the store's last time it runs past the store; an unknown time is one error."""
-    from jigsaw_ds.eval import evaluate as ev
+    from jigsaw_ds.eval import cli as eval_cli
 
     tmp, _ = serial_eval
     serial = xr.open_zarr(tmp / "serial" / "forecast.zarr")
@@ -364,7 +364,7 @@ def test_forecast_from_given_times_past_the_store_end(serial_eval, synth_store, 
     assert np.isfinite(fc["temperature"].isel(time=1).values).all()  # leads past the store's end
     assert not (tmp_path / "fc" / "scores.json").exists()
     # bf16 autocast (one process): the forecast's change from the initial state within 2% of fp32's
-    assert ev.forecast_main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(tmp_path / "bf16"),
+    assert eval_cli.forecast_main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(tmp_path / "bf16"),
                              "--lead-steps", "3", "--init-times", times[0], "--precision", "bf16"]) == 0
     bf16 = xr.open_zarr(tmp_path / "bf16" / "forecast.zarr")["temperature"].isel(time=0).values.astype(np.float64)
     fp32 = serial["temperature"].isel(time=0).values.astype(np.float64)
@@ -372,7 +372,7 @@ def test_forecast_from_given_times_past_the_store_end(serial_eval, synth_store, 
     change = np.linalg.norm(bf16 - fp32) / np.linalg.norm(fp32 - initial)
     assert 0 < change < 0.02, change
     assert json.load(open(tmp_path / "bf16" / "forecast.json"))["throughput"]["precision"] == "bf16"
-    assert ev.forecast_main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(tmp_path / "x"),
+    assert eval_cli.forecast_main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(tmp_path / "x"),
                              "--init-times", "1999-01-01T00"]) == 2
 
 
@@ -385,12 +385,12 @@ def test_python_api_forecasts_as_jigsaw_forecast_does(serial_eval, synth_store, 
     import sys
 
     from jigsaw_ds import Forecaster
-    from jigsaw_ds.eval import evaluate as ev
+    from jigsaw_ds.eval import cli as eval_cli
 
     tmp, _ = serial_eval
     ds = xr.open_zarr(synth_store)
     times = [str(ds["time"].values[100])[:19], str(ds["time"].values[-1])[:19]]
-    assert ev.forecast_main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(tmp_path / "fc"),
+    assert eval_cli.forecast_main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(tmp_path / "fc"),
                              "--lead-steps", "3", "--init-times", ",".join(times)]) == 0
     expected = xr.open_zarr(tmp_path / "fc" / "forecast.zarr")
     check_provenance(expected, tmp / "run", synth_store, shlex.join(sys.argv))  # this process's command line
@@ -417,13 +417,13 @@ def test_without_matplotlib_or_a_netcdf_writer_the_scores_are_written_and_each_s
         serial_eval, synth_store, tmp_path, capsys, monkeypatch):
     import sys
 
-    from jigsaw_ds.eval import evaluate as ev
+    from jigsaw_ds.eval import cli as eval_cli
 
     tmp, _ = serial_eval
     for name in ("matplotlib", "netCDF4", "h5netcdf", "scipy"):
         monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
     out = tmp_path / "out"
-    assert ev.main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(out), "--lead-steps", "2",
+    assert eval_cli.main(["--checkpoint", str(tmp / "run"), "--data", synth_store, "--out", str(out), "--lead-steps", "2",
                     "--inits", "2"]) == 0
     said = capsys.readouterr().out
     assert "forecast steps/s (cpu, fp32, layout (1, 1, 1))" in said  # throughput printed too
@@ -560,7 +560,7 @@ def test_a_regional_store_is_scored_as_its_domain(tmp_path, capsys):
 
     from jigsaw_ds.data.synth import synth_dataset
     from jigsaw_ds.data.writer import write_store
-    from jigsaw_ds.eval import evaluate as ev
+    from jigsaw_ds.eval import cli as eval_cli
 
     ds = synth_dataset(33, 64, 40, seed=1)
     ds = ds.assign_coords(longitude=(ds["longitude"] + 180) % 360 - 180).sortby("longitude")
@@ -571,7 +571,7 @@ def test_a_regional_store_is_scored_as_its_domain(tmp_path, capsys):
                      "--set", "train.ckpt_every=2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     capsys.readouterr()
-    assert ev.main(["--checkpoint", str(tmp_path / "run"), "--data", str(tmp_path / "box.zarr"), "--out",
+    assert eval_cli.main(["--checkpoint", str(tmp_path / "run"), "--data", str(tmp_path / "box.zarr"), "--out",
                     str(tmp_path / "eval"), "--lead-steps", "2", "--inits", "2"]) == 0
     said = capsys.readouterr().out
     rows = json.load(open(tmp_path / "eval" / "scores.json"))["rows"]

@@ -26,6 +26,7 @@ from jigsaw_ds.data.store import WeatherStore
 from jigsaw_ds.data.synth import synth_dataset
 from jigsaw_ds.data.writer import write_store
 from jigsaw_ds.eval import evaluate as ev
+from jigsaw_ds.eval import cli as eval_cli
 from jigsaw_ds.model import WeatherMixer
 from jigsaw_ds.train import cli as train_cli
 from jigsaw_ds.train import run_lock
@@ -342,7 +343,7 @@ def test_eval_bad_input_is_one_line(eval_setup, tmp_path, capsys, case, expected
             bad = ds.copy(deep=True)
             bad["temperature"][-1, 0, 3, 3] = np.nan
             write_store(bad, data)
-    code = ev.main(["--checkpoint", ckpt, "--data", data, "--out", str(tmp_path / "out"), "--no-plots"] + extra)
+    code = eval_cli.main(["--checkpoint", ckpt, "--data", data, "--out", str(tmp_path / "out"), "--no-plots"] + extra)
     assert code == 2
     assert expected in one_error(capsys.readouterr().err)
 
@@ -428,7 +429,7 @@ def test_a_bug_keeps_its_traceback(tmp_path, capsys, monkeypatch, command, error
         call = lambda: ckpt_cli.main(["info", str(tmp_path)])  # noqa: E731
     elif command == "jigsaw-eval":
         monkeypatch.setattr(ev, "check_out", _a_bug(error))
-        call = lambda: ev.main(["--checkpoint", str(tmp_path / "run"), "--data", str(tmp_path / "store.zarr"),  # noqa: E731
+        call = lambda: eval_cli.main(["--checkpoint", str(tmp_path / "run"), "--data", str(tmp_path / "store.zarr"),  # noqa: E731
                                 "--out", str(tmp_path / "out")])
     elif command == "jigsaw-plan":
         monkeypatch.setattr(step_model.ModelShape, "from_config", _a_bug(error))

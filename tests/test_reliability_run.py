@@ -19,7 +19,7 @@ from jigsaw_ds.checkpoint import cli as ckpt_cli
 from jigsaw_ds.checkpoint.manager import CheckpointManager
 from jigsaw_ds.data.synth import synth_dataset
 from jigsaw_ds.data.writer import write_store
-from jigsaw_ds.eval import evaluate as ev
+from jigsaw_ds.eval import cli as eval_cli
 from jigsaw_ds.parallel import topology
 from jigsaw_ds.train import cli as train_cli
 from jigsaw_ds.train import run_lock
@@ -101,7 +101,7 @@ def test_ensemble_members_differing_in_inputs_are_one_line(trained, tmp_path, ca
     state["config"]["jigsaw"]["data"]["lead_steps"] = 2
     state["config"]["model_shape"]["latitude"] = [float(v) for v in ds.latitude.values[::-1]]
     torch.save(state, tmp_path / "other.pt")
-    code = ev.main(eval_args(f"{first},{tmp_path / 'other.pt'}", tmp / "store.zarr", tmp_path / "out", "--no-plots"))
+    code = eval_cli.main(eval_args(f"{first},{tmp_path / 'other.pt'}", tmp / "store.zarr", tmp_path / "out", "--no-plots"))
     assert code == 2
     line = one_error(capsys.readouterr().err)
     assert f"ensemble member '{tmp_path / 'other.pt'}' has 'data.lead_steps' = 2, the first ('{first}') 1" in line
@@ -162,24 +162,24 @@ def test_read_only_out_dir_is_one_line(trained, tmp_path, nproc):
 def test_forecast_and_eval_never_overwrite_each_other(trained, tmp_path, capsys):
     tmp, _, run = trained
     store, out = tmp / "store.zarr", tmp_path / "eval"
-    assert ev.main(eval_args(run, store, out, "--inits", "2", "--no-plots")) == 0
+    assert eval_cli.main(eval_args(run, store, out, "--inits", "2", "--no-plots")) == 0
     capsys.readouterr()
     forecast = eval_args(run, store, out, "--init-times", "2020-01-10T00")
-    assert ev.forecast_main(forecast) == 2
+    assert eval_cli.forecast_main(forecast) == 2
     assert "--overwrite" in one_error(capsys.readouterr().err)
     assert xr.open_zarr(out / "forecast.zarr").sizes["time"] == 2 and (out / "scores.json").exists()  # untouched
-    assert ev.forecast_main(forecast + ["--overwrite"]) == 0
+    assert eval_cli.forecast_main(forecast + ["--overwrite"]) == 0
     assert xr.open_zarr(out / "forecast.zarr").sizes["time"] == 1
     assert not (out / "scores.json").exists()  # no scores of another forecast left beside it
     capsys.readouterr()
-    assert ev.main(eval_args(run, store, out, "--inits", "2", "--no-plots")) == 2
+    assert eval_cli.main(eval_args(run, store, out, "--inits", "2", "--no-plots")) == 2
     assert "--overwrite" in one_error(capsys.readouterr().err)
     assert (out / "forecast.json").exists()
 
 
 def test_forecast_with_no_initial_time_is_one_line(trained, tmp_path, capsys):
     tmp, _, run = trained
-    assert ev.forecast_main(eval_args(run, tmp / "store.zarr", tmp_path / "fc", "--init-times", ",")) == 2
+    assert eval_cli.forecast_main(eval_args(run, tmp / "store.zarr", tmp_path / "fc", "--init-times", ",")) == 2
     assert "--init-times" in one_error(capsys.readouterr().err)
     assert not (tmp_path / "fc").exists()
 
@@ -202,7 +202,7 @@ def test_eval_on_other_coordinates_of_the_same_size_is_one_line(trained, tmp_pat
     else:  # an exact reorder of the latitudes, but longitudes that are no reorder of the trained ones
         other = ds.isel(latitude=slice(None, None, -1)).assign_coords(longitude=ds.longitude + 5)
     write_store(other, str(tmp_path / "other.zarr"))
-    assert ev.main(eval_args(run, tmp_path / "other.zarr", tmp_path / "out", "--no-plots")) == 2
+    assert eval_cli.main(eval_args(run, tmp_path / "other.zarr", tmp_path / "out", "--no-plots")) == 2
     line = one_error(capsys.readouterr().err)
     assert all(e in line for e in expected), line
     assert not (tmp_path / "out").exists()
@@ -219,7 +219,7 @@ REORDERS = {  # name -> (the store's latitudes reversed, its first column), what
 @pytest.fixture(scope="module")
 def eval_in_trained_order(trained):
     tmp, _, run = trained
-    assert ev.main(eval_args(run, tmp / "store.zarr", tmp / "eval_trained_order", "--inits", "4", "--no-plots")) == 0
+    assert eval_cli.main(eval_args(run, tmp / "store.zarr", tmp / "eval_trained_order", "--inits", "4", "--no-plots")) == 0
     return tmp / "eval_trained_order"
 
 
@@ -237,7 +237,7 @@ def test_eval_on_the_trained_grid_in_another_order_reorders_it(trained, eval_in_
     write_store(reordered(ds, flip, first), str(store))
     capsys.readouterr()
     plots = [] if case == "both" else ["--no-plots"]
-    assert ev.main(eval_args(run, store, tmp_path / "out", "--inits", "4", *plots)) == 0
+    assert eval_cli.main(eval_args(run, store, tmp_path / "out", "--inits", "4", *plots)) == 0
     assert f"jigsaw-eval: store '{store}' {said}" in capsys.readouterr().out
     want, got = (json.loads((p / "scores.json").read_text())["rows"] for p in (eval_in_trained_order, tmp_path / "out"))
     assert [{k: r[k] for k in ("region", "channel", "lead_hours", "metric")} for r in got] == \
@@ -274,7 +274,7 @@ def test_eval_normalises_as_the_model_was_trained_not_by_the_stores_statistics(t
     stats = {name: {**s, "mean": s["mean"] + 0.5 * s["std"], "std": 1.5 * s["std"]} for name, s in stats.items()}
     group.attrs[STATS_ATTR] = stats
     zarr.consolidate_metadata(str(other))
-    assert ev.main(eval_args(run, other, tmp_path / "out", "--inits", "4", "--no-plots")) == 0
+    assert eval_cli.main(eval_args(run, other, tmp_path / "out", "--inits", "4", "--no-plots")) == 0
     want, got = (json.loads((p / "scores.json").read_text())["rows"] for p in (eval_in_trained_order, tmp_path / "out"))
     for a, b in zip(got, want):
         assert a["model"] == pytest.approx(b["model"], rel=1e-6, abs=1e-9, nan_ok=True), (a, b)
@@ -322,7 +322,7 @@ def test_eval_errors_said_by_the_slurm_rank_0_only(trained, tmp_path, capsys, mo
     monkeypatch.setenv("SLURM_NTASKS", "2")
     for rank, says in (("1", False), ("0", True)):
         monkeypatch.setenv("SLURM_PROCID", rank)
-        assert ev.main(eval_args(run, tmp / "store.zarr", tmp_path / "out", "--inits", "0")) == 2
+        assert eval_cli.main(eval_args(run, tmp / "store.zarr", tmp_path / "out", "--inits", "0")) == 2
         err = capsys.readouterr().err
         assert ("--inits must be >= 1" in one_error(err)) if says else "error:" not in err, err
 

@@ -121,7 +121,7 @@ def test_lon_roll_and_history_train_alike_at_a_layout_and_evaluate(serial_run, t
     of members with other inputs (serial_run has no history) is one error naming the key."""
     import xarray as xr
 
-    from jigsaw_ds.eval import evaluate as ev
+    from jigsaw_ds.eval import cli as eval_cli
 
     steps = ["--set", "data.lon_roll=true", "--set", "model.history_steps=1", "--set", "train.steps=6",
              "--set", "train.ckpt_every=0"]
@@ -138,15 +138,15 @@ def test_lon_roll_and_history_train_alike_at_a_layout_and_evaluate(serial_run, t
     assert rolled[-1]["loss"] < rolled[0]["loss"]
     for p, s in zip(parallel, rolled):
         assert p["loss"] == pytest.approx(s["loss"], rel=1e-5), (p["step"], p["loss"], s["loss"])
-    assert ev.main(["--checkpoint", str(tmp_path / "a" / "run"), "--data", synth_store, "--out",
+    assert eval_cli.main(["--checkpoint", str(tmp_path / "a" / "run"), "--data", synth_store, "--out",
                     str(tmp_path / "eval"), "--lead-steps", "2", "--inits", "3", "--no-plots"]) == 0
     rmse = [r["model"] for r in json.load(open(tmp_path / "eval" / "scores.json"))["rows"] if r["metric"] == "rmse"]
     assert rmse and all(0 < v < float("inf") for v in rmse)
     first = str(xr.open_zarr(synth_store)["time"].values[0])[:19]  # no state before it
-    assert ev.forecast_main(["--checkpoint", str(tmp_path / "a" / "run"), "--data", synth_store, "--out",
+    assert eval_cli.forecast_main(["--checkpoint", str(tmp_path / "a" / "run"), "--data", synth_store, "--out",
                              str(tmp_path / "fc"), "--init-times", first]) == 2
     assert "model.history_steps" in capsys.readouterr().err
-    assert ev.main(["--checkpoint", f"{tmp_path / 'a' / 'run'},{serial_run}", "--data", synth_store, "--out",
+    assert eval_cli.main(["--checkpoint", f"{tmp_path / 'a' / 'run'},{serial_run}", "--data", synth_store, "--out",
                     str(tmp_path / "ens"), "--no-plots"]) == 2
     assert f"ensemble member '{serial_run}' has 'model.history_steps' = 0" in capsys.readouterr().err
 

@@ -5,7 +5,8 @@ import argparse
 import os
 import sys
 
-from ..config import GENERATE_DEFAULTS, ConfigError
+from ..config import GENERATE_DEFAULTS
+from ..errors import ConfigError, run_main
 from ..quiet import quiet_libraries
 
 
@@ -69,26 +70,21 @@ def main(argv=None) -> int:
                    help="print the layout, blocks, bytes and the estimated time (one block measured); write nothing")
     args = ap.parse_args(argv)
     quiet_libraries(0)
-    if args.cmd == "prepare":
-        return _prepare(args)
+    # bad input (errors.JigsawError: a source, the store, an option, a missing library): one line, exit 2; a bug
+    # keeps its traceback (errors.run_main)
+    return run_main(f"jigsaw-data {args.cmd}", 0, _prepare if args.cmd == "prepare" else _generate, args)
 
-    from .generate import MissingLibrary, from_spec
 
+def _generate(args) -> int:
+    from .generate import from_spec
     from .writer import check_replaceable
 
     spec = {"kind": args.cmd, **{k: v for k, v in vars(args).items() if k not in ("cmd", "out")}}
+    check_replaceable(os.path.abspath(args.out))  # before the generator's work, not after it
     try:
-        check_replaceable(os.path.abspath(args.out))  # before the generator's work, not after it
         out = from_spec(spec, args.out)
-    except ConfigError as e:
-        print(f"jigsaw-data {args.cmd}: error: {e}".replace("config key 'data.generate.", "option '--"), file=sys.stderr)
-        return 2
-    except ValueError as e:  # an --out that may not be replaced
-        print(f"jigsaw-data {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
-    except MissingLibrary as e:
-        print(f"jigsaw-data {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
+    except ConfigError as e:  # the spec's keys are this command's options
+        raise ConfigError(str(e).replace("config key 'data.generate.", "option '--")) from None
     print(f"jigsaw-data: wrote {out}")
     return 0
 
@@ -99,17 +95,13 @@ def _prepare(args) -> int:
     common = dict(member=args.member, patch=args.patch, lat_chunk=args.lat_chunk, lon_chunk=args.lon_chunk,
                   level_chunk=args.level_chunk, config=args.config, climatology=args.climatology,
                   time_block=args.time_block, checksum=args.checksum, grid=args.grid)
-    try:
-        if args.workers < 0:
-            raise ConfigError(f"--workers {args.workers}: must be 0 (this process) or more")
-        if args.plan:
-            print(plan(args.sources, args.out, args.variables, args.levels, workers=max(args.workers, 1), **common))
-            return 0
-        out = prepare(args.sources, args.out, args.variables, args.levels, workers=args.workers,
-                      scheduler=args.scheduler, overwrite=args.overwrite, **common)
-    except ValueError as e:  # SourceError, StoreError, ConfigError, ClusterError, bad options: one line
-        print(f"jigsaw-data prepare: error: {e}", file=sys.stderr)
-        return 2
+    if args.workers < 0:
+        raise ConfigError(f"--workers {args.workers}: must be 0 (this process) or more")
+    if args.plan:
+        print(plan(args.sources, args.out, args.variables, args.levels, workers=max(args.workers, 1), **common))
+        return 0
+    out = prepare(args.sources, args.out, args.variables, args.levels, workers=args.workers,
+                  scheduler=args.scheduler, overwrite=args.overwrite, **common)
     print(f"jigsaw-data: wrote {out}")
     print(describe(out))
     return 0

@@ -1,11 +1,8 @@
 """Make a store from a generator spec (the `data.generate` config section and the jigsaw-data CLI)."""
 from __future__ import annotations
 
+from ..errors import MissingLibrary  # noqa: F401 (raised by the generators; importable from here too)
 from .writer import write_store
-
-
-class MissingLibrary(ImportError):
-    """An optional generator's library is not installed (the message says how to install it)."""
 
 
 def generated_grid(spec: dict) -> tuple[int, int]:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..errors import MissingLibrary
 from .names import describe
 
 RECORD_HOURS = 6
@@ -41,8 +42,6 @@ MIN_LAYERS = 4  # 250 and 850 hPa must lie between sigma levels (one layer: no v
 
 
 def _dinosaur():
-    from .generate import MissingLibrary
-
     try:
         import jax  # noqa: F401
         import dinosaur  # noqa: F401

@@ -32,7 +32,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ..errors import ClusterError, ConfigError, StoreError
+from ..errors import ClusterError, ConfigError, SourceError, StoreError
 from ..files import write_atomic
 from .climatology import grouping, store_groups
 from .store import STATS_ATTR, all_channels, channel_stats, static_stats
@@ -121,8 +121,6 @@ class Job:
         """Float64 sum of `var` at the given store time indices (increasing), read from the parts in runs of
         consecutive steps (cfgrib reads every message between the first and last index of a list) of at most
         BLOCK_BYTES, in time order whatever the worker."""
-        from .prepare import SourceError
-
         bounds = np.cumsum([0] + [p.ds.sizes["time"] for p in self.parts])
         which = np.searchsorted(bounds, times, side="right") - 1
         total = None
@@ -225,8 +223,6 @@ def convert_block(k: int, job: Job, root: Optional[str] = None) -> dict:
     record = job.record("blocks", k, root)
     if os.path.exists(record):  # a retried task whose first attempt got this far
         return _read_json(record)
-    from .prepare import SourceError
-
     b = job.blocks[k]
     part = job.parts[b.part]
     nxt = b.offset + b.stop - b.start

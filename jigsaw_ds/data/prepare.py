@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 import xarray as xr
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SourceError
 from .store import StoreError, gap_starts, grid_problem
 
 SHORT_NAMES = {  # ECMWF short name -> WeatherBench2 name
@@ -52,10 +52,6 @@ COORD_NAMES = {"isobaricInhPa": "level", "pressure_level": "level", "lat": "lati
 DIMS = ("time", "level", "latitude", "longitude")
 GRIB_SUFFIXES = (".grib", ".grb", ".grib1", ".grib2", ".grb2")
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5")
-
-
-class SourceError(StoreError):
-    """A source cannot be ingested; the message names the file, the variable and the coordinate."""
 
 
 @dataclass

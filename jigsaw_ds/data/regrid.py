@@ -32,7 +32,7 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SourceError
 
 METHOD = "bilinear (numpy.interp: latitude, then longitude, periodic)"
 POLE_TOLERANCE = 1e-6  # deg: a source "pole" row written as 89.9999999 still counts as the pole
@@ -56,8 +56,6 @@ class Regrid:
     def make(cls, grid: list, lat: np.ndarray, lon: np.ndarray, files: str) -> "Regrid":
         """The regrid of a source on (lat, lon) (latitude monotonic, longitude increasing: prepare's checks) to
         `grid` = [H, W]; a source that does not cover the whole target is refused, naming both grids."""
-        from .prepare import SourceError
-
         n_lat, n_lon = (int(n) for n in grid)
         if n_lat < 2 or n_lon < 2:
             raise ConfigError(f"--grid {n_lat}x{n_lon}: needs at least 2 latitudes (the poles) and 2 longitudes")

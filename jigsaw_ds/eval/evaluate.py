@@ -1,9 +1,10 @@
-"""jigsaw-eval: autoregressive rollouts scored with WeatherBench2's metrics against persistence and climatology,
-in one process or under the launcher at any layout.
+"""The engine of jigsaw-eval and jigsaw-forecast (their arguments: eval/cli.py): autoregressive rollouts
+scored with WeatherBench2's metrics against persistence and climatology, in one process or under the
+launcher at any layout.
 
     jigsaw-eval --checkpoint RUN_DIR|CKPT_DIR|FILE[,...] --data STORE --out DIR [--lead-steps K] [--inits N]
                 [--device auto|cpu|cuda] [--precision fp32|bf16] [--climatology WB2_CLIM.zarr] [--overwrite]
-    torchrun --nproc_per_node 8 -m jigsaw_ds.eval.evaluate ... --domain 2 --tensor 2     # data axis: 8 / 4
+    torchrun --nproc_per_node 8 -m jigsaw_ds.eval.cli ... --domain 2 --tensor 2     # data axis: 8 / 4
 
 The ranks split the initial times over the data axis and each field over domain x tensor as in training:
 each rank reads only its tile of the initial states, the truth and the climatology, rolls out its tile (the
@@ -73,7 +74,6 @@ from ..errors import EvalError, RankLocalError
 from ..grid import lat_cell_weights
 from ..model import ensemble_mean, inputs
 from ..parallel.topology import Layout, init_distributed, initialize, reduce_sum
-from .cli import forecast_main, main  # noqa: F401 (the commands live in eval/cli.py; here for `-m` and callers)
 from .plots import plot
 from .streaming import ScoreSums, ZonalSpectrumSums
 
@@ -691,7 +691,3 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
             if plots:
                 plot(rows, store, inits, lead, leads, out, spectra_ds)
     return rows
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@
 
 A model's weights fit one set of inputs: the config keys of INPUT_KEYS, the channel names in their order
 (`channels` of a run config), and the grid: its size, its latitude and longitude values and the store's time
-step (`model_shape` of a run config: train/cli.Run writes them to config.json and every checkpoint's
+step (`model_shape` of a run config: train/run.Run writes them to config.json and every checkpoint's
 jigsaw.json). Weights continue only at the same width (WIDTH_KEYS). A record without coordinates (written
 before they were recorded) is compared by grid size only.
 A store that holds the trained grid in another exact order (reorder_of: latitudes reversed, longitudes

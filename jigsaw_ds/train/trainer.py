@@ -1,6 +1,6 @@
 """The Trainer: one DeepSpeed engine over the Jigsaw model, with logging, validation and checkpoints.
 
-It takes a `Run` (train/cli.py: config, layout, store, split, model shape, all checked) and builds, in order:
+It takes a `Run` (train/run.py: config, layout, store, split, model shape, all checked) and builds, in order:
 process groups and model shards (`_build_model`), the loss and datasets of this rank's tile (`_build_data`),
 the DeepSpeed engine, then restores a checkpoint or an --init-from file (`_restore`) and opens the logs.
 """
@@ -25,7 +25,7 @@ from ..model import WeatherMixer, train_flops_per_sample
 from ..parallel import comm_stats
 from ..parallel.topology import JigsawMPU, initialize, reduce_sum
 from ..perf.timing import spread
-from .cli import Run
+from .run import Run
 from .logger import MetricsLogger
 from .loss import AreaWeightedMSE
 

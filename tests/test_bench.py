@@ -20,6 +20,7 @@ def swe_store(tmp_path_factory):
     return path
 
 
+@pytest.mark.multirank
 def test_peer_sfno_runs_and_scores_both_models(swe_store, tmp_path):
     """Every option at once under a FLOPs budget: each model stops within one step of F, rollout FLOPs counted."""
     out, budget = tmp_path / "peer.json", 3e9
@@ -50,6 +51,7 @@ def test_peer_sfno_runs_and_scores_both_models(swe_store, tmp_path):
     assert result["cost_measure"] == "train_flops" and result["cost_ratio"] == pytest.approx(ratio, abs=1e-4)
 
 
+@pytest.mark.multirank
 def test_peer_sfno_on_a_multilevel_primitive_equation_store(held_suarez_store, tmp_path):
     """Every level and variable of a held-suarez store as channels of both models; SFNO on its Gaussian grid."""
     out = tmp_path / "peer.json"
@@ -66,6 +68,7 @@ def test_peer_sfno_on_a_multilevel_primitive_equation_store(held_suarez_store, t
     assert result["grid"] == [32, 64] and result["train_pairs"] == 3 * 5
 
 
+@pytest.mark.multirank
 def test_peer_sfno_seconds_budget_stops_within_one_step_of_it(swe_store, tmp_path, monkeypatch):
     """--budget seconds:S: each model trains until S seconds of its own training (one-step and rollout steps) are
     spent, on the clock, and stops after the first step that reaches S; its rollout phase starts at the time

@@ -15,6 +15,8 @@ from jigsaw_ds.parallel.topology import Layout
 from jigsaw_ds.perf.comm_model import step_comm_bytes
 from test_checkpoint import configs, losses, train
 
+pytestmark = pytest.mark.multirank  # every test here runs a multi-process job
+
 
 FUSED_ADAMW = {"type": "AdamW", "params": {"lr": 3e-3, "weight_decay": 0.01, "torch_adam": True, "fused": True}}
 

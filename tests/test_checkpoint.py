@@ -65,6 +65,7 @@ def crashed_run(tmp_path_factory, synth_store):
     return tmp, args, losses(tmp / "run")
 
 
+@pytest.mark.multirank
 def test_resume_after_crash_is_bitwise(crashed_run):
     tmp, args, before = crashed_run
     assert sorted(before) == [1, 2, 3, 4, 5, 6]
@@ -77,6 +78,7 @@ def test_resume_after_crash_is_bitwise(crashed_run):
     assert [after[s] for s in (4, 5, 6)] == [before[s] for s in (4, 5, 6)]  # bitwise
 
 
+@pytest.mark.multirank
 def test_one_rank_killed_during_a_save(crashed_run, tmp_path, synth_store):
     """Rank 1 alone dies while the checkpoint of step 6 is being written: the launcher ends the job; --resume
     refuses the unfinished checkpoint, says why, and continues from step 3 bitwise."""
@@ -94,6 +96,7 @@ def test_one_rank_killed_during_a_save(crashed_run, tmp_path, synth_store):
 
 @pytest.mark.parametrize("layout, stage", [((1, 1, 1), 1), ((2, 1, 2), 2), ((1, 4, 1), 1), ((4, 1, 1), 2)],
                          ids=["serial", "2x1x2-zero2", "1x4x1", "4x1x1-zero2"])
+@pytest.mark.multirank
 def test_resume_at_another_layout_continues_the_run(crashed_run, tmp_path, synth_store, layout, stage):
     """The (1,2,2) ZeRO-1 checkpoint of step 3, resumed at another world size, layout and ZeRO stage: each rank
     reads only the boxes its new ZeRO fragments need; the next 3 losses are the uninterrupted run's."""
@@ -128,6 +131,7 @@ def exported(crashed_run):
     return out
 
 
+@pytest.mark.multirank
 def test_exported_file_continues_the_run_at_another_layout(crashed_run, exported, tmp_path, synth_store):
     tmp, _, reference = crashed_run
     args = configs(tmp_path, synth_store, tmp_path / "run", 2)
@@ -139,6 +143,7 @@ def test_exported_file_continues_the_run_at_another_layout(crashed_run, exported
         assert got[s] == pytest.approx(reference[s], rel=1e-5), (s, got[s], reference[s])
 
 
+@pytest.mark.multirank
 def test_export_equals_the_serial_model_to_the_bit(tmp_path, synth_store):
     """A (1,2,2) run at learning rate 0 keeps its initial weights; exported from its sharded checkpoint they
     are the serial model's, bit for bit (boxes of ZeRO fragments, DCP's resharding, the Split tags)."""
@@ -161,6 +166,7 @@ def test_export_equals_the_serial_model_to_the_bit(tmp_path, synth_store):
     assert all(state["optimizer"]["exp_avg"][n].abs().sum() > 0 for n in ("embed.weight", "blocks.0.token_mixing.w1"))
 
 
+@pytest.mark.multirank
 def test_incompatible_model_is_refused_naming_tensor_and_shapes(exported):
     state = torch.load(exported, map_location="cpu", weights_only=False)
     wider = WeatherMixer(ModelConfig(patch=4, embed_dim=48, token_hidden=32, channel_hidden=64, depth=2), 33, 64, 6, 3)

@@ -96,6 +96,7 @@ def test_lon_roll_accepts_a_global_grid():
     jc.check_against_grid(cfg(data={"lon_roll": True}), 721, np.arange(1440) * 0.25, 100)
 
 
+@pytest.mark.multirank
 def test_cli_fails_before_creating_anything(tmp_path, synth_store):
     """A config naming a variable the store lacks: one message, exit 2, no output directory."""
     conf = {"data": {"store": synth_store, "variables": ["specific_humidity"]},
@@ -131,6 +132,7 @@ def nan_store_run(tmp_path, lat, lon, nproc, parallel):
                           env=spawn_env(), capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.multirank
 def test_cli_refuses_a_store_with_nans(tmp_path):
     proc = nan_store_run(tmp_path, 3, 3, 1, {"domain": 1, "tensor": 1})
     assert proc.returncode == 2
@@ -138,6 +140,7 @@ def test_cli_refuses_a_store_with_nans(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.multirank
 def test_nan_in_one_ranks_tile_is_found_by_that_rank(tmp_path):
     """Ranks scan only their own tile: a NaN in the south-east tile, rank 3 of (1,2,2), still stops the job."""
     proc = nan_store_run(tmp_path, 8, 12, 4, {"domain": 2, "tensor": 2})
@@ -230,6 +233,7 @@ def test_deepspeeds_cosine_schedule_from_the_derived_config(steps):
     assert lrs[-1] == pytest.approx(0.1 * peak) and lrs[-2] > lrs[-1]  # reaches the floor at the last step
 
 
+@pytest.mark.multirank
 def test_a_run_trains_at_step_1_and_ends_at_the_floor(tmp_path, synth_store):
     """What jigsaw-train actually applies (metrics.jsonl logs the lr each step uses), 4 steps, warm-up 2.
     DeepSpeed's schedulers start at position -1 (lr 0) and its engine advances them after each step: the

@@ -162,6 +162,7 @@ def test_swe_trajectories_are_balanced_weather(tmp_path):
     assert len(store.pair_starts(1)) == 2 * 3
 
 
+@pytest.mark.multirank
 def test_held_suarez_trajectories_are_driven_multilevel_weather(held_suarez_store):
     """dinosaur's primitive equations with Held-Suarez forcing, on pressure levels in SI units: after 20 days the
     forcing has built jets; levels are ordered as in the atmosphere; seeds give other runs; the store opens."""
@@ -283,6 +284,7 @@ def test_lon_roll_tiles_are_the_tiles_of_the_rolled_sample(synth_store):
             np.testing.assert_array_equal(ft, f[..., lat, lon])
 
 
+@pytest.mark.multirank
 def test_lon_roll_shifts_are_one_stream_for_any_layout_and_reach_loader_workers(synth_store):
     """The shifts, like the items, are the same on a replica's ranks and split over replicas exactly as one
     replica's stream; the order does not change with lon_roll on; a loader worker reads the same rolled batch."""

@@ -47,6 +47,7 @@ def test_perfect_forecast_and_persistence():
     assert spatial_mean(truth * 0 + 3.0).values == pytest.approx(3.0)
 
 
+@pytest.mark.multirank
 def test_shallow_water_model_beats_persistence(tmp_path):
     """Held-out trajectories: a WeatherMixer trained for a few CPU minutes beats persistence at 6, 24, 72 h."""
     store = tmp_path / "swe.zarr"
@@ -152,6 +153,7 @@ def test_forecast_attrs_describe_the_values_not_the_source(tmp_path):
     assert fc["level"].attrs == {"units": "hPa", "long_name": "pressure level"} and fc.attrs["title"] == "t"
 
 
+@pytest.mark.multirank
 def test_streaming_scores_are_metrics_py_on_the_whole_arrays(serial_eval, synth_store):
     """The running sums give WB2's formulas (metrics.py) applied to the full forecast and truth arrays."""
     tmp, scores = serial_eval
@@ -211,6 +213,7 @@ def wb2_zonal_spectrum(values: np.ndarray, lat: np.ndarray) -> np.ndarray:
     return np.real(f * np.conj(f)) * twos * (2 * np.pi * 6_371_000.0 * np.cos(np.deg2rad(lat)))[:, None]
 
 
+@pytest.mark.multirank
 def test_spectra_and_netcdf_results_in_wb2s_form(serial_eval, synth_store):
     """spectra.nc: WB2's zonal energy spectrum of the whole forecast and truth rows, mean over 30-60 deg N/S
     (cos-weighted) and initial times; scores_<kind>.nc: WB2's results layout holding the same numbers as the rows."""
@@ -262,6 +265,7 @@ def wb2_climatology(store: xr.Dataset, variables) -> xr.Dataset:
     return clim.transpose("hour", "dayofyear", ...)
 
 
+@pytest.mark.multirank
 def test_acc_against_a_given_wb2_climatology(serial_eval, synth_store, tmp_path, capsys):
     """--climatology: ACC and the climatology forecast use the given WB2-format store at each valid time's
     (day of year, hour), equal to metrics.py on the whole arrays; its tiles are the full field's; a climatology
@@ -308,6 +312,7 @@ def test_acc_against_a_given_wb2_climatology(serial_eval, synth_store, tmp_path,
     assert "has no variable 'temperature'" in err and "partial.zarr" in err, err
 
 
+@pytest.mark.multirank
 @pytest.mark.parametrize("layout", [(2, 1, 1), (1, 2, 1), (1, 2, 2)], ids=["2x1x1", "1x2x1", "1x2x2"])
 def test_parallel_eval_equals_the_serial_one(serial_eval, synth_store, tmp_path, layout):
     """(1,2,2) reads the store written south to north and from 225 deg E (-135..219.375): each rank reads its
@@ -345,6 +350,7 @@ def test_parallel_eval_equals_the_serial_one(serial_eval, synth_store, tmp_path,
         np.testing.assert_allclose(par[var].values, ser[var].values, rtol=1e-4)
 
 
+@pytest.mark.multirank
 def test_forecast_from_given_times_past_the_store_end(serial_eval, synth_store, tmp_path):
     """jigsaw-forecast (the same engine, no scoring) at (1,2,1): from one of the eval's initial times it gives
     the eval's forecast; from the store's last time it runs past the store; an unknown time is one error."""
@@ -376,6 +382,7 @@ def test_forecast_from_given_times_past_the_store_end(serial_eval, synth_store, 
                              "--init-times", "1999-01-01T00"]) == 2
 
 
+@pytest.mark.multirank
 def test_python_api_forecasts_as_jigsaw_forecast_does(serial_eval, synth_store, tmp_path):
     """Forecaster.load(run).forecast(an xarray Dataset opened from the store) gives jigsaw-forecast's
     forecast.zarr for the same initial times (one from the store's last time, past its end), with its
@@ -413,6 +420,7 @@ def test_python_api_forecasts_as_jigsaw_forecast_does(serial_eval, synth_store, 
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.multirank
 def test_without_matplotlib_or_a_netcdf_writer_the_scores_are_written_and_each_skip_is_one_note(
         serial_eval, synth_store, tmp_path, capsys, monkeypatch):
     import sys
@@ -433,6 +441,7 @@ def test_without_matplotlib_or_a_netcdf_writer_the_scores_are_written_and_each_s
     assert not list(out.glob("*.png")) and not list(out.glob("*.nc"))
 
 
+@pytest.mark.multirank
 def test_seed_ensemble_forecast_is_the_members_mean_at_every_lead(serial_eval, synth_store, tmp_path):
     """jigsaw-eval --checkpoint A,B at (1,2,1): each member rolls out on its own and every lead's forecast is
     the mean of the members' forecasts (here A's from the serial eval and B's, a run with another seed)."""
@@ -550,6 +559,7 @@ def test_box_region_sums_over_column_tiles_equal_the_hand_computation():
     assert np.sqrt(se / sums.total_weight[sums.regions.index("europe"), 0, 0, 0]) == pytest.approx(np.sqrt(expected))
 
 
+@pytest.mark.multirank
 def test_a_regional_store_is_scored_as_its_domain(tmp_path, capsys):
     """A model trained 2 steps on a lat/lon box (Europe and around it, -180..180 longitudes) and evaluated: its
     scores are the "domain" region's and europe's, never "global"; no zonal spectra (the rows are no latitude

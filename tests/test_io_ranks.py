@@ -14,6 +14,8 @@ from conftest import ROOT, torchrun
 from jigsaw_ds.data.prepare import prepare
 from jigsaw_ds.data.synth import synth_dataset
 
+pytestmark = pytest.mark.multirank  # every test here runs a multi-process job
+
 LAT_CHUNK, LON_CHUNK, N_LAT, N_LON = 4, 64, 33, 128
 
 

@@ -83,6 +83,7 @@ def launch_env():
     return dict(spawn_env(), JIGSAW_VENV=os.path.dirname(BIN))
 
 
+@pytest.mark.multirank
 def test_torchrun_script_runs_the_jigsaw_layout(tmp_path, synth_store):
     cmd = write_configs(tmp_path, synth_store, tmp_path / "run")
     proc = subprocess.run(["bash", TORCHRUN, cmd[2], cmd[4], "2", "2", "--set", "train.steps=6"], cwd=ROOT,
@@ -92,6 +93,7 @@ def test_torchrun_script_runs_the_jigsaw_layout(tmp_path, synth_store):
     assert json.load(open(tmp_path / "run" / "config.json"))["layout"] == {"data": 1, "domain": 2, "tensor": 2}
 
 
+@pytest.mark.multirank
 def test_mistaken_allocation_fails_before_training(tmp_path, synth_store):
     cmd = write_configs(tmp_path, synth_store, tmp_path / "run")
     proc = subprocess.run(["bash", TORCHRUN, cmd[2], cmd[4], "2", "2"], cwd=ROOT,

@@ -78,6 +78,7 @@ def test_normalise_on_the_device_is_read_intos_normalisation_bit_for_bit(synth_s
     assert torch.equal(x, xr) and torch.equal(y, yr)
 
 
+@pytest.mark.multirank
 def test_loader_threads_and_processes_give_read_batchs_batches_and_resume_exactly(synth_store):
     """The Loader (reading thread into its ring; and DataLoader worker processes) hands on exactly
     read_batch's batches in the sampler's order, with lon_roll; its ring is allocated once (prefetch + 1

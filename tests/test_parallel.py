@@ -10,6 +10,8 @@ import pytest
 
 from conftest import ROOT, torchrun
 
+pytestmark = pytest.mark.multirank  # every test here runs a multi-process job
+
 TOL = 1e-5
 # After AdamW steps: Adam divides each gradient element by its own running RMS, so an element whose gradient
 # is at rounding level moves by up to lr either way, and how many such elements there are depends on the

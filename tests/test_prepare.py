@@ -287,6 +287,7 @@ def test_interrupted_ingest_keeps_the_old_store_until_the_new_one_is_complete(tm
 
 
 # ---- the command ---------------------------------------------------------------------------------------
+@pytest.mark.multirank
 def test_cli_prepare_and_its_errors(tmp_path, capsys):
     path = netcdf(small_source(), tmp_path / "s.nc")
     assert cli_main(["prepare", path, "--out", str(tmp_path / "s.zarr"), "--levels", "850", "--lat-chunk", "8"]) == 0

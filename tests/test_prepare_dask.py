@@ -71,6 +71,7 @@ def assert_stats_match_serial(path):
                                       (MEMBERS_NC, dict(lat_chunk=16, time_block=1)),
                                       (MEMBERS_GRIB, dict(lat_chunk=16, time_block=3, levels=[500]))],
                          ids=["uk-grib", "members-nc", "members-grib"])
+@pytest.mark.multirank
 def test_two_workers_write_the_store_one_worker_writes_real_files(tmp_path, two_workers, one_worker, path, kw):
     a = prepare([path], str(tmp_path / "one.zarr"), client=one_worker, **kw)
     b = prepare([path], str(tmp_path / "two.zarr"), client=two_workers, **kw)
@@ -93,6 +94,7 @@ def multi_file_sources(tmp_path, n_times=30, gap_at=17):
     return files, src
 
 
+@pytest.mark.multirank
 def test_two_workers_write_the_store_one_worker_writes_multi_file(tmp_path, two_workers, one_worker):
     files, src = multi_file_sources(tmp_path)
     a = prepare(files, str(tmp_path / "one.zarr"), lat_chunk=4, time_block=4, client=one_worker)
@@ -123,6 +125,7 @@ def wait_for_records(folder, n, proc, timeout=120):
     raise AssertionError(f"no {n} records in {folder} after {timeout} s")
 
 
+@pytest.mark.multirank
 def test_prepare_killed_with_sigkill_resumes_and_gives_the_same_store(tmp_path, two_workers):
     """The client and its LocalCluster's workers killed at once (SIGKILL to the process group, as when a node
     dies), after some regions: the next run writes only the others, and the store is the same."""
@@ -144,6 +147,7 @@ def test_prepare_killed_with_sigkill_resumes_and_gives_the_same_store(tmp_path, 
     assert_same_store(reference, str(out))
 
 
+@pytest.mark.multirank
 def test_a_worker_killed_mid_job_is_replaced_and_the_store_is_the_same(tmp_path, two_workers):
     src = synth_dataset(16, 32, 80, seed=8)[["temperature", "2m_temperature"]]
     src.to_zarr(str(tmp_path / "src.zarr"))
@@ -188,6 +192,7 @@ def test_unreachable_scheduler_is_one_clear_error(tmp_path, capsys, monkeypatch)
     assert "Traceback" not in "\n".join(err)
 
 
+@pytest.mark.multirank
 def test_regrid_on_one_dask_worker_gives_the_in_process_store_and_its_statistics(tmp_path, capsys):
     """--grid through the CLI: the block tasks interpolate on a Dask worker (--workers 1) and give the store the
     in-process run gives; statistics and the hour-of-day climatology are those of the regridded values; --plan

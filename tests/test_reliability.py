@@ -119,6 +119,7 @@ def test_a_time_gap_without_trajectories_is_never_a_training_pair(tmp_path):
 
 
 # ---- one owner per run directory --------------------------------------------------------------------------------
+@pytest.mark.multirank
 def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     assert run_lock.acquire(out) == ""
@@ -139,6 +140,7 @@ def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path, monke
     assert not os.path.exists(tmp_path / "run" / run_lock.LOCK)
 
 
+@pytest.mark.multirank
 def test_two_runs_into_one_out_dir(tmp_path, synth_store):
     """Started together: one trains, the other is refused before it writes anything."""
     args = write_configs(tmp_path, synth_store, tmp_path / "run", steps=3, ckpt_every=0)
@@ -166,6 +168,7 @@ def good_run(tmp_path_factory):
     return tmp, store, args
 
 
+@pytest.mark.multirank
 def test_non_finite_loss_stops_before_saving(good_run, tmp_path):
     tmp, store, _ = good_run
     bad_store, run = tmp_path / "store.zarr", tmp_path / "run"
@@ -185,6 +188,7 @@ def test_non_finite_loss_stops_before_saving(good_run, tmp_path):
     assert steps_logged(run) == [1, 2]
 
 
+@pytest.mark.multirank
 def test_full_disk_during_a_save(good_run, tmp_path):
     """ENOSPC while writing step 3's shards: one message, exit 1, no partial folder; --resume then works."""
     _, store, _ = good_run
@@ -200,6 +204,7 @@ def test_full_disk_during_a_save(good_run, tmp_path):
     assert steps_logged(tmp_path / "run") == [1, 2, 3, 4]
 
 
+@pytest.mark.multirank
 def test_resume_with_every_checkpoint_refused_stops(good_run, tmp_path, capsys):
     tmp, store, _ = good_run
     run = tmp_path / "run"
@@ -218,6 +223,7 @@ def test_resume_with_every_checkpoint_refused_stops(good_run, tmp_path, capsys):
 
 
 # ---- checkpoints: every reader verifies -----------------------------------------------------------------------
+@pytest.mark.multirank
 def test_checkpoint_readers_refuse_what_resume_refuses(good_run, tmp_path, capsys):
     tmp, _, _ = good_run
     run = tmp_path / "run"
@@ -235,6 +241,7 @@ def test_checkpoint_readers_refuse_what_resume_refuses(good_run, tmp_path, capsy
     assert verify(str(run / "checkpoints" / "step_00000002")) == "manifest has no file list"
 
 
+@pytest.mark.multirank
 def test_a_flipped_byte_is_refused_naming_the_file(good_run, tmp_path, capsys):
     """Same size, one byte changed in the newest checkpoint: the ranks that read the file find it (sha256);
     --resume says so and continues from the checkpoint before; export and evaluation refuse it."""
@@ -255,6 +262,7 @@ def test_a_flipped_byte_is_refused_naming_the_file(good_run, tmp_path, capsys):
     assert steps_logged(run) == [1, 2, 3]
 
 
+@pytest.mark.multirank
 def test_help_and_checkpoint_info_start_without_torch(good_run):
     """--help of the commands and `jigsaw-ckpt info` of a sharded checkpoint (its JSON metadata) import neither
     torch nor DeepSpeed nor the store's libraries: they answer at once, not after seconds of imports."""
@@ -349,6 +357,7 @@ def test_eval_bad_input_is_one_line(eval_setup, tmp_path, capsys, case, expected
 
 
 # ---- kill -9 at random points of a 4-rank run, resumed each time ----------------------------------------------
+@pytest.mark.multirank
 def test_kill_9_three_times_then_equal_to_an_uninterrupted_run(tmp_path, synth_store):
     """(1,2,2) with a checkpoint every step: killed 3 times (SIGKILL to the launcher and every rank) at a random
     moment of training (0 to 1 s after the run logged a step it had not reached before: inside steps, saves,

@@ -59,6 +59,7 @@ def eval_args(checkpoint, data, out, *extra):
     (["model.embed_dim=32", "model.history_steps=1"],  # each difference named, in one line
      ["'model.embed_dim' = 32, trained with 16", "'model.history_steps' = 1, trained with 0"]),
 ], ids=["history", "other_channel", "added_channel", "width", "two"])
+@pytest.mark.multirank
 def test_resume_with_other_inputs_or_width_is_one_line(trained, tmp_path, capsys, no_process_group, changes,
                                                        expected):
     tmp, _, run = trained
@@ -69,6 +70,7 @@ def test_resume_with_other_inputs_or_width_is_one_line(trained, tmp_path, capsys
         train_cli.main(args + ["--resume"])
 
 
+@pytest.mark.multirank
 def test_init_from_is_checked_in_one_line(trained, tmp_path, capsys, no_process_group):
     tmp, ds, run = trained
     new = tmp_path / "new"
@@ -93,6 +95,7 @@ def test_init_from_is_checked_in_one_line(trained, tmp_path, capsys, no_process_
         train_cli.main(same + ["--init-from", str(run)])
 
 
+@pytest.mark.multirank
 def test_ensemble_members_differing_in_inputs_are_one_line(trained, tmp_path, capsys):
     tmp, ds, run = trained
     first = tmp_path / "first.pt"
@@ -110,6 +113,7 @@ def test_ensemble_members_differing_in_inputs_are_one_line(trained, tmp_path, ca
 
 
 # ---- 2. a new run never overwrites an earlier run's outputs ----------------------------------------------------
+@pytest.mark.multirank
 def test_earlier_outputs_without_checkpoints_are_refused(trained, tmp_path, capsys, no_process_group):
     tmp, _, run = trained
     out = tmp_path / "run"
@@ -127,6 +131,7 @@ def test_earlier_outputs_without_checkpoints_are_refused(trained, tmp_path, caps
     assert sorted(os.listdir(out / aside[0])) == ["config.json", "metrics.jsonl", "tensorboard"]
 
 
+@pytest.mark.multirank
 def test_out_dir_that_is_a_file_is_one_line_on_every_rank(trained, tmp_path, capsys, monkeypatch, no_process_group):
     tmp, _, _ = trained
     (tmp_path / "a_file").write_text("mine")
@@ -144,6 +149,7 @@ def test_out_dir_that_is_a_file_is_one_line_on_every_rank(trained, tmp_path, cap
     assert (tmp_path / "a_file").read_text() == "mine"
 
 
+@pytest.mark.multirank
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_read_only_out_dir_is_one_line(trained, tmp_path, nproc):
     tmp, _, _ = trained
@@ -159,6 +165,7 @@ def test_read_only_out_dir_is_one_line(trained, tmp_path, nproc):
 
 
 # ---- 3. evaluation and forecast outputs: never over another command's -----------------------------------------
+@pytest.mark.multirank
 def test_forecast_and_eval_never_overwrite_each_other(trained, tmp_path, capsys):
     tmp, _, run = trained
     store, out = tmp / "store.zarr", tmp_path / "eval"
@@ -177,6 +184,7 @@ def test_forecast_and_eval_never_overwrite_each_other(trained, tmp_path, capsys)
     assert (out / "forecast.json").exists()
 
 
+@pytest.mark.multirank
 def test_forecast_with_no_initial_time_is_one_line(trained, tmp_path, capsys):
     tmp, _, run = trained
     assert eval_cli.forecast_main(eval_args(run, tmp / "store.zarr", tmp_path / "fc", "--init-times", ",")) == 2
@@ -184,6 +192,7 @@ def test_forecast_with_no_initial_time_is_one_line(trained, tmp_path, capsys):
     assert not (tmp_path / "fc").exists()
 
 
+@pytest.mark.multirank
 def test_export_to_an_existing_directory_is_one_line(trained, tmp_path, capsys):
     _, _, run = trained
     assert ckpt_cli.main(["export", str(run), "--out", str(tmp_path)]) == 2
@@ -195,6 +204,7 @@ def test_export_to_an_existing_directory_is_one_line(trained, tmp_path, capsys):
     ("other_lat", ["'latitude' = 80..-80 (17 points), the model was trained on 90..-90 (17 points)"]),
     ("lat_reversed_other_lon", ["'longitude' = 5..353.75 (32 points), the model was trained on 0..348.75 (32 points)"]),
 ])
+@pytest.mark.multirank
 def test_eval_on_other_coordinates_of_the_same_size_is_one_line(trained, tmp_path, capsys, case, expected):
     tmp, ds, run = trained
     if case == "other_lat":
@@ -223,6 +233,7 @@ def eval_in_trained_order(trained):
     return tmp / "eval_trained_order"
 
 
+@pytest.mark.multirank
 @pytest.mark.parametrize("case", list(REORDERS))
 def test_eval_on_the_trained_grid_in_another_order_reorders_it(trained, eval_in_trained_order, tmp_path, capsys,
                                                                 no_process_group, case):
@@ -256,6 +267,7 @@ def test_eval_on_the_trained_grid_in_another_order_reorders_it(trained, eval_in_
     assert ("the trained latitudes reversed" if flip else "the trained longitudes rolled by 16 columns") in line, line
 
 
+@pytest.mark.multirank
 def test_eval_normalises_as_the_model_was_trained_not_by_the_stores_statistics(trained, eval_in_trained_order,
                                                                               tmp_path, capsys, no_process_group):
     """A store of other times (a test year prepared on its own) has other means and spreads: the model's inputs
@@ -287,6 +299,7 @@ def test_eval_normalises_as_the_model_was_trained_not_by_the_stores_statistics(t
     assert tuned.trained_statistics["lead_tendency_std"] == recorded["lead_tendency_std"]
 
 
+@pytest.mark.multirank
 def test_run_records_its_grid(trained):
     tmp, ds, run = trained
     shape = json.loads((run / "config.json").read_text())["model_shape"]
@@ -295,6 +308,7 @@ def test_run_records_its_grid(trained):
 
 
 # ---- 5. a manifest entry without its size is an invalid checkpoint ---------------------------------------------
+@pytest.mark.multirank
 def test_manifest_entry_without_bytes_is_refused(trained, tmp_path, capsys, no_process_group):
     tmp, _, run = trained
     out = tmp_path / "run"
@@ -316,6 +330,7 @@ def test_manifest_entry_without_bytes_is_refused(trained, tmp_path, capsys, no_p
 
 
 # ---- 6. who is rank 0 under srun, before the process group ------------------------------------------------------
+@pytest.mark.multirank
 def test_eval_errors_said_by_the_slurm_rank_0_only(trained, tmp_path, capsys, monkeypatch):
     tmp, _, run = trained
     monkeypatch.delenv("RANK", raising=False)

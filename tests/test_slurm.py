@@ -18,6 +18,8 @@ import pytest
 from conftest import BIN, ROOT, spawn_env
 from test_train import read_metrics, write_configs
 
+pytestmark = pytest.mark.multirank  # every test here runs a multi-process job
+
 CLUSTER = os.path.join(ROOT, "launch", "slurm", "local_cluster.sh")
 SBATCH = os.path.join(ROOT, "launch", "slurm", "jigsaw.sbatch")
 BUDGET_S = 210  # the whole test, install included

@@ -9,6 +9,8 @@ import pytest
 from conftest import BIN, ROOT, run, spawn_env
 from jigsaw_ds.checkpoint.manager import CheckpointManager, verify
 
+pytestmark = pytest.mark.multirank  # every test here runs a multi-process job
+
 STEPS = 12
 
 

@@ -175,6 +175,13 @@ class FlatSharded(Split):
     over: str                         # 'domain' or 'jigsaw'
     tensor_dim: Optional[int] = None  # Megatron split over the tensor axis first (column: 0, row: 1)
 
+    def __post_init__(self):
+        # a tensor rank's slab is cut over the ranks that share it, its domain group; cut over the whole replica,
+        # the tensor ranks' pieces would interleave two slabs and lose half of each (tests/test_split_boxes.py)
+        if self.over not in ("domain", "jigsaw") or (self.over == "jigsaw" and self.tensor_dim is not None):
+            raise ValueError(f"FlatSharded(over={self.over!r}, tensor_dim={self.tensor_dim}): a flat cut is over "
+                             "'domain' (of a tensor slab or the whole tensor) or 'jigsaw' (of the whole tensor)")
+
     def slab(self, full_shape, groups) -> Chunk:
         """The tensor rank's Megatron shard as a box of the full tensor (what `materialize` gathers back to)."""
         offsets, sizes = [0] * len(full_shape), list(full_shape)

@@ -73,7 +73,7 @@ def worker(phase: str, domain: int, tensor: int, folder: str, out: str) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    from jigsaw_ds.checkpoint.layout_free import _init_zero_adam_state, fp32_partitions
+    from jigsaw_ds.checkpoint.zero import fp32_partitions, init_adam_state
     from jigsaw_ds.checkpoint.manager import CheckpointManager
     from jigsaw_ds.config import ModelConfig
     from jigsaw_ds.model import WeatherMixer
@@ -99,7 +99,7 @@ def worker(phase: str, domain: int, tensor: int, folder: str, out: str) -> None:
         engine.step()
         engine.zero_grad()
     else:  # a training engine holds Adam's moments from its first step on; the load fills them
-        _init_zero_adam_state(engine, 0)
+        init_adam_state(engine, 0)
     own = sum(p.numel() * p.element_size() for p in model.parameters())
     own += sum(t.numel() * t.element_size() * 3 for t in fp32_partitions(engine.optimizer))  # master + 2 moments
     dist.barrier()

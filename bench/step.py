@@ -188,7 +188,7 @@ def engine_state_bytes(engine) -> dict:
     module = engine.module
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     weights = sum(p.numel() * p.element_size() for p in module.parameters())
-    from jigsaw_ds.checkpoint.layout_free import fp32_partitions
+    from jigsaw_ds.checkpoint.zero import fp32_partitions
 
     opt = engine.optimizer
     seen = {}

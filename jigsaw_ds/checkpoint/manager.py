@@ -22,6 +22,7 @@ from ..files import write_atomic
 from . import sharded
 from .folder import MANIFEST, META, Checkpoints, CorruptCheckpoint, find_checkpoint, sha256
 from .folder import verify  # noqa: F401 (re-exported: whether a checkpoint is complete, asked of the manager)
+from .zero import set_step
 
 
 def _failure_on_any_rank(device, write, *args) -> str:
@@ -100,7 +101,7 @@ class CheckpointManager(Checkpoints):
             if why:
                 say(f"jigsaw-train: refusing checkpoint {tag}: {why}")
                 continue
-            engine.global_steps, engine.global_samples = meta["step"], meta["step"] * engine.train_batch_size()
+            set_step(engine, meta["step"])
             say(f"jigsaw-train: resumed from {os.path.join(self.root, tag)} (step {meta['step']}); saved at layout "
                 f"{meta['config'].get('layout')} by {meta['world']} ranks")
             return int(meta["step"])

@@ -38,8 +38,9 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, Metadata
 from torch.distributed.checkpoint.planner import LoadPlan, TensorWriteData, WriteItem, WriteItemType
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from .layout_free import ADAM_STATES, FORMAT as LAYOUT_FREE_FORMAT, _adam_step, _init_zero_adam_state, \
-    _link_adam_state, _zero_optimizer, restore_scheduler
+from .layout_free import FORMAT as LAYOUT_FREE_FORMAT, restore_scheduler
+from .zero import ADAM_STATES, adam_step, fragment, has_adam_state, init_adam_state, link_adam_state, \
+    update_module_weights, zero_optimizer
 # a folder's files and metadata, read without torch (jigsaw-ckpt info), are folder.py's (read_meta re-exported)
 from .folder import FORMAT, CorruptCheckpoint, check_file, read_meta, sha256
 
@@ -55,15 +56,9 @@ def own_boxes(model, groups, keys, writing: bool) -> dict:
         split = p.jigsaw_split
         if writing and not split.saves_chunks(p.full_shape, groups, model.partition):
             continue
-        # DeepSpeed's per-parameter link into its ZeRO partition (what safe_get_full_fp32_param reads): None
-        # where this rank's partition holds none of p
-        mapping = getattr(p, "_hp_mapping", None)
         for key in keys:
-            boxes = []
-            if mapping is not None:
-                fragment = mapping.get_hp_fragment(None if key == "weights" else key)
-                boxes = split.fragment_chunks(fragment, mapping.lp_fragment_address.start, p.full_shape, groups,
-                                              model.partition)
+            held = fragment(p, None if key == "weights" else key)  # None: this rank's partition holds none of p
+            boxes = [] if held is None else split.fragment_chunks(*held, p.full_shape, groups, model.partition)
             out[f"{key}/{name}"] = (tuple(p.full_shape), boxes)
     return out
 
@@ -168,10 +163,10 @@ def _unwrap(e: CheckpointException) -> Exception:
 def save(folder: str, engine, model, groups) -> dict:
     """Write this rank's boxes into `folder`; returns {file: {bytes, sha256}} of the files it wrote. A write
     error on any rank is raised on every rank (OSError)."""
-    zero = _zero_optimizer(engine)
-    moments = bool(zero.optimizer.state)
+    zero = zero_optimizer(engine)
+    moments = has_adam_state(zero)
     if moments:
-        _link_adam_state(zero)
+        link_adam_state(zero)
     boxes = own_boxes(model, groups, STATES if moments else ("weights",), writing=True)
     plain = {f"buffers/{n}": b.detach().cpu() for n, b in model.named_buffers()}
     plain[f"rng/rank_{dist.get_rank()}"] = torch.get_rng_state()
@@ -186,9 +181,9 @@ def save(folder: str, engine, model, groups) -> dict:
 
 def meta_of(engine, model, step: int, run_config: dict) -> dict:
     """What jigsaw.json says of a checkpoint (rank 0 writes it at commit)."""
-    zero = _zero_optimizer(engine)
+    zero = zero_optimizer(engine)
     return {"format": FORMAT, "step": step, "config": run_config, "world": dist.get_world_size(),
-            "moments": bool(zero.optimizer.state), "adam_step": _adam_step(zero),
+            "moments": has_adam_state(zero), "adam_step": adam_step(zero),
             "scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
             "optimizer_wrapper": type(zero).__name__, "module_dtype": str(next(model.parameters()).dtype),
             "tensors": {name: list(p.full_shape) for name, p in model.named_parameters()}}
@@ -209,10 +204,9 @@ def load(folder: str, files: dict, engine, model, groups, weights_only: bool = F
     weights_only: fp32 master (hence module) weights and buffers; the optimizer and schedule start afresh."""
     meta = read_meta(folder, files)
     check_model(meta, model)
-    zero = _zero_optimizer(engine)
     moments = meta["moments"] and not weights_only
     if moments:
-        _init_zero_adam_state(engine, meta["adam_step"])  # Adam's state exists only after a step: make it
+        init_adam_state(engine, meta["adam_step"])  # Adam's state exists only after a step: make it
     boxes = own_boxes(model, groups, STATES if moments else ("weights",), writing=False)
     plain = {f"buffers/{n}": b for n, b in model.named_buffers()}  # loaded in place
     rng_key = f"rng/rank_{dist.get_rank()}"
@@ -224,7 +218,7 @@ def load(folder: str, files: dict, engine, model, groups, weights_only: bool = F
         raise _unwrap(e) from None
     if rng_key in plain:
         torch.set_rng_state(plain[rng_key])
-    zero.update_lp_params()  # module weights from the fp32 master, all-gathered over the data axis
+    update_module_weights(engine)
     if not weights_only:
         restore_scheduler(engine, meta["scheduler"])
     return meta

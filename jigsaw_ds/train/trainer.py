@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from ..checkpoint import sharded
 from ..checkpoint.layout_free import import_state, load_file
+from ..checkpoint.zero import check_engine
 from ..checkpoint.manager import CheckpointManager, find_checkpoint
 from ..data.dataset import Loader, PairDataset, ReplicaBatches
 from ..errors import NonFiniteError
@@ -70,6 +71,7 @@ class Trainer:
                   " and its CPU shared-memory comm op (built once per environment, 1-2 min)"), flush=True)
         self.engine, *_ = deepspeed.initialize(model=self.model, model_parameters=self.model.parameters(),
                                                config=run.ds_config, mpu=JigsawMPU(self.groups))
+        check_engine(self.engine)  # DeepSpeed's ZeRO internals the checkpoints read: here, before any step
         self.device = self.engine.device
         # samples per forward/backward of this replica, and how many of them make its share of a step
         self.micro = run.ds_config["train_micro_batch_size_per_gpu"]

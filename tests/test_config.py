@@ -306,3 +306,14 @@ def test_numbers_and_lists_are_one_line(tmp_path, capsys, synth_store, file, key
     _set(tmp_path / f"{file}.json", key, value)
     assert expected in cli_error(capsys, args)
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_the_run_schedule_logs_validates_and_saves_where_the_config_says():
+    from jigsaw_ds.train.trainer import Schedule
+
+    schedule = Schedule(steps=10, log_every=3, val_every=4, ckpt_every=5)
+    assert [s for s in range(1, 11) if schedule.syncs(s)] == [3, 4, 5, 6, 8, 9, 10]
+    assert [s for s in range(1, 11) if schedule.validates(s)] == [4, 8, 10]
+    assert [s for s in range(1, 11) if schedule.saves(s)] == [5, 10]
+    at_end = Schedule(steps=10, log_every=20, val_every=20, ckpt_every=0)  # 0: the last step only
+    assert [s for s in range(1, 11) if at_end.saves(s) or at_end.syncs(s)] == [10]

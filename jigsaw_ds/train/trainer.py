@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,8 +18,8 @@ import torch.distributed as dist
 
 from ..checkpoint import sharded
 from ..checkpoint.layout_free import import_state, load_file
-from ..checkpoint.zero import check_engine
 from ..checkpoint.manager import CheckpointManager, find_checkpoint
+from ..checkpoint.zero import check_engine
 from ..data.dataset import Loader, PairDataset, ReplicaBatches
 from ..errors import NonFiniteError
 from ..grid import lat_cell_weights
@@ -148,13 +149,12 @@ class Trainer:
 
     # ---- reductions over the replica and the data axis -------------------------------------------------
     def global_mean(self, local_part: torch.Tensor) -> torch.Tensor:
-        """Sum a loss's parts over the replica, average over data-parallel replicas (not counted as traffic);
-        stays on the device (reading it is a host synchronisation, done only where the value is logged)."""
+        """Sum a loss's parts over the replica, average over data-parallel replicas: one all-reduce over the
+        world (= data x replica; not counted as traffic), on any shape (a window of steps' parts at once);
+        stays on the device."""
         value = local_part.detach().float().clone()
-        if self.groups.size("jigsaw") > 1:
-            dist.all_reduce(value, group=self.groups.handles["jigsaw"])
-        if self.groups.size("data") > 1:
-            dist.all_reduce(value, group=self.groups.handles["data"])
+        if dist.get_world_size() > 1:
+            dist.all_reduce(value)
             value /= self.groups.size("data")
         return value
 
@@ -164,8 +164,8 @@ class Trainer:
         `self.accumulate` micro-batches (gradient accumulation: DeepSpeed scales each micro-batch's loss by
         1 / their number and steps the optimizer after the last); with train.rollout_steps = K each loss is the
         mean over a K-step rollout, each prediction fed back with the static channels and the next step's
-        forcings, gradient through all K steps. Returns the step's loss (global mean, on the device) and the
-        seconds spent waiting for data."""
+        forcings, gradient through all K steps. Returns this rank's part of the step's loss (on the device; the
+        log step reduces a window of them at once, `global_mean`) and the seconds spent waiting for data."""
         loss, waited = 0.0, 0.0
         for a in range(self.accumulate):
             t0 = time.perf_counter()
@@ -180,7 +180,7 @@ class Trainer:
             self.engine.backward(part)
             self.engine.step()
             loss = loss + part.detach() / self.accumulate
-        return self.global_mean(loss), waited
+        return loss, waited
 
     def _replica_batches(self, n_items: int, seed: int, **kw) -> ReplicaBatches:
         """This replica's draws of the global batch stream, in micro-batches."""
@@ -224,9 +224,11 @@ class Trainer:
                              f"saving; the newest checkpoint is from before this step (--resume continues from it)")
 
     def fit(self) -> None:
-        """The loop. Loss and gradient norm stay on the device between sync steps (log, validation, checkpoint,
-        last): the host waits for the device only there, and times are taken over the steps between them."""
+        """The loop. Loss parts and gradient norms stay on the device between the schedule's sync steps (log,
+        validation, checkpoint, last): the host waits for the device only there, one reduction gives the
+        window's losses, and times are taken over the steps between them."""
         cfg = self.cfg.train
+        schedule = Schedule(cfg.steps, cfg.log_every, cfg.val_every, cfg.ckpt_every)
         sampler = self._replica_batches(len(self.train_set), cfg.seed, start_step=self.start_step,
                                         steps=cfg.steps - self.start_step,
                                         lon_roll=self.store.n_lon if self.cfg.data.lon_roll else 0)
@@ -235,45 +237,27 @@ class Trainer:
         if self.rank0 and cfg.progress and sys.stderr.isatty():  # a log file gets the plain lines below instead
             from tqdm import tqdm
             progress = tqdm(total=cfg.steps, initial=self.start_step, desc="train", dynamic_ncols=True)
-        world = dist.get_world_size()
-        window = _Window()  # the steps since the last log step
+        window = _Window()  # the steps since the last sync step
         t_start, waits = time.perf_counter(), []  # this invocation's steps: the run's rate, said at the end
         with loader:
             for step in range(self.start_step + 1, cfg.steps + 1):
                 comm_stats.reset()
                 lr = self.engine.get_lr()[0]  # the optimizer's rate, which this step uses (engine.step advances it)
-                loss, t_data = self.train_step(step, loader)
-                window.add(step, loss, self.engine.get_global_grad_norm(), t_data)
+                loss_part, t_data = self.train_step(step, loader)
+                window.add(step, loss_part, self.engine.get_global_grad_norm(), t_data)
                 waits.append(t_data)
                 if progress:
                     progress.update(1)
-                validate = step % cfg.val_every == 0 or step == cfg.steps
-                save = (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps
-                if not (validate or save or step % cfg.log_every == 0):
+                if not schedule.syncs(step):
                     continue
-                dt = window.sync()  # the one host synchronisation of the window
+                dt = window.sync(self.global_mean)  # the one host synchronisation of the window
                 self._check_finite(window, sampler)
-                loss = window.losses[-1]
-                record = {"step": step, "loss": loss, "lr": lr, "grad_norm": window.norms[-1],
-                          "step_time_s": dt, "samples_per_s": cfg.global_batch / dt,
-                          "tflops_per_gpu": self.flops_per_step / dt / world / 1e12,
-                          **data_wait(window.data_waits, dt * len(window.steps)), "peak_mem_gb": _peak_memory_gb(),
-                          "comm_bytes": comm_stats.snapshot()}
-                if cfg.peak_tflops:
-                    record["mfu"] = record["tflops_per_gpu"] / cfg.peak_tflops
-                if validate:
+                record = self._record(step, lr, window, dt)
+                if schedule.validates(step):
                     record["val_loss"], record["val_loss_persistence"] = self.validate()
                 self.logger.log(record)
-                if self.rank0 and not progress:  # a log file (or no bar): a plain line per log step
-                    print(f"step {step}/{cfg.steps} loss {loss:.4g} lr {lr:.3g} {dt * 1e3:.0f} ms/step data wait "
-                          f"{record['data_wait_frac']:.1%}" + (f" MFU {record['mfu']:.1%}" if "mfu" in record else "")
-                          + (f" val {record['val_loss']:.4g} (persistence {record['val_loss_persistence']:.4g})"
-                             if validate else ""), flush=True)
-                if progress:
-                    progress.set_postfix(loss=f"{loss:.4f}", **({"val": f"{record['val_loss']:.4f}",
-                                                                "persist": f"{record['val_loss_persistence']:.4f}"}
-                                                               if validate else {}))
-                if save:
+                self._say(record, progress)
+                if schedule.saves(step):
                     self.ckpt.save(self.engine, self.model, self.groups, step, self.run_config())
                 window = _Window()
         if progress:
@@ -287,6 +271,53 @@ class Trainer:
                   f"{wait['data_wait_frac']:.1%} of the time (per step mean {wait['data_wait_mean_s'] * 1e3:.1f} ms, "
                   f"p95 {wait['data_wait_p95_s'] * 1e3:.1f}, max {wait['data_wait_max_s'] * 1e3:.1f})", flush=True)
         self.logger.close()
+
+    def _record(self, step: int, lr: float, window: "_Window", dt: float) -> dict:
+        """The metrics.jsonl record of a sync step (the window's last step; rates over the whole window)."""
+        cfg = self.cfg.train
+        record = {"step": step, "loss": window.losses[-1], "lr": lr, "grad_norm": window.norms[-1],
+                  "step_time_s": dt, "samples_per_s": cfg.global_batch / dt,
+                  "tflops_per_gpu": self.flops_per_step / dt / dist.get_world_size() / 1e12,
+                  **data_wait(window.data_waits, dt * len(window.steps)), "peak_mem_gb": _peak_memory_gb(),
+                  "comm_bytes": comm_stats.snapshot()}
+        if cfg.peak_tflops:
+            record["mfu"] = record["tflops_per_gpu"] / cfg.peak_tflops
+        return record
+
+    def _say(self, record: dict, progress) -> None:
+        """Rank 0's line of a sync step: the bar's postfix, or a plain line (a log file, or no bar)."""
+        if not self.rank0:
+            return
+        validated = "val_loss" in record
+        if progress:
+            progress.set_postfix(loss=f"{record['loss']:.4f}", **({"val": f"{record['val_loss']:.4f}",
+                                                                  "persist": f"{record['val_loss_persistence']:.4f}"}
+                                                                 if validated else {}))
+            return
+        print(f"step {record['step']}/{self.cfg.train.steps} loss {record['loss']:.4g} lr {record['lr']:.3g} "
+              f"{record['step_time_s'] * 1e3:.0f} ms/step data wait {record['data_wait_frac']:.1%}"
+              + (f" MFU {record['mfu']:.1%}" if "mfu" in record else "")
+              + (f" val {record['val_loss']:.4g} (persistence {record['val_loss_persistence']:.4g})"
+                 if validated else ""), flush=True)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which steps of a run log, validate and save (train.log_every, val_every, ckpt_every; a ckpt_every of 0 saves
+    at the end only): the last step does all three. A step that does any of them syncs with the device."""
+    steps: int
+    log_every: int
+    val_every: int
+    ckpt_every: int
+
+    def validates(self, step: int) -> bool:
+        return step % self.val_every == 0 or step == self.steps
+
+    def saves(self, step: int) -> bool:
+        return bool(self.ckpt_every and step % self.ckpt_every == 0) or step == self.steps
+
+    def syncs(self, step: int) -> bool:
+        return self.validates(step) or self.saves(step) or step % self.log_every == 0
 
 
 class _Window:
@@ -302,9 +333,10 @@ class _Window:
         self.norms.append(norm)
         self.data_waits.append(t_data)
 
-    def sync(self) -> float:
-        """Read the values to the host (waits for the device); returns the seconds per step (total / steps)."""
-        self.losses = torch.stack(self.losses).tolist()
+    def sync(self, global_mean) -> float:
+        """The window's losses from the ranks' parts, reduced at once (`global_mean` of the stacked parts), read to
+        the host with the norms (waits for the device); returns the seconds per step (total / steps)."""
+        self.losses = global_mean(torch.stack(self.losses)).tolist()
         self.norms = [_float(n) for n in self.norms]
         return (time.perf_counter() - self.t0) / len(self.steps)
 

@@ -10,9 +10,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 
 
+# A test that starts a process (a launcher job, a command, a Dask worker, loader workers), itself or through a
+# fixture, carries @pytest.mark.multirank, so that `pytest -m "not multirank"` runs the in-process tests alone,
+# in minutes. The check covers set-up too: a module fixture that spawns a job is the test's cost. A fixture
+# already made by an earlier marked test is not started again, so which test fails can depend on the order;
+# the full suite marks them all.
 @contextlib.contextmanager
-def _no_process_starts(item):
+def _processes_only_if_marked(item):
     """Within an unmarked test's set-up and call, starting a process fails, naming the marker."""
+    if item.get_closest_marker("multirank"):
+        yield
+        return
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"{item.nodeid} starts a process (or one of its fixtures does): mark it "
                              "@pytest.mark.multirank (tests/conftest.py)")
@@ -25,24 +34,15 @@ def _no_process_starts(item):
         subprocess.Popen._execute_child, multiprocessing.process.BaseProcess.start = saved
 
 
-# A test that starts a process (a launcher job, a command, a Dask worker, loader workers), itself or through a
-# fixture, carries @pytest.mark.multirank, so that `pytest -m "not multirank"` runs the in-process tests alone,
-# in minutes. The check covers set-up too: a module fixture that spawns a job is the test's cost. A fixture
-# already made by an earlier marked test is not started again, so which test fails can depend on the order;
-# the full suite marks them all.
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
-    if item.get_closest_marker("multirank"):
-        return (yield)
-    with _no_process_starts(item):
+    with _processes_only_if_marked(item):
         return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
-    if item.get_closest_marker("multirank"):
-        return (yield)
-    with _no_process_starts(item):
+    with _processes_only_if_marked(item):
         return (yield)
 
 

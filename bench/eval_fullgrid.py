@@ -48,7 +48,7 @@ def make_inputs() -> tuple[str, str]:
     from jigsaw_ds.data.store import WeatherStore
     from jigsaw_ds.data.synth import synth_dataset
     from jigsaw_ds.data.writer import write_store
-    from jigsaw_ds.model import WeatherMixer, input_channels
+    from jigsaw_ds.model import ModelShape, input_channels
 
     store_path, ckpt = os.path.join(TMP, "store.zarr"), os.path.join(TMP, "model.pt")
     if not os.path.exists(store_path):
@@ -63,9 +63,9 @@ def make_inputs() -> tuple[str, str]:
         "parallel": {"domain": 2, "tensor": 2}, "train": {"out_dir": TMP, "global_batch": 4}})
     store = WeatherStore(store_path, cfg.data.variables, cfg.data.surface_variables, cfg.data.levels)
     n_state = len(store.channels)
-    shape = {"n_lat": 721, "n_lon": 1440, "out_channels": n_state, "in_channels": input_channels(cfg.model, n_state, 0)}
-    model = WeatherMixer(cfg.model, 721, 1440, shape["in_channels"], n_state)
-    run_config = {"jigsaw": cfg.to_dict(), "layout": {"data": 1, "domain": 1, "tensor": 1}, "model_shape": shape,
+    shape = ModelShape(cfg.model, 721, 1440, input_channels(cfg.model, n_state, 0), n_state)
+    model = shape.build()
+    run_config = {"jigsaw": cfg.to_dict(), "layout": {"data": 1, "domain": 1, "tensor": 1}, "model_shape": shape.record(),
                   "channels": [c.name for c in store.channels]}
     names = [n for n, _ in model.named_parameters()]
     torch.save({"format": FORMAT, "step": 0, "config": run_config,

@@ -63,8 +63,7 @@ def main(argv=None) -> int:
     store = WeatherStore(args.store, jcfg.data.variables, jcfg.data.surface_variables, jcfg.data.levels,
                          jcfg.model.static_variables)
     run_config = {"jigsaw": jcfg.to_dict(), "channels": [c.name for c in store.channels],
-                  "model_shape": {"n_lat": grid[0], "n_lon": grid[1], "in_channels": shape.c_in,
-                                  "out_channels": shape.c_out}}
+                  "model_shape": shape.record()}
     model = build_model(run_config)
     weights = os.path.join("/tmp", f"jigsaw_forecast_bench_{tag}.pt")
     torch.save({"format": FORMAT, "step": 0, "config": run_config, "model": {n: p.detach() for n, p in model.named_parameters()},

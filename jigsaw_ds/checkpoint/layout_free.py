@@ -43,12 +43,10 @@ def build_model(run_config: dict, groups: Optional[JigsawGroups] = None):
     """The WeatherMixer a run's resolved config (config.json, or a checkpoint's `config`) describes, at the
     layout of `groups` (default: one process); parameters initialised from the run's seed."""
     from ..config import from_dict
-    from ..model import WeatherMixer
+    from ..model.shape import ModelShape
 
     cfg = from_dict(run_config["jigsaw"])
-    shape = run_config["model_shape"]
-    return WeatherMixer(cfg.model, shape["n_lat"], shape["n_lon"], shape["in_channels"], shape["out_channels"],
-                        groups, seed=cfg.train.seed)
+    return ModelShape.of_record(cfg.model, run_config["model_shape"]).build(groups, seed=cfg.train.seed)
 
 
 def import_state(engine, model, groups: JigsawGroups, state: dict) -> int:

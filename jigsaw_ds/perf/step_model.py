@@ -72,15 +72,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..config import ConfigError, JigsawConfig, ModelConfig, read_json_object
-from ..model import input_channels
-from ..model.flops import n_tokens, train_flops_per_sample
-from ..parallel.partition import TokenPartition, split_problems
+from ..config import ConfigError, read_json_object
+from ..model.shape import ModelShape, resolve_grid  # noqa: F401 (resolve_grid re-exported: the planner's grid)
+from ..parallel.partition import split_problems
 from ..parallel.topology import Layout
 from .comm_model import Collective, meta_model, params_per_rank, step_collectives, sum_bytes
 
@@ -90,74 +87,6 @@ OVERLAPS = ("serial", "prefetch", "overlapped")
 
 
 # ---- inputs ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelShape:
-    """A WeatherMixer and the grid it runs on: all the step model needs to know of config and data."""
-    cfg: ModelConfig
-    n_lat: int
-    n_lon: int
-    c_in: int
-    c_out: int
-
-    @property
-    def n_tokens(self) -> int:
-        return n_tokens(self.n_lat, self.n_lon, self.cfg.patch)
-
-    def partition(self, layout: Layout) -> TokenPartition:
-        return TokenPartition(self.n_lat, self.n_lon, self.cfg.patch, layout.domain, layout.tensor)
-
-    def with_depth(self, depth: int) -> "ModelShape":
-        return dataclasses.replace(self, cfg=dataclasses.replace(self.cfg, depth=depth))
-
-    @classmethod
-    def from_config(cls, cfg: JigsawConfig, grid: Optional[tuple[int, int]] = None,
-                    n_levels: Optional[int] = None) -> "ModelShape":
-        """Channels from the config's variable lists; the grid from `grid`, else `resolve_grid`."""
-        n_lat, n_lon = grid or resolve_grid(cfg)
-        levels = len(cfg.data.levels) if cfg.data.levels else n_levels
-        if cfg.data.variables and not levels and os.path.exists(cfg.data.store):
-            import xarray as xr
-
-            levels = xr.open_zarr(cfg.data.store, chunks=None).sizes.get("level", 0)
-        if cfg.data.variables and not levels:
-            raise ConfigError("data.levels is empty (all levels of the store) and the store cannot be read: "
-                              "list the levels in the config")
-        c_out = len(cfg.data.variables) * (levels or 0) + len(cfg.data.surface_variables)
-        c_in = input_channels(cfg.model, c_out, len(cfg.model.static_variables))
-        return cls(cfg.model, n_lat, n_lon, c_in, c_out)
-
-
-def resolve_grid(cfg: JigsawConfig) -> tuple[int, int]:
-    """The grid of the config's data: the store's coordinates if it exists, else data.generate's grid,
-    else a WeatherBench2 equiangular grid with poles named in the store path ('0.25deg', '0p25deg' or
-    '025deg' -> 721 x 1440; '0125deg' -> 1441 x 2880)."""
-    path = cfg.data.store
-    if path and os.path.exists(path):
-        import xarray as xr
-
-        ds = xr.open_zarr(path, chunks=None)
-        return ds.sizes["latitude"], ds.sizes["longitude"]
-    if cfg.data.generate:
-        from ..data.generate import generated_grid
-
-        n_lat, n_lon = generated_grid(cfg.data.generate)
-        return int(n_lat), int(n_lon)
-    # '0.25deg', '0p25deg', and '025deg' / '0125deg' (a leading zero is the decimal point, as in era5_0125deg)
-    match = re.search(r"(\d+)(?:[.p](\d+))?\s*deg", os.path.basename(path))
-    if match:
-        whole, frac = match.groups()
-        if frac is None and len(whole) > 1 and whole.startswith("0"):
-            whole, frac = "0", whole[1:]
-        res = float(f"{whole}.{frac or 0}")
-        n_lon = 360 / res if res > 0 else 0
-        if n_lon < 1 or abs(n_lon - round(n_lon)) > 1e-6 or round(n_lon) % 2:
-            raise ConfigError(f"data.store '{path}': {res:g} deg does not divide the circle into an even number of "
-                              f"longitudes: give --grid HxW")
-        return round(n_lon) // 2 + 1, round(n_lon)
-    raise ConfigError(f"cannot tell the grid of data.store '{path}' (it does not exist and names no resolution): "
-                      f"give --grid HxW")
-
-
 @dataclass(frozen=True)
 class Machine:
     """A GPU cluster, from a JSON file (configs/machines/*.json). Bandwidths in GB/s (1e9 B/s), TFLOP/s."""
@@ -263,7 +192,7 @@ def own_tokens(shape: ModelShape, layout: Layout, domain_rank: int = 0) -> int:
 
 def flops_per_rank(shape: ModelShape, layout: Layout, micro_batch: int, domain_rank: int = 0) -> float:
     """Training FLOPs of one rank per micro-step: its share n / N of train_flops_per_sample x B."""
-    total = train_flops_per_sample(shape.cfg, shape.n_lat, shape.n_lon, shape.c_in, shape.c_out) * micro_batch
+    total = shape.train_flops_per_sample() * micro_batch
     return total * own_tokens(shape, layout, domain_rank) / shape.n_tokens
 
 
@@ -599,7 +528,7 @@ def predict_step(shape: ModelShape, layout: Layout, machine: Machine, setup: Tra
              "prefetch": max(t_io, t_compute + t_comm + t_opt),
              "overlapped": max(t_io, t_compute + t_opt, t_comm)}
     memory = memory_bytes(shape, layout, setup, machine, domain_rank)
-    flops_step = train_flops_per_sample(shape.cfg, shape.n_lat, shape.n_lon, shape.c_in, shape.c_out) * setup.global_batch
+    flops_step = shape.train_flops_per_sample() * setup.global_batch
     return StepPrediction(layout=layout, micro_batch=B, accumulation=k, flops_per_step=flops_step,
                           flops_per_rank=k * flops_per_rank(shape, layout, B, domain_rank), params_per_rank=P,
                           memory=memory, collectives=collectives, comm_times=comm_times, read_bytes_per_rank=read,

@@ -88,15 +88,20 @@ class Run:
             self.trained_statistics = record
 
     @property
-    def model_shape(self) -> dict:
-        """What the model needs of the store: grid and channel counts, and the grid's coordinates and time
-        step that its inputs are checked by (model/inputs.py; written to config.json and every checkpoint)."""
+    def shape(self) -> "ModelShape":
+        """The model's size on this run's store: its grid, and its channels as the store holds them."""
         from ..model import input_channels
+        from ..model.shape import ModelShape
 
         s = self.store
-        return {"n_lat": s.n_lat, "n_lon": s.n_lon, "out_channels": len(s.channels),
-                "in_channels": input_channels(self.cfg.model, len(s.channels), len(s.static_variables)),
-                **inputs.grid_of(s)}
+        return ModelShape(self.cfg.model, s.n_lat, s.n_lon,
+                          input_channels(self.cfg.model, len(s.channels), len(s.static_variables)), len(s.channels))
+
+    @property
+    def model_shape(self) -> dict:
+        """Its record in config.json and every checkpoint: the shape's sizes, and the grid's coordinates and time
+        step that a model's inputs are checked by (model/inputs.py)."""
+        return {**self.shape.record(), **inputs.grid_of(self.store)}
 
     def inputs(self) -> dict:
         """What this run's model reads, and its width (model/inputs.py's record), once the store is open."""
@@ -143,9 +148,8 @@ def check_memory(run: Run, ranks_here: int) -> None:
     from ..perf import step_model as pm
 
     cfg = run.cfg
-    try:
-        grid = (run.store.n_lat, run.store.n_lon) if run.store is not None else None
-        shape = pm.ModelShape.from_config(cfg, grid, len(run.store.channels) if run.store is not None else None)
+    try:  # the store's own shape once it is open; before, what the config says
+        shape = run.shape if run.store is not None else pm.ModelShape.from_config(cfg)
     except jconfig.ConfigError:  # a grid it cannot tell before the store exists: the allocation will say
         return
     micro, _ = micro_batches(cfg, run.layout)

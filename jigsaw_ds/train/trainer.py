@@ -23,7 +23,6 @@ from ..checkpoint.zero import check_engine
 from ..data.dataset import Loader, PairDataset, ReplicaBatches
 from ..errors import NonFiniteError
 from ..grid import lat_cell_weights
-from ..model import WeatherMixer, train_flops_per_sample
 from ..parallel import comm_stats
 from ..parallel.topology import JigsawMPU, initialize, reduce_sum
 from ..perf.timing import spread
@@ -87,14 +86,12 @@ class Trainer:
 
     # ---- construction ----------------------------------------------------------------------------------
     def _build_model(self) -> None:
-        store, shape = self.store, self.run.model_shape
+        shape = self.run.shape
         # its output scaling (tendency_scale) is set with the loss's units, in _build_data, once the tile is known
-        self.model = WeatherMixer(self.cfg.model, shape["n_lat"], shape["n_lon"], shape["in_channels"],
-                                  shape["out_channels"], self.groups, seed=self.cfg.train.seed)
+        self.model = shape.build(self.groups, seed=self.cfg.train.seed)
         # a K-step rollout runs the model K times per sample, forward and backward
-        self.flops_per_step = train_flops_per_sample(self.cfg.model, shape["n_lat"], shape["n_lon"],
-                                                     shape["in_channels"], shape["out_channels"]) \
-            * self.cfg.train.global_batch * self.cfg.train.rollout_steps
+        self.flops_per_step = shape.train_flops_per_sample() * self.cfg.train.global_batch \
+            * self.cfg.train.rollout_steps
 
     def _build_data(self) -> None:
         cfg, store, part = self.cfg, self.store, self.model.partition

@@ -9,7 +9,7 @@ import xarray as xr
 from jigsaw_ds.config import ConfigError
 from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches, split_train_val
 from jigsaw_ds.data.store import StoreError, WeatherStore
-from jigsaw_ds.data.synth import synth_dataset
+from jigsaw_ds.data.synth import synth_dataset, synth_lazy
 from jigsaw_ds.data.writer import write_store
 from jigsaw_ds.parallel.partition import TokenPartition
 
@@ -28,6 +28,18 @@ def test_synth_store_has_wb2_schema(synth_store):
     assert list(ds["level"].values) == [500, 850]
     assert ds["latitude"].values[0] == 90 and ds["latitude"].values[-1] == -90
     assert "jigsaw_stats" in ds.attrs and "temperature_850" in ds.attrs["jigsaw_stats"]
+
+
+def test_lazy_synth_is_the_same_series_made_a_block_at_a_time(tmp_path):
+    """jigsaw-data synth writes synth_lazy (dask, a block of time steps in memory at a time): the same values,
+    coordinates and attributes as the in-memory series, for any block size, and so the same store."""
+    whole = synth_dataset(9, 16, 7, seed=3)
+    for block in (1, 3, 7):
+        lazy = synth_lazy(9, 16, 7, seed=3, block=block)
+        assert lazy["geopotential"].chunks[0] == tuple(min(block, 7 - s) for s in range(0, 7, block))
+        xr.testing.assert_identical(lazy.compute(), whole)
+    a, b = write_store(whole, str(tmp_path / "a.zarr")), write_store(synth_lazy(9, 16, 7, seed=3), str(tmp_path / "b.zarr"))
+    xr.testing.assert_identical(xr.open_zarr(a).load(), xr.open_zarr(b).load())
 
 
 def test_synth_dynamics_are_smooth_not_noise(synth_store):

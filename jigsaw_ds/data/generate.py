@@ -63,9 +63,9 @@ def from_spec(spec: dict, out: str) -> str:
 
     if kind == "synth":
         say(f"making {spec['times']} times of travelling waves on a {spec['grid'][0]}x{spec['grid'][1]} grid")
-        from .synth import synth_dataset
+        from .synth import synth_lazy
 
-        ds = synth_dataset(*spec["grid"], spec["times"], seed=spec["seed"])
+        ds = synth_lazy(*spec["grid"], spec["times"], seed=spec["seed"])  # made as written: a block in memory
     elif kind == "swe":
         say(f"running torch-harmonics' shallow-water solver: {spec['trajectories']} trajectories of "
             f"{spec['steps']} 6-hourly steps on a {spec['grid'][0]}x{spec['grid'][1]} grid")

@@ -68,3 +68,32 @@ def synth_dataset(n_lat: int, n_lon: int, n_times: int, seed: int = 0, levels=LE
     ds = xr.Dataset(data, coords=coords)
     ds.attrs["source"] = f"jigsaw-data synth seed={seed}"
     return describe(ds)
+
+
+
+def synth_lazy(n_lat: int, n_lon: int, n_times: int, seed: int = 0, block: int = 1, levels=LEVELS,
+               step_hours: int = 6) -> xr.Dataset:
+    """The series of `synth_dataset`, as dask arrays made `block` time steps at a time, so that a writer that
+    loads block-sized pieces (write_store with time_block=block) holds one block, not the store. Dask rather
+    than a loop of our own: xarray's writer then streams it as it does any lazy source."""
+    import dask
+    import dask.array as da
+
+    kw = dict(levels=levels, step_hours=step_hours)
+    template = synth_dataset(n_lat, n_lon, 1, seed, **kw)  # coordinates, static fields, attributes
+    blocks = [(start, min(block, n_times - start)) for start in range(0, n_times, block)]
+    made = [dask.delayed(synth_dataset)(n_lat, n_lon, n, seed, start=start, **kw) for start, n in blocks]
+    data = {}
+    for name, var in template.data_vars.items():
+        if "time" not in var.dims:
+            data[name] = var
+            continue
+        pieces = [da.from_delayed(dask.delayed(lambda ds, name=name: ds[name].values)(part),
+                                  shape=(n,) + var.shape[1:], dtype=var.dtype) for part, (_, n) in zip(made, blocks)]
+        data[name] = xr.Variable(var.dims, da.concatenate(pieces, axis=0), var.attrs)
+    times = pd.date_range("2020-01-01", periods=n_times, freq=f"{step_hours}h")
+    ds = xr.Dataset(data, coords={**{k: v for k, v in template.coords.items() if k != "time"}, "time": times.values},
+                    attrs=template.attrs)
+    for name in ds.coords:
+        ds[name].attrs.update(template[name].attrs)
+    return ds

@@ -5,10 +5,10 @@ ZeRO stage 1/2 optimizer wrappers (DeepSpeedZeroOptimizer, BF16_Optimizer) as of
 pin: the flat fp32 partitions Adam steps on, each parameter's link into this rank's partition (`_hp_mapping`:
 which flat range of the parameter it holds, and that range's fp32 values and Adam moments), the linking of
 Adam's state before DeepSpeed's first step, the module weights' refresh from the master, and the engine's
-step counters. Nothing else in the package
-touches them. `check_engine` runs right after deepspeed.initialize and names whatever is missing, with the
-installed version, so a DeepSpeed that moved them stops in one line at start-up instead of writing wrong
-checkpoints; tests/test_zero_adapter.py is the canary against the installed DeepSpeed.
+step counters. Nothing else in the package touches them. `check_engine` runs right after
+deepspeed.initialize and names whatever is missing, with the installed version, so a DeepSpeed that moved them
+stops in one line at start-up instead of writing wrong checkpoints; tests/test_zero_adapter.py is the canary
+against the installed DeepSpeed.
 """
 from __future__ import annotations
 

@@ -62,20 +62,18 @@ def synth_dataset(n_lat: int, n_lon: int, n_times: int, seed: int = 0, levels=LE
                              (np.sin(3 * lam) * np.cos(2 * phi) > 0.2).astype(np.float32))
     data["geopotential_at_surface"] = (("latitude", "longitude"),
                                        (2000.0 * np.clip(np.sin(2 * lam) * np.cos(phi), 0, None)).astype(np.float32))
-    times = pd.date_range("2020-01-01", periods=start + n_times, freq=f"{step_hours}h")[start:]
-    coords = {"time": times.values,
+    coords = {"time": _times(start, n_times, step_hours),
               "level": np.asarray(levels, dtype=np.int64), "latitude": lat, "longitude": lon}
     ds = xr.Dataset(data, coords=coords)
     ds.attrs["source"] = f"jigsaw-data synth seed={seed}"
     return describe(ds)
 
 
-
 def synth_lazy(n_lat: int, n_lon: int, n_times: int, seed: int = 0, block: int = 1, levels=LEVELS,
                step_hours: int = 6) -> xr.Dataset:
     """The series of `synth_dataset`, as dask arrays made `block` time steps at a time, so that a writer that
-    loads block-sized pieces (write_store with time_block=block) holds one block, not the store. Dask rather
-    than a loop of our own: xarray's writer then streams it as it does any lazy source."""
+    loads a block of time steps at a time (write_store) holds that block, not the store. Dask rather than a
+    loop of our own: xarray's writer then streams it as it does any lazy source."""
     import dask
     import dask.array as da
 
@@ -91,9 +89,14 @@ def synth_lazy(n_lat: int, n_lon: int, n_times: int, seed: int = 0, block: int =
         pieces = [da.from_delayed(dask.delayed(lambda ds, name=name: ds[name].values)(part),
                                   shape=(n,) + var.shape[1:], dtype=var.dtype) for part, (_, n) in zip(made, blocks)]
         data[name] = xr.Variable(var.dims, da.concatenate(pieces, axis=0), var.attrs)
-    times = pd.date_range("2020-01-01", periods=n_times, freq=f"{step_hours}h")
-    ds = xr.Dataset(data, coords={**{k: v for k, v in template.coords.items() if k != "time"}, "time": times.values},
+    ds = xr.Dataset(data, coords={**{k: v for k, v in template.coords.items() if k != "time"},
+                                  "time": _times(0, n_times, step_hours)},
                     attrs=template.attrs)
     for name in ds.coords:
         ds[name].attrs.update(template[name].attrs)
     return ds
+
+
+def _times(start: int, n_times: int, step_hours: int) -> np.ndarray:
+    """Time steps start .. start + n_times - 1 of every synth series: 2020-01-01 00 UTC on, step_hours apart."""
+    return pd.date_range("2020-01-01", periods=start + n_times, freq=f"{step_hours}h")[start:].values

@@ -61,6 +61,8 @@ class ModelShape:
     def from_config(cls, cfg: JigsawConfig, grid: Optional[tuple[int, int]] = None,
                     n_levels: Optional[int] = None) -> "ModelShape":
         """Channels from the config's variable lists; the grid from `grid`, else `resolve_grid`."""
+        from .weather_mixer import input_channels
+
         n_lat, n_lon = grid or resolve_grid(cfg)
         levels = len(cfg.data.levels) if cfg.data.levels else n_levels
         if cfg.data.variables and not levels and os.path.exists(cfg.data.store):
@@ -71,11 +73,8 @@ class ModelShape:
             raise ConfigError("data.levels is empty (all levels of the store) and the store cannot be read: "
                               "list the levels in the config")
         c_out = len(cfg.data.variables) * (levels or 0) + len(cfg.data.surface_variables)
-        from .weather_mixer import input_channels
-
         c_in = input_channels(cfg.model, c_out, len(cfg.model.static_variables))
         return cls(cfg.model, n_lat, n_lon, c_in, c_out)
-
 
 
 def resolve_grid(cfg: JigsawConfig) -> tuple[int, int]:

@@ -272,7 +272,7 @@ def test_interrupted_ingest_keeps_the_old_store_until_the_new_one_is_complete(tm
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(parallel_prepare, "statistics", interrupt)  # after the blocks, before the rename
+        m.setattr(parallel_prepare.stats, "statistics", interrupt)  # after the blocks, before the rename
         with pytest.raises(KeyboardInterrupt):
             prepare([path], out, lat_chunk=4, overwrite=True)  # other arguments: replacing needs overwrite
     assert os.path.exists(out + ".partial")  # kept for a resume

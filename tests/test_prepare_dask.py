@@ -1,5 +1,5 @@
 """jigsaw-data prepare on a Dask cluster: 2 workers give the store 1 worker gives (values, coordinates, attrs,
-statistics, climatology), the statistics equal the serial reference (store.compute_stats) to 1e-9, and a
+statistics, climatology), the statistics equal a whole-array numpy reference to 1e-9, and a
 prepare killed with SIGKILL (the whole client, or one worker) finishes with the same store.
 
 One 2-worker and one 1-worker LocalCluster for the module (a few seconds each); small grids.
@@ -18,8 +18,9 @@ import xarray as xr
 from jigsaw_ds.data import parallel_prepare
 from jigsaw_ds.data.cli import main as cli_main
 from jigsaw_ds.data.prepare import prepare
-from jigsaw_ds.data.store import STATS_ATTR, compute_stats
+from jigsaw_ds.data.store import STATS_ATTR, all_channels, trajectories
 from jigsaw_ds.data.synth import synth_dataset
+from jigsaw_ds.data.writer import write_store
 
 from test_prepare import MEMBERS_GRIB, MEMBERS_NC, UK, chunk_mtimes, needs_data, netcdf, small_source
 
@@ -57,13 +58,41 @@ def assert_same_store(a_path, b_path):
         xr.testing.assert_identical(ca, cb)
 
 
+def whole_array_stats(ds: xr.Dataset) -> dict:
+    """The test oracle for jigsaw_stats: each channel read whole over all times (what the block reduction of
+    data/stats.py must equal), one-step differences kept only inside a trajectory."""
+    same = trajectories(ds)[1:] == trajectories(ds)[:-1]
+    out = {}
+    for var, da in ds.data_vars.items():
+        if "time" not in da.dims:
+            x = np.asarray(da.values, np.float64)
+            out[var] = {"mean": x.mean(), "std": x.std() or 1.0, "tendency_std": 0.0}
+    for ch in all_channels(ds):
+        da = ds[ch.var] if ch.level_index is None else ds[ch.var].isel(level=ch.level_index)
+        x = np.asarray(da.transpose("time", ...).values, np.float64)
+        diff = (x[1:] - x[:-1])[same]
+        out[ch.name] = {"mean": x.mean(), "std": x.std() or 1.0, "tendency_std": diff.std() if diff.size else 1.0}
+    return out
+
+
 def assert_stats_match_serial(path):
     stats = xr.open_zarr(path, chunks=None).attrs[STATS_ATTR]
-    reference = compute_stats(xr.open_zarr(path, chunks=None))
+    reference = whole_array_stats(xr.open_zarr(path, chunks=None))
     assert stats.keys() == reference.keys()
     for name, ref in reference.items():
         for key, value in ref.items():
             assert stats[name][key] == pytest.approx(value, rel=1e-9, abs=1e-300), (name, key)
+
+
+@pytest.mark.parametrize("time_block", [1, 3, 0])
+def test_write_store_statistics_by_time_block_equal_the_whole_array_reference(tmp_path, time_block):
+    """write_store reads its statistics back a block of time steps at a time, pairing each block's last step
+    with the next block's first; two trajectories (a gap of 3 steps) keep their boundary pair out."""
+    ds = synth_dataset(9, 16, 12, seed=3)
+    ds = ds.isel(time=[0, 1, 2, 3, 4, 8, 9, 10, 11])  # a gap after the fifth step: two trajectories
+    path = write_store(ds, str(tmp_path / f"b{time_block}.zarr"), time_block=time_block)
+    assert list(trajectories(xr.open_zarr(path, chunks=None))) == [0] * 5 + [1] * 4
+    assert_stats_match_serial(path)
 
 
 @needs_data

@@ -15,7 +15,8 @@ import zarr
 from test_prepare import netcdf, small_source
 from test_reliability import cli_error, one_error, write_configs
 from jigsaw_ds.data.cli import main as data_main
-from jigsaw_ds.data.store import STATS_ATTR, StoreError, WeatherStore, compute_stats
+from jigsaw_ds.data.stats import store_statistics
+from jigsaw_ds.data.store import STATS_ATTR, StoreError, WeatherStore
 from jigsaw_ds.data.synth import synth_dataset
 from jigsaw_ds.data.writer import write_store
 
@@ -24,10 +25,11 @@ PACKED = {"dtype": "int16", "scale_factor": 0.01, "add_offset": 280.0, "_FillVal
 
 def xarray_store(ds: xr.Dataset, path, encoding=None) -> str:
     """A zarr store as `xarray.Dataset.to_zarr` writes it (what users bring, not the project's writer), with
-    the statistics of its decoded values (store.compute_stats), so that the trainer gets as far as its defect."""
+    the statistics of its decoded values (data/stats.py), so that the trainer gets as far as its defect."""
     path = str(path)
     ds.to_zarr(path, mode="w", encoding=encoding or {})
-    zarr.open_group(path, mode="r+").attrs[STATS_ATTR] = compute_stats(xr.open_zarr(path, chunks=None))
+    written = xr.open_zarr(path, chunks=None)
+    zarr.open_group(path, mode="r+").attrs[STATS_ATTR] = store_statistics(written, [slice(0, written.sizes["time"])])
     zarr.consolidate_metadata(path)
     return path
 

@@ -35,7 +35,8 @@ import zarr
 from ..errors import ClusterError, ConfigError, SourceError, StoreError
 from ..files import write_atomic
 from .climatology import grouping, store_groups
-from .store import STATS_ATTR, all_channels, channel_stats, static_stats
+from . import stats
+from .store import STATS_ATTR
 from .writer import BLOCK_BYTES, DEFAULT_CODEC, chunk_encoding, time_blocks
 
 STATE = ".jigsaw-prepare"  # inside STORE.partial: job.json (the job key), blocks/, climatology/
@@ -244,7 +245,7 @@ def convert_block(k: int, job: Job, root: Optional[str] = None) -> dict:
     region.to_zarr(root, region={"time": b.region}, consolidated=False, write_empty_chunks=WRITE_EMPTY)
     traj = job.trajectory[b.offset:nxt + (after is not None)] if job.trajectory is not None else None
     rec = {"block": k, "bytes": int(sum(block[v].nbytes for v in job.timed)),
-           "moments": block_moments(block, after, traj)}
+           "moments": stats.block_moments(block, after, traj)}
     _write_json(record, rec)
     return rec
 
@@ -271,60 +272,6 @@ def average_cell(c: int, job: Job, root: Optional[str] = None) -> dict:
     rec = {"cell": c, "bytes": int(sum(job.step_bytes(job.parts[0], v) for v in job.timed) * len(times))}
     _write_json(record, rec)
     return rec
-
-
-# ---- statistics as a reduction ---------------------------------------------------------------------------
-def _moments(x: np.ndarray) -> list:
-    """[count, mean, sum of squared deviations from the mean] in float64."""
-    if not x.size:
-        return [0, 0.0, 0.0]
-    mean = x.mean()
-    return [int(x.size), float(mean), float(np.square(x - mean).sum())]
-
-
-def _combine(a: list, b: list) -> list:
-    """Two partial moments as one (Chan et al.'s pairwise update): exact up to float64 rounding."""
-    (na, ma, sa), (nb, mb, sb) = a, b
-    if not na or not nb:
-        return list(b if not na else a)
-    n, delta = na + nb, mb - ma
-    return [n, ma + delta * nb / n, sa + sb + delta * delta * na * nb / n]
-
-
-def block_moments(block: xr.Dataset, after: Optional[xr.Dataset], traj: Optional[np.ndarray]) -> dict:
-    """Per channel: moments of the values, and of the one-step differences inside the block plus the pair
-    (last step, the next block's first) when `after` is given; pairs across trajectories are left out."""
-    out = {}
-    for ch in all_channels(block):
-        x = _channel(block, ch)
-        values = _moments(x)
-        if after is not None:
-            x = np.concatenate([x, _channel(after, ch)])
-        diff = x[1:] - x[:-1]
-        if traj is not None:
-            diff = diff[traj[1:] == traj[:-1]]
-        out[ch.name] = values + _moments(diff)
-    return out
-
-
-def _channel(ds: xr.Dataset, ch) -> np.ndarray:
-    da = ds[ch.var] if ch.level_index is None else ds[ch.var].isel(level=ch.level_index)
-    return np.asarray(da.transpose("time", ...).values, np.float64)
-
-
-def statistics(job: Job, records: list[dict], store: xr.Dataset) -> dict:
-    """The store's jigsaw_stats from the block records (combined in block order) and its static fields; the
-    same quantities and rules as store.compute_stats, which tests compare it with."""
-    stats = static_stats(store)
-    total: dict = {}
-    for rec in sorted(records, key=lambda r: r["block"]):
-        for name, m in rec["moments"].items():
-            a, b = total.get(name, ([0, 0.0, 0.0], [0, 0.0, 0.0]))
-            total[name] = (_combine(a, m[:3]), _combine(b, m[3:]))
-    for ch in all_channels(store):
-        (n, mean, ss), (tn, _, tss) = total[ch.name]
-        stats[ch.name] = channel_stats(mean, float(np.sqrt(ss / n)), float(np.sqrt(tss / tn)) if tn else None)
-    return stats
 
 
 # ---- running it ------------------------------------------------------------------------------------------
@@ -419,8 +366,8 @@ def run(job: Job, client=None, workers: int = 0, scheduler: Optional[str] = None
         tasks.map(convert_block, todo, lambda rec: (done.__setitem__(rec["block"], rec), bar.update(rec["bytes"])))
         bar.close()
         group = zarr.open_group(tmp, mode="r+")
-        group.attrs[STATS_ATTR] = statistics(job, list(done.values()), xr.open_zarr(tmp, chunks=None,
-                                                                                     consolidated=False))
+        partials = [done[k]["moments"] for k in sorted(done)]  # in block order: the same sums for any worker count
+        group.attrs[STATS_ATTR] = stats.statistics(partials, xr.open_zarr(tmp, chunks=None, consolidated=False))
         if job.clim_by:
             clim_file = os.path.join(tmp, STATE, "climatology.json")
             if not os.path.exists(clim_file):

@@ -225,36 +225,6 @@ def trajectories(ds: xr.Dataset) -> np.ndarray:
     return np.cumsum(gap_starts(ds["time"].values))
 
 
-def compute_stats(ds: xr.Dataset) -> dict:
-    """Per channel mean, std and tendency_std (one-step differences that stay inside a trajectory);
-    mean and std of each static field (no time dim)."""
-    traj = trajectories(ds)
-    same = traj[1:] == traj[:-1]
-    stats = static_stats(ds)
-    for ch in all_channels(ds):
-        da = ds[ch.var] if ch.level_index is None else ds[ch.var].isel(level=ch.level_index)
-        x = np.asarray(da.transpose("time", ...).values, dtype=np.float64)
-        diff = (x[1:] - x[:-1])[same]
-        stats[ch.name] = channel_stats(float(x.mean()), float(x.std()), float(diff.std()) if diff.size else None)
-    return stats
-
-
-def static_stats(ds: xr.Dataset) -> dict:
-    """Mean and std of each static field (no time dim), read whole: they are 2-D."""
-    out = {}
-    for var, da in ds.data_vars.items():
-        if "time" not in da.dims:
-            x = np.asarray(da.values, dtype=np.float64)
-            out[var] = {"mean": float(x.mean()), "std": float(x.std()) or 1.0, "tendency_std": 0.0}
-    return out
-
-
-def channel_stats(mean: float, std: float, tendency_std: Optional[float]) -> dict:
-    """One channel's statistics entry; the rules for degenerate data live here: a constant channel gets std 1
-    (the trainer then refuses it by its tendency std 0), a channel with no one-step pair gets tendency std 1."""
-    return {"mean": mean, "std": std or 1.0, "tendency_std": 1.0 if tendency_std is None else tendency_std}
-
-
 class WeatherStore:
     """The channels a config selects from one store, with grid, time axis, trajectories and statistics."""
 

@@ -8,7 +8,8 @@ and checksummed with crc32c, so a flipped bit is an error on read, not a wrong v
 
 The data is written in blocks of time steps (appended along `time`), so a store larger than memory can be
 written from lazily opened sources one block at a time, with a progress bar. The statistics are computed
-afterwards from the written store, so they describe exactly the stored values, and they are written last:
+afterwards from the written store, again a block at a time (data/stats.py), so they describe exactly the stored
+values and memory holds one block, not a channel over all times; they are written last:
 a store without `attrs['jigsaw_stats']` is refused by WeatherStore, and the whole store only appears under
 its final name once complete.
 """
@@ -24,7 +25,8 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ..errors import StoreError
-from .store import STATS_ATTR, compute_stats
+from .stats import store_statistics
+from .store import STATS_ATTR
 
 BLOCK_BYTES = 256 * 2**20  # data held in memory per written block (default)
 # Inner chunk rows when the caller gives none: one token row at the default patch (model.patch = 4), so that
@@ -101,7 +103,8 @@ def write_store(ds: Union[xr.Dataset, Sequence[xr.Dataset]], out: str, lat_chunk
         encoding = chunk_encoding(parts[0], lat_chunk, lon_chunk, level_chunk, codec, checksum)
         _write_blocks(parts, tmp, encoding, time_block, progress, check_block)
         group = zarr.open_group(tmp, mode="r+")
-        group.attrs[STATS_ATTR] = compute_stats(xr.open_zarr(tmp, chunks=None, consolidated=False))
+        written = xr.open_zarr(tmp, chunks=None, consolidated=False)
+        group.attrs[STATS_ATTR] = store_statistics(written, time_blocks(written, time_block))
         if before_commit:
             before_commit(tmp)
         zarr.consolidate_metadata(tmp)

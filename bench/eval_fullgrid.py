@@ -48,7 +48,7 @@ def make_inputs() -> tuple[str, str]:
     from jigsaw_ds.data.store import WeatherStore
     from jigsaw_ds.data.synth import synth_dataset
     from jigsaw_ds.data.writer import write_store
-    from jigsaw_ds.model import ModelShape, input_channels
+    from jigsaw_ds.model import InputSpec, ModelShape
 
     store_path, ckpt = os.path.join(TMP, "store.zarr"), os.path.join(TMP, "model.pt")
     if not os.path.exists(store_path):
@@ -62,8 +62,8 @@ def make_inputs() -> tuple[str, str]:
                  "val_fraction": 0.5},
         "parallel": {"domain": 2, "tensor": 2}, "train": {"out_dir": TMP, "global_batch": 4}})
     store = WeatherStore(store_path, cfg.data.variables, cfg.data.surface_variables, cfg.data.levels)
-    n_state = len(store.channels)
-    shape = ModelShape(cfg.model, 721, 1440, input_channels(cfg.model, n_state, 0), n_state)
+    spec = InputSpec.of(cfg, [c.name for c in store.channels])
+    shape = ModelShape(cfg.model, 721, 1440, spec.n_in, spec.n_state)
     model = shape.build()
     run_config = {"jigsaw": cfg.to_dict(), "layout": {"data": 1, "domain": 1, "tensor": 1}, "model_shape": shape.record(),
                   "channels": [c.name for c in store.channels]}

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from jigsaw_ds.config import ModelConfig  # noqa: E402
 from jigsaw_ds.grid import lat_cell_weights  # noqa: E402
 from jigsaw_ds.model import WeatherMixer  # noqa: E402
-from jigsaw_ds.model.weather_mixer import input_channels  # noqa: E402
+from jigsaw_ds.model.inputs import InputSpec  # noqa: E402
 from jigsaw_ds.train.loss import AreaWeightedMSE  # noqa: E402
 
 LIMITS = {"fp32": 1e-4, "bf16": 2e-2}   # relative error limits, forward and gradients
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
                       depth=args.depth, static_variables=["land_sea_mask", "geopotential_at_surface"],
                       coord_features=True)
     n_state = 5 * 13 + 4  # configs/era5_025deg.json: 5 upper-air variables x 13 levels + 4 surface fields
-    c_in = input_channels(cfg, n_state, len(cfg.static_variables))
+    c_in = InputSpec(tuple(f"c{i}" for i in range(n_state)), tuple(cfg.static_variables), cfg.coord_features).n_in
     x = torch.from_numpy(rng.standard_normal((1, c_in, n_lat, n_lon), dtype=np.float32))
     y = x[:, :n_state] + 0.1 * torch.from_numpy(rng.standard_normal((1, n_state, n_lat, n_lon), dtype=np.float32))
     row_w = torch.from_numpy(lat_cell_weights(np.linspace(90, -90, n_lat))).float()

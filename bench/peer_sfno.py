@@ -72,7 +72,7 @@ from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches  # noqa: E402
 from jigsaw_ds.data.store import WeatherStore  # noqa: E402
 from jigsaw_ds.eval.evaluate import scores_to_rows  # noqa: E402
 from jigsaw_ds.eval.streaming import ScoreSums  # noqa: E402
-from jigsaw_ds.model import WeatherMixer, ensemble_mean, input_channels, rollout  # noqa: E402
+from jigsaw_ds.model import InputSpec, WeatherMixer, ensemble_mean, rollout  # noqa: E402
 from jigsaw_ds.parallel.topology import JigsawGroups  # noqa: E402
 from jigsaw_ds.data.dataset import split_train_val  # noqa: E402
 from jigsaw_ds.grid import lat_cell_weights  # noqa: E402
@@ -314,7 +314,7 @@ def validate(model, val_xy, loss_fn, n_state, batch=16):
     return total / len(x_all), persistence / len(x_all)
 
 
-def score_rollouts(models: dict, store, inits, train_times, k: int, history: int, batch: int = 8):
+def score_rollouts(models: dict, store, inits, train_times, k: int, spec: InputSpec, batch: int = 8):
     """Score rows of each model (a list of members: their mean forecast), persistence and climatology over k
     leads from the initial times `inits` (jigsaw-eval's sums, one process) and the seconds each model's
     rollouts took."""
@@ -323,7 +323,7 @@ def score_rollouts(models: dict, store, inits, train_times, k: int, history: int
     sums = ScoreSums(kinds, k, n_state, store.lat, lat_cell_weights(store.lat), full[0], store.lon, full[1],
                      JigsawGroups.serial())
     clim = Climatology(store.times[train_times], lambda i: store.read_raw([int(train_times[i])], *full)[0])
-    dataset = PairDataset(store, inits, 1, *full, True, history=history)
+    dataset = spec.pairs(store, inits, *full, rollout=0)  # inputs only
     mean, std = store.mean[None, :, None, None], store.std[None, :, None, None]
     seconds = dict.fromkeys(models, 0.0)
     for lo in range(0, len(inits), batch):
@@ -334,7 +334,7 @@ def score_rollouts(models: dict, store, inits, train_times, k: int, history: int
             t0 = time.perf_counter()
             with torch.no_grad():
                 forecasts[name] = [p.numpy() * std + mean for p in ensemble_mean(
-                    rollout(m.eval(), x, k, n_state, history=history) for m in members)]
+                    rollout(m.eval(), x, k, n_state, history=spec.history) for m in members)]
             seconds[name] += time.perf_counter() - t0
         initial = x[:, :n_state].numpy() * std + mean
         for j in range(k):
@@ -495,9 +495,8 @@ def main(argv=None) -> int:
     path = make_store(args)
     store = WeatherStore(path, args.variables.split(","), [v for v in args.surface_variables.split(",") if v],
                          [int(v) for v in args.levels.split(",")])
-    n_state = len(store.channels)
-    # as PairDataset(coord_feats=True, history=...) stacks them
-    n_in = input_channels(ModelConfig(coord_features=True, history_steps=args.history), n_state, 0)
+    spec = InputSpec(tuple(c.name for c in store.channels), coord_features=True, history=args.history)
+    n_state, n_in = spec.n_state, spec.n_in
     train_starts, val_starts = split_train_val(store, 1, args.val_fraction, args.history)
     if args.train_trajectories:
         kept = np.unique(store.trajectory[train_starts])[:args.train_trajectories]
@@ -505,9 +504,9 @@ def main(argv=None) -> int:
             raise SystemExit(f"--train-trajectories {args.train_trajectories}: the store has only {len(kept)} "
                              f"training trajectories")
         train_starts = train_starts[np.isin(store.trajectory[train_starts], kept)]
-    train_set = PairDataset(store, train_starts, 1, FULL, FULL, True, history=args.history)
+    train_set = spec.pairs(store, train_starts, FULL, FULL)
     train_xy = cached(train_set)
-    val_xy = cached(PairDataset(store, val_starts, 1, FULL, FULL, True, history=args.history))
+    val_xy = cached(spec.pairs(store, val_starts, FULL, FULL))
     weights = torch.from_numpy(lat_cell_weights(store.lat)).float()
     loss_fn = AreaWeightedMSE(weights, store.n_lat, store.n_lon, channel_weights=(store.std / store.tendency_std) ** 2)
     print(f"store {path}: {store.n_lat}x{store.n_lon}, {len(np.unique(store.trajectory))} trajectories, "
@@ -542,8 +541,8 @@ def main(argv=None) -> int:
     rollout_set = None
     if args.rollout_steps > 1:  # the same trajectories, pairs spanning K steps
         span_starts, _ = split_train_val(store, args.rollout_steps, args.val_fraction, args.history)
-        rollout_set = PairDataset(store, span_starts[np.isin(span_starts, train_starts)], 1, FULL, FULL, True,
-                                  rollout=args.rollout_steps, history=args.history)
+        rollout_set = spec.pairs(store, span_starts[np.isin(span_starts, train_starts)], FULL, FULL,
+                                 rollout=args.rollout_steps)
     # FLOPs of a step of each kind (a FLOPs budget counts them; every budget records them)
     x1, y1 = train_xy[0][:args.batch], train_xy[1][:args.batch]
     xk, yk, _ = rollout_set.read_batch([i % len(rollout_set) for i in range(args.batch)]) if rollout_set else (0, 0, 0)
@@ -582,7 +581,7 @@ def main(argv=None) -> int:
     eval_train, eval_val = split_train_val(store, k, args.val_fraction, args.history)  # same trajectories held out
     inits = eval_val if not args.inits else \
         eval_val[np.linspace(0, len(eval_val) - 1, min(args.inits, len(eval_val))).astype(int)]
-    rows, eval_s = score_rollouts(ensembles, store, inits, eval_train, k, args.history)
+    rows, eval_s = score_rollouts(ensembles, store, inits, eval_train, k, spec)
     names = [*models, "persistence", "climatology"]
     table = summary_table(rows, names)
     print_table(table, names)

@@ -205,10 +205,10 @@ def engine_state_bytes(engine) -> dict:
 def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
     import deepspeed
 
-    from jigsaw_ds.data.dataset import Loader, PairDataset, ReplicaBatches
+    from jigsaw_ds.data.dataset import Loader, ReplicaBatches
     from jigsaw_ds.data.store import WeatherStore
     from jigsaw_ds.grid import lat_cell_weights
-    from jigsaw_ds.model import WeatherMixer
+    from jigsaw_ds.model import InputSpec, WeatherMixer
     from jigsaw_ds.train.loss import AreaWeightedMSE
 
     store = WeatherStore(store_path, jcfg.data.variables, jcfg.data.surface_variables, jcfg.data.levels,
@@ -226,8 +226,8 @@ def run_step_bench(args, device, dtype_name, jcfg, shape, store_path) -> dict:
         engine.compile()
 
     full = slice(0, store.n_lat), slice(0, store.n_lon)
-    history = jcfg.model.history_steps
-    dataset = PairDataset(store, store.pair_starts(1, history), 1, *full, jcfg.model.coord_features, history=history)
+    spec = InputSpec.of(jcfg, [c.name for c in store.channels])
+    dataset = spec.pairs(store, store.pair_starts(spec.lead, spec.lead * spec.history), *full)
     n_steps = args.warmup + args.steps + args.profile
     sampler = ReplicaBatches(len(dataset), args.batch, 0, 1, seed=0, steps=n_steps)
     # the trainer's loader: fp32 batches copied to the device one step ahead on a side stream

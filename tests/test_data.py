@@ -357,3 +357,30 @@ def test_generated_stores_carry_wb2_units(synth_store):
 
     for name in swe.VARIABLES + held_suarez.UPPER + held_suarez.SURFACE:  # the other generators' variables
         assert name in names.ATTRS, name
+
+
+def test_input_spec_counts_what_the_samples_and_the_model_take(synth_store):
+    """InputSpec.n_in is the channel count of a sample's inputs plus its forcings at each step (what
+    model.rollout stacks), for history, static fields, coordinates and forcings at the target; `pairs` refuses
+    a store whose channels are not the spec's (a model's inputs in another order)."""
+    from jigsaw_ds import config as jconfig
+    from jigsaw_ds.model import InputSpec
+    from jigsaw_ds.model.shape import ModelShape
+
+    store = open_store(synth_store, static_variables=["land_sea_mask"])
+    cfg = jconfig.from_dict({
+        "model": {"static_variables": ["land_sea_mask"], "coord_features": True, "history_steps": 2,
+                  "forcings": ["toa_solar", "time_of_day"], "forcings_at_target": True},
+        "data": {"store": synth_store, "variables": UPPER, "levels": [500, 850], "surface_variables": SURF,
+                 "lead_steps": 2}})
+    spec = InputSpec.of(cfg, [c.name for c in store.channels])
+    pairs = spec.pairs(store, store.pair_starts(2 * spec.lead, spec.lead * spec.history), slice(0, 8), slice(0, 16),
+                       rollout=2)
+    x, y, f = pairs.read_batch([0, 1])
+    # 10 channels x (1 + 2 history), a static field, 3 coordinate features, toa_solar (1) + time_of_day (2) x 2
+    assert x.shape[1] + f.shape[2] == spec.n_in == 10 * 3 + 1 + 3 + 3 * 2
+    assert y.shape[1:3] == (2, spec.n_state) and spec.n_states == 30
+    assert ModelShape.from_config(cfg, (33, 64)).c_in == spec.n_in  # the planner's count, from the config alone
+    with pytest.raises(ValueError, match="not the inputs'"):
+        InputSpec.of(cfg, [c.name for c in store.channels][::-1]).pairs(
+            store, [4], slice(0, 8), slice(0, 16))

@@ -2,7 +2,7 @@
 
 The names below load on first use, so that `jigsaw_ds.model.inputs`, which the CLIs check their input against
 before any model exists, comes without torch."""
-_EXPORTS = {"WeatherMixer": "weather_mixer", "ensemble_mean": "weather_mixer", "input_channels": "weather_mixer",
+_EXPORTS = {"WeatherMixer": "weather_mixer", "ensemble_mean": "weather_mixer", "InputSpec": "inputs",
             "rollout": "weather_mixer", "forward_flops_per_sample": "flops", "train_flops_per_sample": "flops",
             "ModelShape": "shape"}
 __all__ = list(_EXPORTS)

@@ -8,15 +8,22 @@ jigsaw.json). Weights continue only at the same width (WIDTH_KEYS). A record wit
 before they were recorded) is compared by grid size only.
 A store that holds the trained grid in another exact order (reorder_of: latitudes reversed, longitudes
 rolled) is read in the trained order by jigsaw-eval; training refuses it, naming the reorder.
+
+InputSpec is the same definition as an object: the channels in their order and how each step's input is
+stacked from them. It counts the model's input channels (ModelShape's c_in) and builds the samples
+(`pairs`: the PairDataset of a tile) for the trainer, the evaluation and the benchmarks.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 
-from ..config import DataConfig, ModelConfig
+from .. import forcings as forcing_kinds
+from ..config import DataConfig, JigsawConfig, ModelConfig
 from ..errors import InputsDiffer
+from ..grid import N_COORD_FEATURES
 
 # what and how the model reads (the variables and levels are in `channels`, as the store resolved them)
 INPUT_KEYS = ("model.patch", "model.history_steps", "model.static_variables", "model.coord_features",
@@ -30,6 +37,53 @@ CONTINUE_KEYS = INPUT_KEYS + STORE_KEYS + WIDTH_KEYS  # --resume, --init-from
 MEMBER_KEYS = INPUT_KEYS + STORE_KEYS + ("data.val_fraction",)
 
 COORD_TOLERANCE = 1e-4  # degrees: float32 against float64 coordinates, far below any grid spacing
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model reads at each step, in the order model.rollout stacks it: the state (`channels`), its
+    `history` predecessors `lead` store steps apart (newest first), the static fields, the coordinate
+    features, then the step's forcings (and its target time's, with `forcings_at_target`)."""
+    channels: tuple[str, ...]
+    static_variables: tuple[str, ...] = ()
+    coord_features: bool = False
+    forcings: tuple[str, ...] = ()
+    forcings_at_target: bool = False
+    history: int = 0
+    lead: int = 1
+
+    @classmethod
+    def of(cls, cfg: JigsawConfig, channels: Sequence[str]) -> "InputSpec":
+        """A config's inputs on `channels`: a store's channel names, or the ones a run was trained on."""
+        m = cfg.model
+        return cls(tuple(channels), tuple(m.static_variables), m.coord_features, tuple(m.forcings),
+                   m.forcings_at_target, m.history_steps, cfg.data.lead_steps)
+
+    @property
+    def n_state(self) -> int:
+        return len(self.channels)
+
+    @property
+    def n_states(self) -> int:
+        """The state and its history: the leading channels, which a rollout feeds back."""
+        return self.n_state * (1 + self.history)
+
+    @property
+    def n_in(self) -> int:
+        """The model's input channels (C_in)."""
+        return self.n_states + len(self.static_variables) + (N_COORD_FEATURES if self.coord_features else 0) \
+            + forcing_kinds.n_channels(self.forcings, self.forcings_at_target)
+
+    def pairs(self, store, starts, lat: slice, lon: slice, rollout: int = 1):
+        """The samples from `store` starting at the time indices `starts`, on the tile (lat, lon), with
+        `rollout` targets each (0: inputs only, for a forecast): a data.PairDataset."""
+        from ..data.dataset import PairDataset
+
+        given = ([c.name for c in store.channels], list(store.static_variables))
+        if given != (list(self.channels), list(self.static_variables)):  # checked before: check_same, of_store
+            raise ValueError(f"store channels {given} are not the inputs' {self.channels, self.static_variables}")
+        return PairDataset(store, starts, self.lead, lat, lon, self.coord_features, rollout, self.forcings,
+                           self.forcings_at_target, self.history)
 
 
 def grid_of(store) -> dict:

@@ -58,23 +58,23 @@ class ModelShape:
                    int(record["out_channels"]))
 
     @classmethod
-    def from_config(cls, cfg: JigsawConfig, grid: Optional[tuple[int, int]] = None,
-                    n_levels: Optional[int] = None) -> "ModelShape":
-        """Channels from the config's variable lists; the grid from `grid`, else `resolve_grid`."""
-        from .weather_mixer import input_channels
+    def from_config(cls, cfg: JigsawConfig, grid: Optional[tuple[int, int]] = None) -> "ModelShape":
+        """Channels from the config's variable lists (all levels: the store's); the grid from `grid`, else
+        `resolve_grid`."""
+        from ..data.store import channel_name
+        from .inputs import InputSpec
 
         n_lat, n_lon = grid or resolve_grid(cfg)
-        levels = len(cfg.data.levels) if cfg.data.levels else n_levels
+        levels = list(cfg.data.levels)
         if cfg.data.variables and not levels and os.path.exists(cfg.data.store):
             import xarray as xr
 
-            levels = xr.open_zarr(cfg.data.store, chunks=None).sizes.get("level", 0)
+            levels = [int(v) for v in xr.open_zarr(cfg.data.store, chunks=None)["level"].values]
         if cfg.data.variables and not levels:
             raise ConfigError("data.levels is empty (all levels of the store) and the store cannot be read: "
                               "list the levels in the config")
-        c_out = len(cfg.data.variables) * (levels or 0) + len(cfg.data.surface_variables)
-        c_in = input_channels(cfg.model, c_out, len(cfg.model.static_variables))
-        return cls(cfg.model, n_lat, n_lon, c_in, c_out)
+        channels = [channel_name(v, lev) for v in cfg.data.variables for lev in levels] + list(cfg.data.surface_variables)
+        return cls(cfg.model, n_lat, n_lon, InputSpec.of(cfg, channels).n_in, len(channels))
 
 
 def resolve_grid(cfg: JigsawConfig) -> tuple[int, int]:

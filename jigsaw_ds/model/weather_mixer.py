@@ -21,8 +21,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
-from .. import forcings
-from ..grid import N_COORD_FEATURES
 from ..parallel.layers import (ColumnParallelLinear, LayerNorm, ReplicatedBucket, RowParallelLinear, TokenMixing,
                                TokenwiseLinear, drop_prefetches, prefetch_weights)
 from ..parallel.partition import TokenPartition
@@ -31,20 +29,13 @@ from ..parallel.topology import JigsawGroups
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu}
 
 
-def input_channels(cfg: ModelConfig, n_state: int, n_static: int) -> int:
-    """C_in: the state and its history, the static fields, the coordinate features and the forcings, as
-    configured (the order in which `rollout` stacks them)."""
-    return n_state * (1 + cfg.history_steps) + n_static + (N_COORD_FEATURES if cfg.coord_features else 0) \
-        + forcings.n_channels(cfg.forcings, cfg.forcings_at_target)
-
-
 def rollout(step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, steps: int, n_state: int,
             forcings: Optional[torch.Tensor] = None, history: int = 0):
     """Yield `steps` successive states [B, n_state, h, w] from x = [state, its `history` predecessors (newest
     first), constant channels (static fields, coordinates)] [B, C, h, w]: step k's input is [state_k,
     state_k-1, .., state_k-history, constant channels, forcings[:, k]], so each prediction is fed back, the
     oldest state drops out, the constants stay and the forcings advance with time. forcings: [B, >= steps,
-    F, h, w] or None. `step` is any one-step model (a WeatherMixer, its DeepSpeed engine, a peer model)."""
+    F, h, w] or None (the order of inputs.InputSpec). `step` is any one-step model (a WeatherMixer, its DeepSpeed engine, a peer model)."""
     n_states = n_state * (1 + history)
     states, constant = x[:, :n_states], x[:, n_states:]
     for k in range(steps):

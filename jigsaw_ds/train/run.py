@@ -88,14 +88,17 @@ class Run:
             self.trained_statistics = record
 
     @property
+    def input_spec(self) -> inputs.InputSpec:
+        """What the model reads, on this run's store's channels."""
+        return inputs.InputSpec.of(self.cfg, [c.name for c in self.store.channels])
+
+    @property
     def shape(self) -> "ModelShape":
         """The model's size on this run's store: its grid, and its channels as the store holds them."""
-        from ..model import input_channels
         from ..model.shape import ModelShape
 
-        s = self.store
-        return ModelShape(self.cfg.model, s.n_lat, s.n_lon,
-                          input_channels(self.cfg.model, len(s.channels), len(s.static_variables)), len(s.channels))
+        spec = self.input_spec
+        return ModelShape(self.cfg.model, self.store.n_lat, self.store.n_lon, spec.n_in, spec.n_state)
 
     @property
     def model_shape(self) -> dict:

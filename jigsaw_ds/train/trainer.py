@@ -20,7 +20,7 @@ from ..checkpoint import sharded
 from ..checkpoint.layout_free import import_state, load_file
 from ..checkpoint.manager import CheckpointManager, find_checkpoint
 from ..checkpoint.zero import check_engine
-from ..data.dataset import Loader, PairDataset, ReplicaBatches
+from ..data.dataset import Loader, ReplicaBatches
 from ..errors import NonFiniteError
 from ..grid import lat_cell_weights
 from ..parallel import comm_stats
@@ -109,9 +109,7 @@ class Trainer:
         self.tendency = tendency
         self.model.tendency_scale.copy_(torch.from_numpy(tendency / store.std))
         self.loss_fn = AreaWeightedMSE(weights, store.n_lat, store.n_lon, channel_weights=(store.std / tendency) ** 2)
-        pairs = lambda starts: PairDataset(store, starts, cfg.data.lead_steps, self.lat, self.lon,
-                                           cfg.model.coord_features, cfg.train.rollout_steps,
-                                           cfg.model.forcings, cfg.model.forcings_at_target, cfg.model.history_steps)
+        pairs = lambda starts: self.run.input_spec.pairs(store, starts, self.lat, self.lon, cfg.train.rollout_steps)
         self.train_set, self.val_set = pairs(self.run.train_starts), pairs(self.run.val_starts)
 
     def _restore(self, resume: bool, init_from: str) -> int:

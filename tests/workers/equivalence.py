@@ -25,9 +25,9 @@ import torch
 import torch.distributed as dist
 
 from jigsaw_ds.config import ModelConfig
-from jigsaw_ds.forcings import forcing_channels
+from jigsaw_ds.forcings import forcing_channels, n_channels
 from jigsaw_ds.grid import lat_cell_weights
-from jigsaw_ds.model import WeatherMixer, input_channels
+from jigsaw_ds.model import WeatherMixer
 from jigsaw_ds.parallel import comm_stats
 from jigsaw_ds.parallel.layers import Replicated
 from jigsaw_ds.parallel.partition import TokenPartition
@@ -39,7 +39,7 @@ from jigsaw_ds.train.loss import AreaWeightedMSE
 H, W, C_IN, C_OUT, MICRO = 33, 32, 5, 3, 2
 CFG = ModelConfig(patch=4, embed_dim=16, token_hidden=12, channel_hidden=24, depth=2, coord_features=False)
 CFG_FORCED = dataclasses.replace(CFG, forcings=["toa_solar", "time_of_day", "day_of_year"], forcings_at_target=True)
-C_IN_FORCED = input_channels(CFG_FORCED, C_IN, 0)
+C_IN_FORCED = C_IN + n_channels(CFG_FORCED.forcings, CFG_FORCED.forcings_at_target)
 LAT, LON = np.linspace(90, -90, H), np.arange(W) * 360.0 / W
 LAYOUTS = {2: [(1, 2, 1), (1, 1, 2), (2, 1, 1)],
            4: [(1, 2, 2), (2, 2, 1), (2, 1, 2), (1, 4, 1)]}

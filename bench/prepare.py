@@ -131,11 +131,9 @@ def run_dask(src: str, out: str, workers: int, grid=None) -> dict:
 
 
 def block_info(src: str, grid=None) -> dict:
-    from jigsaw_ds.data.prepare import _job
+    from jigsaw_ds.data.prepare import PrepareOptions, _job
 
-    job = _job([src], os.path.join(tempfile.gettempdir(), "unused.zarr"), variables=None, levels=None, member=0,
-               patch=4, lat_chunk=4, lon_chunk=0, level_chunk=0, config=None, climatology=True, time_block=0,
-               checksum=True, grid=grid)
+    job = _job([src], os.path.join(tempfile.gettempdir(), "unused.zarr"), PrepareOptions(lat_chunk=4, grid=grid))
     b = job.blocks[0]
     return {"blocks": len(job.blocks), "block_steps": b.stop - b.start, "block_mb": job.block_bytes(b) / 1e6,
             "store_bytes": sum(job.block_bytes(b) for b in job.blocks)}

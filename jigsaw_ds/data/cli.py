@@ -90,18 +90,18 @@ def _generate(args) -> int:
 
 
 def _prepare(args) -> int:
-    from .prepare import plan, prepare
+    import dataclasses
 
-    common = dict(member=args.member, patch=args.patch, lat_chunk=args.lat_chunk, lon_chunk=args.lon_chunk,
-                  level_chunk=args.level_chunk, config=args.config, climatology=args.climatology,
-                  time_block=args.time_block, checksum=args.checksum, grid=args.grid)
+    from .prepare import PrepareOptions, plan, prepare
+
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareOptions)}  # --lat-chunk: lat_chunk
     if args.workers < 0:
         raise ConfigError(f"--workers {args.workers}: must be 0 (this process) or more")
     if args.plan:
-        print(plan(args.sources, args.out, args.variables, args.levels, workers=max(args.workers, 1), **common))
+        print(plan(args.sources, args.out, workers=max(args.workers, 1), **options))
         return 0
-    out = prepare(args.sources, args.out, args.variables, args.levels, workers=args.workers,
-                  scheduler=args.scheduler, overwrite=args.overwrite, **common)
+    out = prepare(args.sources, args.out, workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
+                  **options)
     print(f"jigsaw-data: wrote {out}")
     print(describe(out))
     return 0

@@ -25,6 +25,7 @@ statistics, an optional climatology group), resumably, and appears under its fin
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -403,34 +404,62 @@ def _note_unknown_names(used: list[Source]) -> None:
 
 
 # ---- the command -----------------------------------------------------------------------------------------
-def open_layout(sources: list[str], variables: Optional[list] = None, levels: Optional[list] = None,
-                member: int = 0, patch: int = 4, lat_chunk: int = 0, config: Optional[str] = None,
-                grid: Optional[list] = None):
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What `prepare` makes of its sources (the job key records them: another value is another store).
+
+    variables, levels: the selection (default: every variable, every level); member: the ensemble member of a
+    source that holds several. config: a jigsaw config whose data.variables/surface_variables/levels and
+    model.static_variables are the default selection, whose model.patch is the patch, and whose grid checks the
+    sources must pass. lat_chunk: latitude rows per chunk, a multiple of the patch (default: one patch row, so
+    that any split over domain ranks reads whole chunks); lon_chunk: longitude columns per chunk (default:
+    all); level_chunk: levels per chunk (default: all, as every rank reads every level); time_block: time steps
+    per Dask task (default: about writer.BLOCK_BYTES); checksum: a crc32c on every chunk (docs/data.md: off
+    reads 18-29% faster, but a flipped bit then reaches the model unnoticed); grid: [H, W] to interpolate every
+    source to the global grid of H latitudes pole to pole and W longitudes (bilinear, on the workers: regrid.py;
+    recorded in attrs['regrid']), default: the source grid kept exactly; climatology: write the
+    climatology group where the times allow one."""
+    variables: Optional[list] = None
+    levels: Optional[list] = None
+    member: int = 0
+    patch: int = 4
+    lat_chunk: int = 0
+    lon_chunk: int = 0
+    level_chunk: int = 0
+    config: Optional[str] = None
+    climatology: bool = True
+    time_block: int = 0
+    checksum: bool = True
+    grid: Optional[list] = None
+
+
+def open_layout(sources: list[str], opts: PrepareOptions):
     """Open, rename, select and check every source, and combine them: (parts, checked sources, patch,
-    lat_chunk). With `grid` = [H, W] the parts are the sources interpolated to that grid, lazily (regrid.py).
-    Everything prepare refuses is refused here, before anything is written."""
+    lat_chunk). With `opts.grid` = [H, W] the parts are the sources interpolated to that grid, lazily
+    (regrid.py). Everything prepare refuses is refused here, before anything is written."""
     from .. import config as jconfig
     from .parallel_prepare import SOURCE
 
-    cfg = jconfig.load(config) if config else None
+    variables, levels, patch = opts.variables, opts.levels, opts.patch
+    cfg = jconfig.load(opts.config) if opts.config else None
     if cfg:
         variables = variables or cfg.data.variables + cfg.data.surface_variables + cfg.model.static_variables
         levels, patch = levels or cfg.data.levels, cfg.model.patch
-    lat_chunk = lat_chunk or patch
+    lat_chunk = opts.lat_chunk or patch
     if lat_chunk % patch:
         raise ConfigError(f"--lat-chunk {lat_chunk} is not a multiple of the patch {patch}: a rank's latitude "
                          f"band (whole patch rows) would cut chunks")
     wanted = [SHORT_NAMES.get(v, v) for v in variables] if variables else None
     levels = [int(v) for v in levels] if levels else None
-    opened = [select(to_wb2(ds, path, member), wanted, levels) for path in sources for ds in open_source(path)]
+    opened = [select(to_wb2(ds, path, opts.member), wanted, levels) for path in sources for ds in open_source(path)]
     _check_all_found(opened, wanted)
     used = [check_coords(s) for s in opened if s.ds.data_vars]
     parts = mark_gaps(combine(used))
     regrid = None
-    if grid:  # after combining: every source shares the grid, checked; the config checks the target grid
+    if opts.grid:  # after combining: every source shares the grid, checked; the config checks the target grid
         from .regrid import Regrid
 
-        regrid = Regrid.make(grid, parts[0].ds["latitude"].values, parts[0].ds["longitude"].values,
+        regrid = Regrid.make(opts.grid, parts[0].ds["latitude"].values, parts[0].ds["longitude"].values,
                              ", ".join(dict.fromkeys(s.path for s in used)))
         parts = [Part(regrid.dataset(p.ds), p.files) for p in parts]
     if cfg:
@@ -446,37 +475,24 @@ def open_layout(sources: list[str], variables: Optional[list] = None, levels: Op
     return parts, used, patch, lat_chunk
 
 
-def _job(sources, out, variables, levels, member, patch, lat_chunk, lon_chunk, level_chunk, config, climatology,
-         time_block, checksum, grid=None):
+def _job(sources: list[str], out: str, opts: PrepareOptions):
     from .parallel_prepare import Job
 
-    parts, used, patch, lat_chunk = open_layout(sources, variables, levels, member, patch, lat_chunk, config, grid)
-    args = {"sources": [os.path.abspath(p) for p in sources], "variables": variables, "levels": levels,
-            "member": member, "patch": patch, "lat_chunk": lat_chunk, "lon_chunk": lon_chunk,
-            "level_chunk": level_chunk, "config": os.path.abspath(config) if config else None,
-            "climatology": climatology, "time_block": time_block, "checksum": checksum}
-    if grid:  # with the source grid it came from: another source grid is another job
+    parts, used, patch, lat_chunk = open_layout(sources, opts)
+    args = {**dataclasses.asdict(opts), "sources": [os.path.abspath(p) for p in sources], "patch": patch,
+            "lat_chunk": lat_chunk, "config": os.path.abspath(opts.config) if opts.config else None}
+    del args["grid"]  # recorded with the source grid it came from: another source grid is another job
+    if opts.grid:
         args["regrid"] = parts[0].ds.attrs["regrid"]
-    return Job.make(parts, out, check=finite_checker(used), args=args, lat_chunk=lat_chunk, lon_chunk=lon_chunk,
-                    level_chunk=level_chunk, time_block=time_block, climatology=climatology, checksum=checksum)
+    return Job.make(parts, out, check=finite_checker(used), args=args, lat_chunk=lat_chunk, lon_chunk=opts.lon_chunk,
+                    level_chunk=opts.level_chunk, time_block=opts.time_block, climatology=opts.climatology,
+                    checksum=opts.checksum)
 
 
-def prepare(sources: list[str], out: str, variables: Optional[list] = None, levels: Optional[list] = None,
-            member: int = 0, patch: int = 4, lat_chunk: int = 0, lon_chunk: int = 0, level_chunk: int = 0,
-            config: Optional[str] = None, climatology: bool = True, time_block: int = 0,
-            progress: Optional[bool] = None, workers: int = 0, scheduler: Optional[str] = None,
-            client=None, checksum: bool = True, overwrite: bool = False, grid: Optional[list] = None) -> str:
-    """Ingest `sources` into a training store at `out`; return its path.
+def prepare(sources: list[str], out: str, progress: Optional[bool] = None, workers: int = 0,
+            scheduler: Optional[str] = None, client=None, overwrite: bool = False, **options) -> str:
+    """Ingest `sources` into a training store at `out`, as `options` (PrepareOptions' fields) say; return its path.
 
-    config: a jigsaw config whose data.variables/surface_variables/levels and model.static_variables are the
-    default selection, whose model.patch is the patch, and whose grid checks the sources must pass.
-    lat_chunk: latitude rows per chunk, a multiple of the patch (default: one patch row, so that any split
-    over domain ranks reads whole chunks); lon_chunk: longitude columns per chunk (default: all);
-    level_chunk: levels per chunk (default: all, as every rank reads every level); time_block: time steps
-    per Dask task (default: about writer.BLOCK_BYTES); checksum: a crc32c on every chunk (docs/data.md: off
-    reads 18-29% faster, but a flipped bit then reaches the model unnoticed); grid: [H, W] to interpolate every
-    source to the global grid of H latitudes pole to pole and W longitudes (bilinear, on the workers: regrid.py;
-    recorded in attrs['regrid']), default: the source grid kept exactly.
     Where the work runs (parallel_prepare.run): `client` (a dask.distributed Client), else a cluster at
     `scheduler`, else a LocalCluster of `workers` processes, else (workers=0) this process. An interrupted
     prepare run again with the same arguments resumes; one over a complete store does nothing. `out` must
@@ -485,23 +501,17 @@ def prepare(sources: list[str], out: str, variables: Optional[list] = None, leve
     """
     from .parallel_prepare import run
 
-    job = _job(sources, out, variables, levels, member, patch, lat_chunk, lon_chunk, level_chunk, config,
-               climatology, time_block, checksum, grid)
+    job = _job(sources, out, PrepareOptions(**options))
     return run(job, client=client, workers=workers, scheduler=scheduler,
                progress=sys.stderr.isatty() if progress is None else progress, overwrite=overwrite)
 
 
-def plan(sources: list[str], out: str, variables: Optional[list] = None, levels: Optional[list] = None,
-         member: int = 0, patch: int = 4, lat_chunk: int = 0, lon_chunk: int = 0, level_chunk: int = 0,
-         config: Optional[str] = None, climatology: bool = True, time_block: int = 0, workers: int = 1,
-         checksum: bool = True, grid: Optional[list] = None) -> str:
+def plan(sources: list[str], out: str, workers: int = 1, **options) -> str:
     """What prepare would write (layout, blocks, bytes) and how long it would take on `workers` workers, from
     one block converted here into a scratch store (parallel_prepare.describe_plan); nothing at `out`."""
     from .parallel_prepare import describe_plan
 
-    job = _job(sources, out, variables, levels, member, patch, lat_chunk, lon_chunk, level_chunk, config,
-               climatology, time_block, checksum, grid)
-    return describe_plan(job, workers)
+    return describe_plan(_job(sources, out, PrepareOptions(**options)), workers)
 
 
 def _check_all_found(opened: list[Source], wanted: Optional[list]) -> None:

@@ -1,5 +1,5 @@
 """Writing forecast tiles into forecast.zarr (issue 16/18: jigsaw-forecast on a GPU is bound by its host-side
-writes): the engine's writer (eval.evaluate.ForecastWriter, tensorstore, one step in flight) against
+writes): the engine's writer (eval.forecast_store.ForecastWriter, tensorstore, one step in flight) against
 zarr-python's `array[...] = values` (the path before), side by side in one process, at the 0.25 deg grid.
 
     OMP_NUM_THREADS=1 python bench/forecast_write.py [--steps 4] [--batch 2]
@@ -27,7 +27,7 @@ from step import ROOT, bench_store, build_config  # noqa: E402
 
 from jigsaw_ds.files import write_atomic  # noqa: E402
 from jigsaw_ds.data.store import WeatherStore, default_read_threads  # noqa: E402
-from jigsaw_ds.eval import evaluate as ev  # noqa: E402
+from jigsaw_ds.eval import forecast_store as ev  # noqa: E402
 from jigsaw_ds.perf import step_model as pm  # noqa: E402
 
 OTHER_WORK_S = 0.1
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
                          jcfg.model.static_variables)
     full = slice(0, grid[0]), slice(0, grid[1])
     fields = [store.read_raw(list(range(i, i + args.batch)), *full) for i in range(2)]
-    leads = ev._lead_times(store, 1, args.steps)
+    leads = ev.lead_times(store, 1, args.steps)
     blocks = store.variable_blocks()
     res = {"date": datetime.date.today().isoformat(), "command": " ".join(["python bench/forecast_write.py"] +
                                                                            (argv or sys.argv[1:])),

@@ -70,7 +70,7 @@ from jigsaw_ds.config import ModelConfig  # noqa: E402
 from jigsaw_ds.data.climatology import Climatology  # noqa: E402
 from jigsaw_ds.data.dataset import PairDataset, ReplicaBatches  # noqa: E402
 from jigsaw_ds.data.store import WeatherStore  # noqa: E402
-from jigsaw_ds.eval.evaluate import scores_to_rows  # noqa: E402
+from jigsaw_ds.eval.reports import scores_to_rows  # noqa: E402
 from jigsaw_ds.eval.streaming import ScoreSums  # noqa: E402
 from jigsaw_ds.model import InputSpec, WeatherMixer, ensemble_mean, rollout  # noqa: E402
 from jigsaw_ds.parallel.topology import JigsawGroups  # noqa: E402

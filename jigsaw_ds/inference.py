@@ -7,7 +7,7 @@
     ds = xr.open_zarr("data/quickstart.zarr")       # lazy: only the states a forecast starts from are read
     out = fc.forecast(ds, steps=8, init_times=["2020-01-05T00"])   # time, prediction_timedelta, [level,] lat, lon
 
-It is jigsaw-forecast's engine (eval/evaluate.py) in one process, with no launcher and no process group (the
+It is jigsaw-forecast's engine (eval/evaluate.py, eval/forecast_store.py) in one process, with no launcher and no process group (the
 serial model: every collective is the identity): the Dataset is read as a store is (data/store.WeatherStore
 over it), checked against what the model was trained on (evaluate.open_matching_store, model/inputs.py: the
 channels, the grid, the time step; a missing variable is one error naming it), its inputs assembled as in
@@ -24,9 +24,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .eval.evaluate import (EvalError, _lead_times, check_members, compute_device, forecast_batch, forecast_dataset,
-                            forecast_inputs, forecast_pieces, given_inits, load_members, open_matching_store,
-                            precision_context, provenance)
+from .errors import EvalError
+from .eval.evaluate import (check_members, compute_device, forecast_batch, forecast_inputs, given_inits, load_members,
+                            open_matching_store, precision_context)
+from .eval.forecast_store import forecast_dataset, forecast_pieces, lead_times, provenance
 from .parallel.topology import JigsawGroups
 
 
@@ -96,7 +97,7 @@ class Forecaster:
         lead = self.cfg.data.lead_steps
         inits = given_inits(store, [store.times[-1]] if init_times is None else list(init_times),
                             lead * self.cfg.model.history_steps)
-        out = forecast_dataset(store, store.times[inits], _lead_times(store, lead, steps),
+        out = forecast_dataset(store, store.times[inits], lead_times(store, lead, steps),
                                provenance(self.paths, self.run_config, store.path, store.times[inits]))
         whole = slice(None)  # one process: its tile is the grid
         dataset, blocks = forecast_inputs(store, inits, self.cfg, whole, whole), store.variable_blocks()

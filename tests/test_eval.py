@@ -138,7 +138,7 @@ def test_forecast_attrs_describe_the_values_not_the_source(tmp_path):
     from jigsaw_ds.data.store import WeatherStore
     from jigsaw_ds.data.synth import synth_dataset
     from jigsaw_ds.data.writer import write_store
-    from jigsaw_ds.eval import evaluate as ev
+    from jigsaw_ds.eval import forecast_store as ev
 
     src = synth_dataset(9, 16, 4, seed=0)
     for name in ("temperature", "2m_temperature", "level"):
@@ -487,7 +487,7 @@ def test_maps_are_drawn_north_up_whatever_the_store_order(tmp_path, ascending, c
     from matplotlib import image
 
     from jigsaw_ds.data.store import WeatherStore
-    from jigsaw_ds.eval import evaluate as ev
+    from jigsaw_ds.eval import forecast_store as ev
     from jigsaw_ds.eval import plots
 
     store = WeatherStore(warm_north_store(tmp_path / "s.zarr", ascending), [], ["2m_temperature"], [])

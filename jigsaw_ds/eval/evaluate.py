@@ -1,6 +1,8 @@
 """The engine of jigsaw-eval and jigsaw-forecast (their arguments: eval/cli.py): autoregressive rollouts
 scored with WeatherBench2's metrics against persistence and climatology, in one process or under the
-launcher at any layout.
+launcher at any layout. It plans (members: checkpoint/weights.py; the store, initial times, leads, this rank's
+tile, the climatology) and runs the rollouts into their sinks: the score sums (eval/streaming.py), the
+forecast store (eval/forecast_store.py); rank 0 then writes the reports (eval/reports.py).
 
     jigsaw-eval --checkpoint RUN_DIR|CKPT_DIR|FILE[,...] --data STORE --out DIR [--lead-steps K] [--inits N]
                 [--device auto|cpu|cuda] [--precision fp32|bf16] [--climatology WB2_CLIM.zarr] [--overwrite]
@@ -48,9 +50,7 @@ read once (each rank its tile).
 """
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 import resource
 import sys
@@ -60,49 +60,22 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-import xarray as xr
 
-from ..checkpoint import sharded
-from ..checkpoint.layout_free import build_model, load_file
-from ..checkpoint.manager import find_checkpoint, source_config
-from ..config import ConfigError, from_dict
+from ..checkpoint.manager import source_config
+from ..checkpoint.weights import load_model
+from ..config import ConfigError
 from ..data.climatology import Climatology, GivenClimatology
 from ..data.dataset import PairDataset, split_train_val
-from ..data.store import WeatherStore, default_read_threads
-from ..data.writer import chunk_compressors
+from ..data.store import WeatherStore
 from ..errors import EvalError, RankLocalError
 from ..grid import lat_cell_weights
 from ..model import ensemble_mean, inputs
 from ..parallel.topology import Layout, init_distributed, initialize, reduce_sum
-from .plots import plot
+from .forecast_store import ForecastWriter, create_forecast_store, forecast_chunks, lead_times, provenance
+from .reports import KINDS, scores_to_rows, spectrum_channels, write_reports
 from .streaming import ScoreSums, ZonalSpectrumSums
 
-KINDS = ("model", "persistence", "climatology")
-METRIC_NAMES = ("rmse", "bias", "acc")
-# WeatherBench2's headline scores, where the store has them (global RMSE and ACC)
-HEADLINE = ("geopotential_500", "temperature_850", "specific_humidity_700", "wind_vector_850", "2m_temperature",
-            "10m_wind_vector", "mean_sea_level_pressure")
-# channels whose zonal spectra are kept, where the store has them (else its first channel)
-SPECTRUM_CHANNELS = ("geopotential_500", "temperature_850", "specific_humidity_700", "u_component_of_wind_850",
-                     "v_component_of_wind_850", "2m_temperature", "10m_u_component_of_wind", "mean_sea_level_pressure")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def load_model(path: str, groups):
-    """WeatherMixer at the layout of `groups`, jigsaw config and the run's resolved config (grid, channel names).
-    A sharded checkpoint is read rank by rank, each its own shards (collective); a layout-free FILE whole on
-    every rank (small models)."""
-    if os.path.isdir(path):
-        folder, files = find_checkpoint(path)
-        run_config = source_config(folder)
-        model = build_model(run_config, groups)
-        sharded.load_module(folder, files, model, groups)
-    else:
-        state = load_file(path)
-        run_config = state["config"]
-        model = build_model(run_config, groups)
-        model.load_full_state_dict({**state["model"], **state["buffers"]})
-    return model.eval(), from_dict(run_config["jigsaw"]), run_config
 
 
 def check_members(paths: list[str]) -> None:
@@ -216,266 +189,6 @@ def check_finite(values: np.ndarray, store: WeatherStore, times: np.ndarray, wha
     if message:  # only this replica knows: every rank of it raises, its first rank says it (the other
         # replicas are ended by the launcher)
         raise RankLocalError(message, say=groups.jigsaw_rank == 0)
-
-
-def forecast_chunks(part, groups) -> tuple[int, int]:
-    """(latitude, longitude) chunk sizes of forecast.zarr such that every rank's tile is whole chunks: the
-    rank's columns, and a band of rows dividing every domain rank's first row (its patch rows when the bands
-    are uneven)."""
-    starts = [part.lat_slice(d).start for d in range(groups.size("domain"))]
-    band = math.gcd(*[s for s in starts if s]) if any(starts) else part.n_lat
-    lon = part.lon_slice(0)
-    return band, lon.stop - lon.start
-
-
-# What a forecast keeps of the source store's attributes: what the numbers are. The rest describes the source,
-# and is wrong for a forecast (GRIB_dataType 'an': an analysis; GRIB_* of the file it came from; its history)
-DESCRIBING = ("units", "long_name", "standard_name")
-
-
-def describing(attrs: dict) -> dict:
-    return {k: v for k, v in attrs.items() if k in DESCRIBING}
-
-
-def checkpoint_record(path: str) -> dict:
-    """Which weights a checkpoint path (run directory, checkpoint folder or layout-free FILE) names: the
-    checkpoint itself (a run directory's newest complete one), its step and the run that trained it."""
-    if os.path.isdir(path):
-        folder = find_checkpoint(path)[0]
-        meta = sharded.read_meta(folder)
-        where, step, run_config = folder, meta["step"], meta["config"]
-    else:
-        state = load_file(path, mmap=True)
-        where, step, run_config = path, state["step"], state["config"]
-    return {"checkpoint": os.path.abspath(where), "step": int(step),
-            "run": str(run_config["jigsaw"].get("train", {}).get("out_dir", ""))}
-
-
-def provenance(paths: list[str], run_config: dict, data: str, init_times) -> dict:
-    """A forecast's attributes: what made it (the checkpoints, their steps and runs: several are a seed
-    ensemble), with which channels, from which data and initial times, by which command and package version,
-    when (CF's `source` and `history` say it too)."""
-    import datetime
-    import shlex
-
-    from .. import __version__
-
-    records = [checkpoint_record(p) for p in paths]
-    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    command = shlex.join(sys.argv)
-    return {"title": "WeatherMixer forecast", "source": f"jigsaw_ds {__version__} WeatherMixer",
-            "jigsaw_ds_version": __version__, "created": created, "command": command,
-            "history": f"{created} {command}",
-            **{f"model_{key}s": [r[key] for r in records] for key in ("checkpoint", "step", "run")},
-            "channels": list(run_config.get("channels") or []), "data": data,
-            "init_times": [str(np.datetime64(t, "s")) for t in init_times]}
-
-
-def forecast_dataset(store: WeatherStore, init_times, leads, attrs: Optional[dict] = None,
-                     chunks: Optional[tuple[int, int]] = None) -> xr.Dataset:
-    """A forecast in WB2's layout, values NaN until written: dims time (initialisation), prediction_timedelta,
-    [level,] latitude, longitude; each variable's and coordinate's units and long name from the store
-    (DESCRIBING), `attrs` (provenance) on the Dataset. chunks (latitude, longitude): dask arrays chunked by
-    one time, one lead and that tile (forecast.zarr's metadata); None: numpy arrays (jigsaw_ds.inference)."""
-    import dask.array as da
-
-    coords = {"time": init_times, "prediction_timedelta": leads, "latitude": store.lat, "longitude": store.lon}
-    data = {}
-    n, k, (h, w) = len(init_times), len(leads), (len(store.lat), len(store.lon))
-    for var, _, levels in store.variable_blocks():
-        if levels is None:
-            dims, shape = ("time", "prediction_timedelta", "latitude", "longitude"), (n, k, h, w)
-        else:
-            coords["level"] = [int(store.ds["level"].values[i]) for i in levels]
-            dims, shape = ("time", "prediction_timedelta", "level", "latitude", "longitude"), (n, k, len(levels), h, w)
-        values = np.full(shape, np.nan, np.float32) if chunks is None else \
-            da.full(shape, np.nan, dtype=np.float32, chunks=(1, 1, *shape[2:-2], *chunks))
-        data[var] = xr.Variable(dims, values, describing(store.ds[var].attrs))
-    ds = xr.Dataset(data, coords=coords, attrs=attrs or {})
-    for name in ("latitude", "longitude", "level"):
-        if name in ds.coords and name in store.ds.coords:
-            ds[name].attrs.update(describing(store.ds[name].attrs))
-    ds["time"].attrs["long_name"] = "initialisation time"
-    ds["prediction_timedelta"].attrs["long_name"] = "lead time"
-    return ds
-
-
-def create_forecast_store(path: str, store: WeatherStore, init_times, leads, chunks: tuple[int, int],
-                          attrs: Optional[dict] = None) -> None:
-    """The empty forecast.zarr (metadata only, values NaN until written): forecast_dataset's, chunked so."""
-    ds = forecast_dataset(store, init_times, leads, attrs, chunks)
-    encoding = {var: {"chunks": ds[var].data.chunksize, "compressors": chunk_compressors(np.float32)}
-                for var in ds.data_vars}  # the training stores' codec
-    ds.to_zarr(path, mode="w", compute=False, encoding=encoding, consolidated=True)
-
-
-def forecast_pieces(blocks: list, first: int, k: int, values: np.ndarray, lat: slice, lon: slice):
-    """(variable, index into its forecast.zarr array, the values there) of a forecast batch: values [B, C, h, w]
-    (physical) of initial times first.. first+B-1 at lead index k, on this rank's tile; blocks: the store's
-    variable_blocks()."""
-    times = slice(first, first + values.shape[0])
-    for var, c0, levels in blocks:
-        if levels is None:
-            yield var, (times, k, lat, lon), values[:, c0]
-        else:
-            yield var, (times, k, slice(None), lat, lon), values[:, c0:c0 + len(levels)]
-
-
-class ForecastWriter:
-    """This rank's tiles of every forecast step into the open forecast.zarr, through tensorstore: its encode
-    and file threads run while the next step computes and is scored (they release the GIL); 1.6x
-    zarr-python's writes on two quiet cores (bench/forecast_write.py; less on busy ones) (docs/evaluation.md). One step in flight: `write` waits for
-    the previous step's writes first, so at most one forecast batch is held beyond the current one."""
-
-    def __init__(self, path: str, blocks: list, lat: slice, lon: slice):
-        import tensorstore as ts
-
-        threads = default_read_threads()
-        context = ts.Context({"data_copy_concurrency": {"limit": threads}, "file_io_concurrency": {"limit": threads}})
-        self.path, self.blocks, self.lat, self.lon = path, blocks, lat, lon
-        self.arrays = {var: ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(path, var)}},
-                                    context=context, write=True).result() for var, _, _ in blocks}
-        self.pending: list = []
-        self.held = None
-
-    def write(self, first: int, k: int, values: np.ndarray) -> None:
-        """values [B, C, h, w] (physical, float32) of initial times first.. first+B-1 at lead index k."""
-        self.wait()
-        for var, index, source in forecast_pieces(self.blocks, first, k, values, self.lat, self.lon):
-            self.pending.append((var, self.arrays[var][index].write(source)))
-        self.held = values  # the source stays alive until its writes are done
-
-    def wait(self) -> None:
-        for var, future in self.pending:
-            try:
-                future.result()
-            except Exception as e:  # this rank's own chunks: only it knows, so it says so itself
-                raise RankLocalError(f"writing '{var}' into {self.path}: {str(e).splitlines()[0]}") from None
-        self.pending, self.held = [], None
-
-
-def _lead_times(store: WeatherStore, lead: int, lead_steps: int) -> np.ndarray:
-    return np.array([(k + 1) * lead * store.time_step for k in range(lead_steps)]).astype("timedelta64[ns]")
-
-
-def scores_to_rows(scores: dict, store: WeatherStore, leads) -> list[dict]:
-    """Rows: region, channel, lead, metric, and one column per forecast kind. Where the store has u and v of the
-    wind at a level (or at 10 m), a wind-vector RMSE row too: sqrt(<(u_f - u_o)^2 + (v_f - v_o)^2>), WB2's."""
-    names = [c.name for c in store.channels]
-    pairs = wind_vector_pairs(names)
-    rows = []
-    for region, by_kind in scores.items():
-        for c, name in enumerate(names):
-            for k, lead in enumerate(leads):
-                hours = int(lead / np.timedelta64(1, "h"))
-                for m in METRIC_NAMES:
-                    rows.append({"region": region, "channel": name, "lead_hours": hours, "metric": m,
-                                 **{kind: float(by_kind[kind][m][k, c]) for kind in by_kind}})
-        for u, v, vector in pairs:
-            rmse = {kind: wind_vector_rmse(metrics, names.index(u), names.index(v)) for kind, metrics in by_kind.items()}
-            for k, lead in enumerate(leads):
-                rows.append({"region": region, "channel": vector, "lead_hours": int(lead / np.timedelta64(1, "h")),
-                             "metric": "rmse", **{kind: float(rmse[kind][k]) for kind in by_kind}})
-    return rows
-
-
-def wind_vector_rmse(metrics: dict, iu: int, iv: int) -> np.ndarray:
-    """WB2's wind-vector RMSE per lead, sqrt(<(u_f - u_o)^2 + (v_f - v_o)^2>), from the mean squared errors
-    ("se") of the u and v channels iu, iv in one forecast kind's finalized metrics."""
-    return np.sqrt(metrics["se"][:, iu] + metrics["se"][:, iv])
-
-
-def wind_vector_pairs(names: list[str]) -> list[tuple[str, str, str]]:
-    """(u, v, vector name) of the channels where both wind components are present (per level, and at 10 m)."""
-    return [(u, u.replace("u_component", "v_component"), u.replace("u_component_of_wind", "wind_vector"))
-            for u in names if "u_component_of_wind" in u and u.replace("u_component", "v_component") in names]
-
-
-def wb2_results(scores: dict, kind: str, store: WeatherStore, leads) -> xr.Dataset:
-    """One forecast kind's scores in WeatherBench2's results layout (evaluation.py there writes one such file
-    per evaluation): a variable per WB2 variable with dims metric, region, lead_time[, level]; wind_vector and
-    10m_wind_vector carry the vector RMSE (NaN under the other metrics), as WB2's RMSE metric adds them."""
-    metrics = {"rmse": "rmse", "mse": "se", "bias": "bias", "acc": "acc"}
-    regions = list(scores)
-    coords = {"metric": list(metrics), "region": regions, "lead_time": np.asarray(leads, "timedelta64[ns]")}
-    levels = np.asarray(store.ds["level"].values) if "level" in store.ds.coords else None
-
-    def array(values: np.ndarray, level_of: Optional[list]) -> xr.DataArray:  # values [metric, region, K, c]
-        if level_of is None:
-            return xr.DataArray(values[..., 0], dims=("metric", "region", "lead_time"), coords=coords)
-        return xr.DataArray(values, dims=("metric", "region", "lead_time", "level"),
-                            coords={**coords, "level": [int(v) for v in level_of]})
-
-    data = {}
-    for var, c0, var_levels in store.variable_blocks():
-        n = 1 if var_levels is None else len(var_levels)
-        values = np.stack([np.stack([scores[r][kind][m][:, c0:c0 + n] for r in regions]) for m in metrics.values()])
-        data[var] = array(values, None if var_levels is None else [levels[i] for i in var_levels])
-    names = [c.name for c in store.channels]
-    vectors = {}
-    for u, v, vector in wind_vector_pairs(names):
-        ch = store.channels[names.index(u)]
-        rmse = np.stack([wind_vector_rmse(scores[r][kind], names.index(u), names.index(v))
-                         for r in regions])                                      # [region, K]
-        values = np.full((len(metrics),) + rmse.shape + (1,), np.nan)
-        values[0, ..., 0] = rmse
-        var = "10m_wind_vector" if ch.level_index is None else "wind_vector"
-        vectors.setdefault(var, []).append((values, None if ch.level_index is None else levels[ch.level_index]))
-    for var, parts in vectors.items():
-        data[var] = array(np.concatenate([p for p, _ in parts], axis=-1),
-                          None if parts[0][1] is None else [lev for _, lev in parts])
-    return xr.Dataset(data, attrs={"forecast": kind, "source": "jigsaw-eval"})
-
-
-def write_netcdf(ds: xr.Dataset, path: str) -> None:
-    """ds to path; a one-line note instead where no netCDF writer is installed."""
-    try:
-        ds.to_netcdf(path)
-    except (ImportError, ValueError) as e:
-        if "netcdf" not in str(e).lower():  # not the missing writer: a real error
-            raise
-        print(f"jigsaw-eval: no netCDF writer is installed: {os.path.basename(path)} skipped "
-              f"(pip install netCDF4)")
-
-
-def spectrum_channels(store: WeatherStore) -> list[int]:
-    names = [c.name for c in store.channels]
-    return [names.index(n) for n in SPECTRUM_CHANNELS if n in names] or [0]
-
-
-def spectra_dataset(spectra: dict, store: WeatherStore, channels: list[int], leads) -> xr.Dataset:
-    """spectra {kind: [leads, channels, K]} as one variable per channel, dims source (forecast, truth),
-    lead_time, zonal_wavenumber."""
-    k = next(iter(spectra.values())).shape[-1]
-    data = {store.channels[c].name: xr.DataArray(
-        np.stack([spectra["model"][:, j], spectra["truth"][:, j]]), dims=("source", "lead_time", "zonal_wavenumber"),
-        attrs={"long_name": f"zonal energy spectrum of {store.channels[c].name}",
-               "units": f"m ({store.ds[store.channels[c].var].attrs.get('units', '1')})^2"})
-        for j, c in enumerate(channels)}
-    return xr.Dataset(data, coords={"source": ["forecast", "truth"], "lead_time": np.asarray(leads, "timedelta64[ns]"),
-                                    "zonal_wavenumber": np.arange(k)},
-                      attrs={"latitudes": "mean over 30 <= |latitude| <= 60, weighted by cos(latitude)",
-                             "definition": "WeatherBench2 derived_variables.ZonalEnergySpectrum"})
-
-
-def write_headline(rows: list[dict], path: str) -> None:
-    """headline.csv: WB2's headline variables present in the scores, one line per variable and lead: the whole
-    grid's ("global", or "domain" for a regional grid: the rows' first region) RMSE of the model, persistence
-    and climatology, and the model's ACC."""
-    table, whole = {}, rows[0]["region"] if rows else "global"
-    for r in rows:
-        if r["region"] == whole and r["channel"] in HEADLINE and r["metric"] in ("rmse", "acc"):
-            line = table.setdefault((HEADLINE.index(r["channel"]), r["lead_hours"]),
-                                    {"region": whole, "channel": r["channel"], "lead_hours": r["lead_hours"]})
-            if r["metric"] == "rmse":
-                line.update(rmse_model=r["model"], rmse_persistence=r["persistence"], rmse_climatology=r["climatology"])
-            else:
-                line["acc_model"] = r["model"]
-    fields = ["region", "channel", "lead_hours", "rmse_model", "rmse_persistence", "rmse_climatology", "acc_model"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(table[key] for key in sorted(table))
 
 
 def spread_inits(store: WeatherStore, starts: np.ndarray, n: int, all_hours: bool = False) -> np.ndarray:
@@ -595,7 +308,7 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
         inits = spread_inits(store, val_starts, n_inits, all_hours)
     else:
         inits = given_inits(store, init_times, before)
-    leads = _lead_times(store, lead, lead_steps)
+    leads = lead_times(store, lead, lead_steps)
 
     # this rank: a contiguous block of the initial times (data axis), a tile of the grid (domain x tensor)
     d = groups.data_rank
@@ -672,20 +385,5 @@ def evaluate(checkpoint: str, data: str, out: str, lead_steps: int, n_inits: int
                        "init_times": [str(t)[:19] for t in store.times[inits]], "climatology": climatology,
                        "throughput": throughput, "rows": rows}, f, indent=1)
         if scoring:
-            with open(os.path.join(out, "scores.csv"), "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            write_headline(rows, os.path.join(out, "headline.csv"))
-            for kind in KINDS:
-                write_netcdf(wb2_results(scores, kind, store, leads), os.path.join(out, f"scores_{kind}.nc"))
-            spectra_ds = None
-            if spectrum is None:  # a regional box: its rows are no latitude circles
-                print(f"jigsaw-eval: the store's longitudes ({store.lon[0]:g}..{store.lon[-1]:g}) do not close a "
-                      f"latitude circle: no zonal spectra (spectra.nc, spectra.png)")
-            else:
-                spectra_ds = spectra_dataset(spectrum, store, channels, leads[spectrum_leads])
-                write_netcdf(spectra_ds, os.path.join(out, "spectra.nc"))
-            if plots:
-                plot(rows, store, inits, lead, leads, out, spectra_ds)
+            write_reports(out, rows, scores, spectrum, store, inits, lead, leads, spectrum_leads, channels, plots)
     return rows

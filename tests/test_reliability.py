@@ -326,6 +326,7 @@ def test_eval_selects_channels_by_name(eval_setup):
     ("missing", "does not exist"),
     ("not_a_checkpoint", "is not a layout-free jigsaw_ds checkpoint"),
     ("missing_variable", "has no variable '2m_temperature'"),
+    ("missing_level", "has no channel 'temperature_850'"),  # selected by the trained names, not the config's lists
     ("other_grid", "is on a 9x32 grid; the model was trained on 17x32"),
     ("nan", "has NaN/inf"),
 ])
@@ -345,6 +346,8 @@ def test_eval_bad_input_is_one_line(eval_setup, tmp_path, capsys, case, expected
         data = str(tmp_path / "store.zarr")
         if case == "missing_variable":
             write_store(ds.drop_vars("2m_temperature"), data)
+        elif case == "missing_level":
+            write_store(ds.isel(level=[0]), data)
         elif case == "other_grid":
             write_store(ds.isel(latitude=slice(0, None, 2)), data)
         else:

@@ -229,9 +229,11 @@ class WeatherStore:
     """The channels a config selects from one store, with grid, time axis, trajectories and statistics."""
 
     def __init__(self, path: Union[str, xr.Dataset], variables: list, surface_variables: list, levels: list,
-                 static_variables: list = (), read_threads: int = 0, statistics: Optional[dict] = None):
+                 static_variables: list = (), read_threads: int = 0, statistics: Optional[dict] = None,
+                 channels: Optional[list] = None):
         # path: a zarr store, or an xarray Dataset in its layout (jigsaw_ds.inference), read where it is;
-        # statistics: a trained model's normalisation (use_statistics), else the store's own (its attrs)
+        # statistics: a trained model's normalisation (use_statistics), else the store's own (its attrs);
+        # channels: names (a trained model's, in its order) to select instead of variables x levels + surface
         self.given = path if isinstance(path, xr.Dataset) else None
         self.path = GIVEN if self.given is not None else path
         self.read_threads = read_threads or default_read_threads()
@@ -247,7 +249,8 @@ class WeatherStore:
         steps = steps[steps > np.timedelta64(0)]
         # the store's time step (a gap, or a new trajectory, is another step): leads and forcing times follow it
         self.time_step = steps.min() if len(steps) else np.timedelta64(0, "ns")
-        self.channels = self._select_channels(ds, variables, surface_variables, levels)
+        self.channels = self._select_channels(ds, variables, surface_variables, levels) if channels is None else \
+            self._channels_by_name(ds, variables, surface_variables, channels)
         self.static_variables = list(static_variables)
         for var in self.static_variables:
             self._require(ds, var, ("latitude", "longitude"))
@@ -344,6 +347,20 @@ class WeatherStore:
             self._require(ds, var, ("time", "latitude", "longitude"))
             channels.append(Channel(var, var, None))
         return channels
+
+    def _channels_by_name(self, ds, variables, surface_variables, names: list) -> list[Channel]:
+        """The channels `names` in that order; the variables they come from (a config's lists) checked first, so
+        that a store without one is refused naming it."""
+        for var in variables:
+            self._require(ds, var, ("time", "level", "latitude", "longitude"))
+        for var in surface_variables:
+            self._require(ds, var, ("time", "latitude", "longitude"))
+        have = {c.name: c for c in all_channels(ds)}
+        missing = [name for name in names if name not in have]
+        if missing:
+            raise StoreError(f"data store '{self.path}' has no channel '{missing[0]}' (asked for {list(names)}; it has "
+                             f"{list(have)})")
+        return [have[name] for name in names]
 
     def check_finite(self, times: slice = slice(None), lat: slice = slice(None), lon: slice = slice(None)) -> None:
         """Refuse missing values in the selected channels (naming variable and time) and static fields: NaN,

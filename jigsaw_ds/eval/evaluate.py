@@ -104,19 +104,12 @@ def open_matching_store(data: str, cfg, run_config: dict) -> WeatherStore:
     time step; a store that holds that grid in another exact order (latitudes reversed, longitudes rolled:
     model/inputs.reorder_of) is read in the trained order, said in one line; EvalError naming what differs
     otherwise."""
-    trained = run_config.get("channels") or []
-    levels = cfg.data.levels
-    if cfg.data.variables and not levels and trained:  # "all levels" at training time: the trained order
-        prefix = f"{cfg.data.variables[0]}_"
-        levels = [int(name[len(prefix):]) for name in trained if name.startswith(prefix)]
+    trained = run_config.get("channels")  # by name, in the trained order (a store may hold its levels otherwise)
     # normalised as in training (the run's record), not by the store's own statistics: a store of other times
     # (a test year prepared on its own) has other means and spreads; a run recorded before 2026-12-07 has none
-    store = WeatherStore(data, cfg.data.variables, cfg.data.surface_variables, levels, cfg.model.static_variables,
-                         statistics=run_config.get("statistics"))
+    store = WeatherStore(data, cfg.data.variables, cfg.data.surface_variables, cfg.data.levels,
+                         cfg.model.static_variables, statistics=run_config.get("statistics"), channels=trained)
     data = store.path  # data may be an xarray Dataset (jigsaw_ds.inference): the messages name it so
-    names = [c.name for c in store.channels]
-    if trained and names != trained:
-        raise EvalError(f"store '{data}' gives channels {names}; the model was trained on {trained}")
     shape = run_config["model_shape"]
     if (store.n_lat, store.n_lon) != (shape["n_lat"], shape["n_lon"]):
         raise EvalError(f"store '{data}' is on a {store.n_lat}x{store.n_lon} grid; the model was trained on "

@@ -6,7 +6,7 @@ moments (count, mean, sum of squared deviations, in float64) of its values and o
 the block's last step paired with the next block's first; the partials combine in block order. So memory is
 one block, never a channel over all times (a 0.125 deg channel of a year is 60 GB), and the result does not
 depend on how the time axis was cut. The Dask prepare computes a block's partials on the worker that writes
-it; `store_statistics` runs the same reduction over a finished store (writer.write_store).
+it; writer.write_store as it writes each block (StreamingStatistics); `store_statistics` over a finished store.
 """
 from __future__ import annotations
 
@@ -71,18 +71,42 @@ def statistics(partials: Iterable[dict], store: xr.Dataset) -> dict:
     return stats
 
 
+def pair_moments(last: xr.Dataset, first: xr.Dataset) -> dict:
+    """Per channel: no values, and the one-step difference from `last` (one time step) to `first` (the next)."""
+    return {ch.name: [0, 0.0, 0.0] + moments(_channel(first, ch) - _channel(last, ch)) for ch in all_channels(first)}
+
+
+class StreamingStatistics:
+    """The statistics of a time axis fed a block of consecutive time steps at a time, in order: each block's
+    partials, and the pair across each block boundary from the previous block's last step (kept alone), so
+    that nothing is read twice and memory holds one block (writer.write_store, as it writes)."""
+
+    def __init__(self, traj: np.ndarray):
+        self.traj, self.partials, self.offset, self.last = np.asarray(traj), [], 0, None
+
+    def add(self, block: xr.Dataset) -> None:
+        """block: the next time steps, loaded; its data variables with a time dim are the channels."""
+        block = block[[v for v, da in block.data_vars.items() if "time" in da.dims]]
+        n, start = block.sizes["time"], self.offset
+        if self.last is not None and self.traj[start - 1] == self.traj[start]:
+            self.partials.append(pair_moments(self.last, block.isel(time=[0])))
+        self.partials.append(block_moments(block, None, self.traj[start:start + n]))
+        self.last, self.offset = block.isel(time=[n - 1]).copy(deep=True), start + n
+
+    def result(self, store: xr.Dataset) -> dict:
+        """jigsaw_stats, with the static fields (and the channel list) of `store`."""
+        if self.offset != len(self.traj):
+            raise ValueError(f"statistics fed {self.offset} of {len(self.traj)} time steps")
+        return statistics(self.partials, store)
+
+
 def store_statistics(ds: xr.Dataset, blocks: Sequence[slice]) -> dict:
-    """jigsaw_stats of an opened store (xr.open_zarr(..., chunks=None): lazily indexed), read one variable and
-    one block of time steps (`blocks`, consecutive slices covering the time axis) at a time."""
-    traj, n = trajectories(ds), ds.sizes["time"]
-    partials = []
-    for var in [v for v, da in ds.data_vars.items() if "time" in da.dims]:
-        for s in blocks:
-            pair_next = bool(s.stop < n and traj[s.stop] == traj[s.stop - 1])
-            block = ds[[var]].isel(time=s).load()
-            after = ds[[var]].isel(time=[s.stop]).load() if pair_next else None
-            partials.append(block_moments(block, after, traj[s.start:s.stop + pair_next]))
-    return statistics(partials, ds)
+    """jigsaw_stats of an opened store (xr.open_zarr(..., chunks=None): lazily indexed), read one block of
+    time steps (`blocks`, consecutive slices covering the time axis) at a time."""
+    stream = StreamingStatistics(trajectories(ds))
+    for s in blocks:
+        stream.add(ds.isel(time=s).load())
+    return stream.result(ds)
 
 
 def static_stats(ds: xr.Dataset) -> dict:

@@ -7,9 +7,9 @@ compressed with blosc lz4 + byte shuffle (ERA5 float32: ratio 1.7-1.8, decoded a
 and checksummed with crc32c, so a flipped bit is an error on read, not a wrong value.
 
 The data is written in blocks of time steps (appended along `time`), so a store larger than memory can be
-written from lazily opened sources one block at a time, with a progress bar. The statistics are computed
-afterwards from the written store, again a block at a time (data/stats.py), so they describe exactly the stored
-values and memory holds one block, not a channel over all times; they are written last:
+written from lazily opened sources one block at a time, with a progress bar. The statistics are computed from
+each block as it is written (data/stats.py: the stored values, as the codecs are lossless; memory holds one
+block, not a channel over all times; the store is not read back), and they are written last:
 a store without `attrs['jigsaw_stats']` is refused by WeatherStore, and the whole store only appears under
 its final name once complete.
 """
@@ -25,8 +25,8 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ..errors import StoreError
-from .stats import store_statistics
-from .store import STATS_ATTR
+from .stats import StreamingStatistics
+from .store import STATS_ATTR, gap_starts
 
 BLOCK_BYTES = 256 * 2**20  # data held in memory per written block (default)
 # Inner chunk rows when the caller gives none: one token row at the default patch (model.patch = 4), so that
@@ -101,10 +101,10 @@ def write_store(ds: Union[xr.Dataset, Sequence[xr.Dataset]], out: str, lat_chunk
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         encoding = chunk_encoding(parts[0], lat_chunk, lon_chunk, level_chunk, codec, checksum)
-        _write_blocks(parts, tmp, encoding, time_block, progress, check_block)
+        stats = StreamingStatistics(_trajectory(parts))
+        _write_blocks(parts, tmp, encoding, time_block, progress, check_block, stats)
         group = zarr.open_group(tmp, mode="r+")
-        written = xr.open_zarr(tmp, chunks=None, consolidated=False)
-        group.attrs[STATS_ATTR] = store_statistics(written, time_blocks(written, time_block))
+        group.attrs[STATS_ATTR] = stats.result(xr.open_zarr(tmp, chunks=None, consolidated=False))
         if before_commit:
             before_commit(tmp)
         zarr.consolidate_metadata(tmp)
@@ -139,7 +139,14 @@ def check_replaceable(out: str) -> None:
                          f"or over a store jigsaw-data wrote: choose another --out")
 
 
-def _write_blocks(parts, tmp, encoding, time_block, progress, check_block) -> None:
+def _trajectory(parts) -> np.ndarray:
+    """The trajectory ids of the written time axis, as store.trajectories will read them from the store."""
+    if "trajectory" in parts[0].coords:
+        return np.concatenate([p["trajectory"].values for p in parts])
+    return np.cumsum(gap_starts(np.concatenate([p["time"].values for p in parts])))
+
+
+def _write_blocks(parts, tmp, encoding, time_block, progress, check_block, stats: StreamingStatistics) -> None:
     """First block creates the store (static fields included), the others append along time."""
     for part in parts:
         for da in part.data_vars.values():
@@ -157,6 +164,7 @@ def _write_blocks(parts, tmp, encoding, time_block, progress, check_block) -> No
         block = block.load()
         if check_block:
             check_block(block)
+        stats.add(block)  # the values as stored (the codecs are lossless): no second read of the store
         if i == 0:
             block.to_zarr(tmp, mode="w", encoding=encoding, consolidated=False, zarr_format=3,
                           write_empty_chunks=True)  # every chunk exists: the reader refuses missing ones

@@ -7,12 +7,12 @@
     ds = xr.open_zarr("data/quickstart.zarr")       # lazy: only the states a forecast starts from are read
     out = fc.forecast(ds, steps=8, init_times=["2020-01-05T00"])   # time, prediction_timedelta, [level,] lat, lon
 
-It is jigsaw-forecast's engine (eval/evaluate.py, eval/forecast_store.py) in one process, with no launcher and no process group (the
-serial model: every collective is the identity): the Dataset is read as a store is (data/store.WeatherStore
-over it), checked against what the model was trained on (evaluate.open_matching_store, model/inputs.py: the
-channels, the grid, the time step; a missing variable is one error naming it), its inputs assembled as in
-training (evaluate.forecast_inputs: history, static fields, coordinates, forcings) and rolled out by the model
-(evaluate.forecast_batch: model.rollout). So it gives jigsaw-forecast's numbers (tests/test_eval.py).
+It is jigsaw-forecast's engine (eval/evaluate.py, eval/forecast_store.py) in one process, with no launcher and
+no process group (the serial model: every collective is the identity): the Dataset is read as a store is
+(data/store.WeatherStore over it), checked against what the model was trained on (evaluate.open_matching_store,
+model/inputs.py: the channels, the grid, the time step; a missing variable is one error naming it), its inputs
+assembled as in training (evaluate.forecast_inputs: history, static fields, coordinates, forcings) and rolled
+out by the model (evaluate.forecast_batch: model.rollout). So it gives jigsaw-forecast's numbers (tests/test_eval.py).
 Under the launcher, at other layouts, use jigsaw-forecast.
 """
 from __future__ import annotations

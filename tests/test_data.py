@@ -38,7 +38,8 @@ def test_lazy_synth_is_the_same_series_made_a_block_at_a_time(tmp_path):
         lazy = synth_lazy(9, 16, 7, seed=3, block=block)
         assert lazy["geopotential"].chunks[0] == tuple(min(block, 7 - s) for s in range(0, 7, block))
         xr.testing.assert_identical(lazy.compute(), whole)
-    a, b = write_store(whole, str(tmp_path / "a.zarr")), write_store(synth_lazy(9, 16, 7, seed=3), str(tmp_path / "b.zarr"))
+    a = write_store(whole, str(tmp_path / "a.zarr"))
+    b = write_store(synth_lazy(9, 16, 7, seed=3), str(tmp_path / "b.zarr"))
     xr.testing.assert_identical(xr.open_zarr(a).load(), xr.open_zarr(b).load())
 
 

@@ -61,7 +61,8 @@ def assert_same_store(a_path, b_path):
 def whole_array_stats(ds: xr.Dataset) -> dict:
     """The test oracle for jigsaw_stats: each channel read whole over all times (what the block reduction of
     data/stats.py must equal), one-step differences kept only inside a trajectory."""
-    same = trajectories(ds)[1:] == trajectories(ds)[:-1]
+    traj = trajectories(ds)
+    same = traj[1:] == traj[:-1]
     out = {}
     for var, da in ds.data_vars.items():
         if "time" not in da.dims:
@@ -146,7 +147,8 @@ def run_cli_in_background(args, cwd):
 def records_in(folder) -> list[int]:
     """The blocks whose record is complete: a kill between a record's write and its rename leaves a
     temporary file (NAME.json.PID.tmp) that the job ignores, and so must the count."""
-    return sorted(int(name[:-5]) for name in os.listdir(folder) if name.endswith(".json")) if os.path.isdir(folder) else []
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(int(name[:-5]) for name in names if name.endswith(".json"))
 
 
 def wait_for_records(folder, n, proc, timeout=120):

@@ -15,8 +15,8 @@ import zarr
 from test_prepare import netcdf, small_source
 from test_reliability import cli_error, one_error, write_configs
 from jigsaw_ds.data.cli import main as data_main
-from jigsaw_ds.data.stats import store_statistics
-from jigsaw_ds.data.store import STATS_ATTR, StoreError, WeatherStore
+from jigsaw_ds.data.stats import StreamingStatistics
+from jigsaw_ds.data.store import STATS_ATTR, StoreError, WeatherStore, trajectories
 from jigsaw_ds.data.synth import synth_dataset
 from jigsaw_ds.data.writer import write_store
 
@@ -29,7 +29,9 @@ def xarray_store(ds: xr.Dataset, path, encoding=None) -> str:
     path = str(path)
     ds.to_zarr(path, mode="w", encoding=encoding or {})
     written = xr.open_zarr(path, chunks=None)
-    zarr.open_group(path, mode="r+").attrs[STATS_ATTR] = store_statistics(written, [slice(0, written.sizes["time"])])
+    stats = StreamingStatistics(trajectories(written))
+    stats.add(written.load())  # small: one block
+    zarr.open_group(path, mode="r+").attrs[STATS_ATTR] = stats.result(written)
     zarr.consolidate_metadata(path)
     return path
 

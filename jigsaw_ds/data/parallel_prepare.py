@@ -243,9 +243,10 @@ def convert_block(k: int, job: Job, root: Optional[str] = None) -> dict:
         block[var].encoding = {}  # the store's encoding is already there
     region = block.drop_vars([c for c in block.coords if "time" not in block[c].dims])  # the store has those
     region.to_zarr(root, region={"time": b.region}, consolidated=False, write_empty_chunks=WRITE_EMPTY)
-    traj = job.trajectory[b.offset:nxt + (after is not None)] if job.trajectory is not None else None
-    rec = {"block": k, "bytes": int(sum(block[v].nbytes for v in job.timed)),
-           "moments": stats.block_moments(block, after, traj)}
+    moments = stats.block_moments(block, job.trajectory[b.offset:nxt] if job.trajectory is not None else None)
+    if after is not None:
+        moments = stats.merged(moments, stats.pair_moments(block.isel(time=[-1]), after))
+    rec = {"block": k, "bytes": int(sum(block[v].nbytes for v in job.timed)), "moments": moments}
     _write_json(record, rec)
     return rec
 

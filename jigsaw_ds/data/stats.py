@@ -6,16 +6,18 @@ moments (count, mean, sum of squared deviations, in float64) of its values and o
 the block's last step paired with the next block's first; the partials combine in block order. So memory is
 one block, never a channel over all times (a 0.125 deg channel of a year is 60 GB), and the result does not
 depend on how the time axis was cut. The Dask prepare computes a block's partials on the worker that writes
-it; writer.write_store as it writes each block (StreamingStatistics); `store_statistics` over a finished store.
+it (and the pair across its end, from the next block's first step); writer.write_store as it writes each block
+(StreamingStatistics).
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+import functools
+from typing import Iterable, Optional
 
 import numpy as np
 import xarray as xr
 
-from .store import all_channels, trajectories
+from .store import all_channels
 
 
 def moments(x: np.ndarray) -> list:
@@ -35,20 +37,32 @@ def combine(a: list, b: list) -> list:
     return [n, ma + delta * nb / n, sa + sb + delta * delta * na * nb / n]
 
 
-def block_moments(block: xr.Dataset, after: Optional[xr.Dataset], traj: Optional[np.ndarray]) -> dict:
-    """Per channel: moments of the values, then of the one-step differences inside the block plus the pair
-    (last step, the next block's first) when `after` is given; pairs across trajectories (traj: the block's
-    trajectory ids, and the next step's) are left out."""
+def block_moments(block: xr.Dataset, traj: Optional[np.ndarray]) -> dict:
+    """Per channel: moments of the values, then of the one-step differences inside the block; pairs across
+    trajectories (traj: the block's trajectory ids; None: one trajectory) are left out."""
     out = {}
     for ch in all_channels(block):
         x = _channel(block, ch)
-        values = moments(x)
-        if after is not None:
-            x = np.concatenate([x, _channel(after, ch)])
         diff = x[1:] - x[:-1]
         if traj is not None:
             diff = diff[traj[1:] == traj[:-1]]
-        out[ch.name] = values + moments(diff)
+        out[ch.name] = moments(x) + moments(diff)
+    return out
+
+
+def pair_moments(last: xr.Dataset, first: xr.Dataset) -> dict:
+    """Per channel: no values, and the one-step difference from `last` (one time step) to `first` (the next):
+    the pair across a block boundary, which belongs to neither block."""
+    return {ch.name: [0, 0.0, 0.0] + moments(_channel(first, ch) - _channel(last, ch)) for ch in all_channels(first)}
+
+
+def merged(a: dict, b: dict) -> dict:
+    """Two sets of partial moments (per channel: values, then differences) as one."""
+    out = dict(a)
+    for name, m in b.items():
+        if name in out:
+            m = combine(out[name][:3], m[:3]) + combine(out[name][3:], m[3:])
+        out[name] = m
     return out
 
 
@@ -59,21 +73,12 @@ def _channel(ds: xr.Dataset, ch) -> np.ndarray:
 
 def statistics(partials: Iterable[dict], store: xr.Dataset) -> dict:
     """The store's jigsaw_stats from the blocks' partial moments (given in block order) and its static fields."""
-    total: dict = {}
-    for block in partials:
-        for name, m in block.items():
-            a, b = total.get(name, ([0, 0.0, 0.0], [0, 0.0, 0.0]))
-            total[name] = (combine(a, m[:3]), combine(b, m[3:]))
+    total = functools.reduce(merged, partials, {})
     stats = static_stats(store)
     for ch in all_channels(store):
-        (n, mean, ss), (tn, _, tss) = total[ch.name]
+        n, mean, ss, tn, _, tss = total[ch.name]
         stats[ch.name] = channel_stats(mean, float(np.sqrt(ss / n)), float(np.sqrt(tss / tn)) if tn else None)
     return stats
-
-
-def pair_moments(last: xr.Dataset, first: xr.Dataset) -> dict:
-    """Per channel: no values, and the one-step difference from `last` (one time step) to `first` (the next)."""
-    return {ch.name: [0, 0.0, 0.0] + moments(_channel(first, ch) - _channel(last, ch)) for ch in all_channels(first)}
 
 
 class StreamingStatistics:
@@ -86,11 +91,10 @@ class StreamingStatistics:
 
     def add(self, block: xr.Dataset) -> None:
         """block: the next time steps, loaded; its data variables with a time dim are the channels."""
-        block = block[[v for v, da in block.data_vars.items() if "time" in da.dims]]
         n, start = block.sizes["time"], self.offset
         if self.last is not None and self.traj[start - 1] == self.traj[start]:
             self.partials.append(pair_moments(self.last, block.isel(time=[0])))
-        self.partials.append(block_moments(block, None, self.traj[start:start + n]))
+        self.partials.append(block_moments(block, self.traj[start:start + n]))
         self.last, self.offset = block.isel(time=[n - 1]).copy(deep=True), start + n
 
     def result(self, store: xr.Dataset) -> dict:
@@ -98,15 +102,6 @@ class StreamingStatistics:
         if self.offset != len(self.traj):
             raise ValueError(f"statistics fed {self.offset} of {len(self.traj)} time steps")
         return statistics(self.partials, store)
-
-
-def store_statistics(ds: xr.Dataset, blocks: Sequence[slice]) -> dict:
-    """jigsaw_stats of an opened store (xr.open_zarr(..., chunks=None): lazily indexed), read one block of
-    time steps (`blocks`, consecutive slices covering the time axis) at a time."""
-    stream = StreamingStatistics(trajectories(ds))
-    for s in blocks:
-        stream.add(ds.isel(time=s).load())
-    return stream.result(ds)
 
 
 def static_stats(ds: xr.Dataset) -> dict:

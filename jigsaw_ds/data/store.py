@@ -35,6 +35,12 @@ def channel_name(var: str, level: Optional[int]) -> str:
     return var if level is None else f"{var}_{int(level)}"
 
 
+def channel_names(variables: list, levels: list, surface_variables: list) -> list[str]:
+    """The channels of a selection in the one channel order: each upper-air variable at each level, then each
+    surface variable."""
+    return [channel_name(var, lev) for var in variables for lev in levels] + list(surface_variables)
+
+
 @dataclass
 class Channel:
     name: str
@@ -333,24 +339,20 @@ class WeatherStore:
                              f"{conversion_hint(self.path)}, which decodes them")
 
     def _select_channels(self, ds, variables, surface_variables, levels) -> list[Channel]:
-        channels = []
+        """The config's variables at `levels` (empty: all the store's) and its surface variables."""
+        wanted = []
         if variables:
             store_levels = [int(v) for v in ds["level"].values] if "level" in ds.coords else []
             wanted = [int(v) for v in levels] if levels else store_levels
             for lev in wanted:
                 if lev not in store_levels:
                     raise StoreError(f"data store '{self.path}' has no level {lev} hPa; it has {store_levels}")
-            for var in variables:
-                self._require(ds, var, ("time", "level", "latitude", "longitude"))
-                channels += [Channel(channel_name(var, lev), var, store_levels.index(lev)) for lev in wanted]
-        for var in surface_variables:
-            self._require(ds, var, ("time", "latitude", "longitude"))
-            channels.append(Channel(var, var, None))
-        return channels
+        return self._channels_by_name(ds, variables, surface_variables,
+                                      channel_names(variables, wanted, surface_variables))
 
     def _channels_by_name(self, ds, variables, surface_variables, names: list) -> list[Channel]:
-        """The channels `names` in that order; the variables they come from (a config's lists) checked first, so
-        that a store without one is refused naming it."""
+        """The channels `names` in that order (every selection ends here); the variables they come from (a
+        config's lists) checked first, so that a store without one is refused naming it."""
         for var in variables:
             self._require(ds, var, ("time", "level", "latitude", "longitude"))
         for var in surface_variables:

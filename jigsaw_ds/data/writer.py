@@ -26,7 +26,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ..errors import StoreError
 from .stats import StreamingStatistics
-from .store import STATS_ATTR, gap_starts
+from .store import STATS_ATTR, trajectories
 
 BLOCK_BYTES = 256 * 2**20  # data held in memory per written block (default)
 # Inner chunk rows when the caller gives none: one token row at the default patch (model.patch = 4), so that
@@ -101,7 +101,8 @@ def write_store(ds: Union[xr.Dataset, Sequence[xr.Dataset]], out: str, lat_chunk
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         encoding = chunk_encoding(parts[0], lat_chunk, lon_chunk, level_chunk, codec, checksum)
-        stats = StreamingStatistics(_trajectory(parts))
+        axis = xr.concat([p.drop_vars(list(p.data_vars)) for p in parts], "time")  # the written time axis' coordinates
+        stats = StreamingStatistics(trajectories(axis))
         _write_blocks(parts, tmp, encoding, time_block, progress, check_block, stats)
         group = zarr.open_group(tmp, mode="r+")
         group.attrs[STATS_ATTR] = stats.result(xr.open_zarr(tmp, chunks=None, consolidated=False))
@@ -137,13 +138,6 @@ def check_replaceable(out: str) -> None:
         raise StoreError(f"--out {out}: is a directory that holds something other than a jigsaw store ({len(entries)} "
                          f"entries, e.g. '{entries[0]}'); a store is written only into a new path, an empty directory "
                          f"or over a store jigsaw-data wrote: choose another --out")
-
-
-def _trajectory(parts) -> np.ndarray:
-    """The trajectory ids of the written time axis, as store.trajectories will read them from the store."""
-    if "trajectory" in parts[0].coords:
-        return np.concatenate([p["trajectory"].values for p in parts])
-    return np.cumsum(gap_starts(np.concatenate([p["time"].values for p in parts])))
 
 
 def _write_blocks(parts, tmp, encoding, time_block, progress, check_block, stats: StreamingStatistics) -> None:

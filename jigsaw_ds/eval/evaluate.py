@@ -233,7 +233,8 @@ def precision_context(on: torch.device, precision: str):
 def forecast_inputs(store: WeatherStore, inits: np.ndarray, cfg, lat: slice, lon: slice) -> PairDataset:
     """The model's inputs from the store's time indices `inits` on the tile (lat, lon), as the model was
     trained to read them (history, static fields, coordinates, forcings): item i starts at inits[i]."""
-    return inputs.InputSpec.of(cfg, [c.name for c in store.channels]).pairs(store, inits, lat, lon, rollout=0)  # inputs only
+    spec = inputs.InputSpec.of(cfg, [c.name for c in store.channels])
+    return spec.pairs(store, inits, lat, lon, rollout=0)  # inputs only
 
 
 def forecast_batch(models: list, dataset: PairDataset, items: list, steps: int, on: torch.device, groups):

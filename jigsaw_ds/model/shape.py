@@ -61,7 +61,7 @@ class ModelShape:
     def from_config(cls, cfg: JigsawConfig, grid: Optional[tuple[int, int]] = None) -> "ModelShape":
         """Channels from the config's variable lists (all levels: the store's); the grid from `grid`, else
         `resolve_grid`."""
-        from ..data.store import channel_name
+        from ..data.store import channel_names
         from .inputs import InputSpec
 
         n_lat, n_lon = grid or resolve_grid(cfg)
@@ -73,7 +73,7 @@ class ModelShape:
         if cfg.data.variables and not levels:
             raise ConfigError("data.levels is empty (all levels of the store) and the store cannot be read: "
                               "list the levels in the config")
-        channels = [channel_name(v, lev) for v in cfg.data.variables for lev in levels] + list(cfg.data.surface_variables)
+        channels = channel_names(cfg.data.variables, levels, cfg.data.surface_variables)
         return cls(cfg.model, n_lat, n_lon, InputSpec.of(cfg, channels).n_in, len(channels))
 
 

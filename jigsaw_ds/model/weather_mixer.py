@@ -35,7 +35,8 @@ def rollout(step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, steps
     first), constant channels (static fields, coordinates)] [B, C, h, w]: step k's input is [state_k,
     state_k-1, .., state_k-history, constant channels, forcings[:, k]], so each prediction is fed back, the
     oldest state drops out, the constants stay and the forcings advance with time. forcings: [B, >= steps,
-    F, h, w] or None (the order of inputs.InputSpec). `step` is any one-step model (a WeatherMixer, its DeepSpeed engine, a peer model)."""
+    F, h, w] or None (the order of inputs.InputSpec). `step` is any one-step model (a WeatherMixer, its DeepSpeed
+    engine, a peer model)."""
     n_states = n_state * (1 + history)
     states, constant = x[:, :n_states], x[:, n_states:]
     for k in range(steps):
